@@ -1,0 +1,46 @@
+# The two commands: `make up` (everything, on loopback) and `make test` (every test).
+# Both install what is missing and start the real servers first (infra/local/servers.sh).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help up down test servers servers-down status lint clean-data
+
+help:
+	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
+	@echo "make down      stop everything make up started"
+	@echo "make test      install what is missing, start the servers, run every test"
+	@echo "make lint      rustfmt check and clippy"
+	@echo "make status    what is running"
+	@echo "make clean-data  stop everything and delete local data and logs (.local/data, .local/logs)"
+
+servers:
+	infra/local/servers.sh up
+
+servers-down:
+	infra/local/servers.sh down
+
+up: servers
+	infra/local/platform.sh up
+
+down:
+	infra/local/platform.sh down
+	infra/local/servers.sh down
+
+status:
+	@infra/local/servers.sh status
+	@infra/local/platform.sh status
+
+# Unit tests need nothing; the end-to-end tests in tests/ talk to the servers started here.
+# Locally the servers stay up for the next run; in CI (CI=true) they are stopped at the end.
+test: servers
+	@status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; \
+	if [ -n "$${CI:-}" ]; then infra/local/servers.sh down; fi; exit $$status
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-data: down
+	rm -rf .local/data .local/logs

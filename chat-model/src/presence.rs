@@ -1,0 +1,81 @@
+//! How presence is spelled in Redis: which gateway holds which device, until when.
+//!
+//! One hash per user, `{prefix}presence:{user}`; one field per device, whose value is
+//! `{push address}|{connection id}|{expires at, ms since epoch}`. Gateways write it, delivery workers read it.
+//! A field past its expiry is ignored by readers, so a gateway that dies stops receiving pushes within one TTL.
+
+use crate::{DeviceId, UserId};
+
+/// The Redis key of a user's presence hash.
+pub fn key(prefix: &str, user: &UserId) -> String {
+    format!("{prefix}presence:{user}")
+}
+
+/// Where one device is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The gRPC address of the gateway holding the connection (`host:port`).
+    pub push_addr: String,
+    /// The gateway's id for the connection; lets a gateway remove only its own entry.
+    pub conn_id: u64,
+    pub expires_at_ms: i64,
+}
+
+impl Entry {
+    pub fn encode(&self) -> String {
+        format!("{}|{}|{}", self.push_addr, self.conn_id, self.expires_at_ms)
+    }
+
+    /// The prefix that names this entry's connection regardless of its expiry.
+    pub fn owner_prefix(push_addr: &str, conn_id: u64) -> String {
+        format!("{push_addr}|{conn_id}|")
+    }
+
+    pub fn decode(value: &str) -> Option<Entry> {
+        let mut parts = value.rsplitn(3, '|');
+        let expires_at_ms = parts.next()?.parse().ok()?;
+        let conn_id = parts.next()?.parse().ok()?;
+        let push_addr = parts.next()?.to_owned();
+        if push_addr.is_empty() {
+            return None;
+        }
+        Some(Entry { push_addr, conn_id, expires_at_ms })
+    }
+}
+
+/// The live entries of a user's hash, as (device, entry); malformed and expired fields are left out.
+pub fn live_devices(fields: Vec<(String, String)>, now_ms: i64) -> Vec<(DeviceId, Entry)> {
+    let mut out = Vec::with_capacity(fields.len());
+    for (device, value) in fields {
+        let (Ok(device), Some(entry)) = (DeviceId::parse(&device), Entry::decode(&value)) else {
+            continue;
+        };
+        if entry.expires_at_ms > now_ms {
+            out.push((device, entry));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_expire() {
+        let e = Entry { push_addr: "127.0.0.1:50061".into(), conn_id: 7, expires_at_ms: 1_000 };
+        assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
+        assert!(e.encode().starts_with(&Entry::owner_prefix("127.0.0.1:50061", 7)));
+        assert_eq!(Entry::decode("nonsense"), None);
+        assert_eq!(Entry::decode("|1|2"), None);
+        let fields = vec![
+            ("phone".to_owned(), e.encode()),
+            ("tablet".to_owned(), Entry { expires_at_ms: 10, ..e.clone() }.encode()),
+            ("bad device".to_owned(), e.encode()),
+            ("laptop".to_owned(), "garbage".to_owned()),
+        ];
+        let live = live_devices(fields, 500);
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0.as_str(), "phone");
+    }
+}

@@ -1,0 +1,63 @@
+//! The chat-service process: connects to the store and the log, binds, serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use chat_store::CassandraStore;
+use proto::v1::chat_service_server::ChatServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::Config;
+use crate::event_log::KafkaEventLog;
+use crate::grpc::ChatGrpc;
+use crate::send::Sequencer;
+
+/// Largest gRPC message the service accepts or sends: a page of history at the largest body size, with room.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct App {
+    listener: TcpListener,
+    service: ChatGrpc,
+}
+
+impl App {
+    /// Connects to Cassandra and Kafka and binds the gRPC address (port 0 picks a free one).
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
+        let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, config.send_timeout())
+            .context("creating the kafka producer")?;
+        let listener =
+            TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
+        let sequencer = Sequencer::new(store.clone(), log);
+        Ok(App { listener, service: ChatGrpc { store, sequencer, send_timeout: config.send_timeout() } })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the calls in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<ChatServiceServer<ChatGrpc>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let chat = ChatServiceServer::new(self.service)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        tracing::info!(addr = %self.listener.local_addr()?, "chat service listening");
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(chat)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await
+            .context("grpc server")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! The chat service's configuration: environment variables (and the same names as flags), checked at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Every setting of a chat-service process. `--help` lists them with their environment variables.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-service", version, about = "Chat service: sequences, logs and stores messages")]
+pub struct Config {
+    /// Address of the gRPC server (chat.v1.ChatService, health, reflection).
+    #[arg(long, env = "CHAT_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "CHAT_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub kafka_brokers: String,
+    /// The event log topic.
+    #[arg(long, env = "CHAT_EVENTS_TOPIC", default_value = "chat.events.v1")]
+    pub events_topic: String,
+    /// Cassandra/ScyllaDB contact points (host:port), comma separated.
+    #[arg(long, env = "CHAT_CASSANDRA_NODES", default_value = "127.0.0.1:19042", value_delimiter = ',')]
+    pub cassandra_nodes: Vec<String>,
+    #[arg(long, env = "CHAT_CASSANDRA_KEYSPACE", default_value = "chat")]
+    pub cassandra_keyspace: String,
+    /// Longest time a send may take end to end (claim, Kafka, history) before it fails as retryable.
+    #[arg(long, env = "CHAT_SEND_TIMEOUT_MS", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
+    /// Timeout of one store request.
+    #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub store_timeout_ms: u64,
+}
+
+impl Config {
+    /// Checks what the types alone do not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err("CHAT_KAFKA_BROKERS is empty".into());
+        }
+        if self.events_topic.is_empty() || self.events_topic.len() > 249 {
+            return Err("CHAT_EVENTS_TOPIC must be 1 to 249 characters".into());
+        }
+        if self.cassandra_nodes.iter().all(|n| n.trim().is_empty()) {
+            return Err("CHAT_CASSANDRA_NODES is empty".into());
+        }
+        if !(100..=120_000).contains(&self.send_timeout_ms) {
+            return Err("CHAT_SEND_TIMEOUT_MS must be between 100 and 120000".into());
+        }
+        Ok(())
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+
+    pub fn store_config(&self) -> chat_store::StoreConfig {
+        chat_store::StoreConfig {
+            nodes: self.cassandra_nodes.clone(),
+            keyspace: self.cassandra_keyspace.clone(),
+            request_timeout: Duration::from_millis(self.store_timeout_ms),
+        }
+    }
+}

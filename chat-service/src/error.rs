@@ -1,0 +1,56 @@
+//! The chat service's domain errors, and the one table that maps them to gRPC status codes.
+
+use chat_store::StoreError;
+use tonic::{Code, Status};
+
+use crate::event_log::LogError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// A request field is missing or malformed; the message names it.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("not a member of the conversation")]
+    NotMember,
+    /// The request would break a rule of the conversation (e.g. changing the members of a direct one).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Too many concurrent claims on one conversation within the deadline.
+    #[error("conversation is busy, retry")]
+    Contended,
+    #[error("deadline exceeded")]
+    Timeout,
+}
+
+impl ChatError {
+    pub fn code(&self) -> Code {
+        match self {
+            ChatError::Invalid(_) => Code::InvalidArgument,
+            ChatError::ConversationNotFound => Code::NotFound,
+            ChatError::NotMember => Code::PermissionDenied,
+            ChatError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ChatError::Store(StoreError::Corrupt { .. }) | ChatError::Store(StoreError::Migration(_)) => Code::Internal,
+            // Retryable: nothing was acknowledged, and a retry with the same client id is safe.
+            ChatError::Store(StoreError::Unavailable(_)) | ChatError::Log(_) | ChatError::Timeout => Code::Unavailable,
+            ChatError::Contended => Code::Aborted,
+        }
+    }
+}
+
+impl From<ChatError> for Status {
+    fn from(e: ChatError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<chat_model::IdError> for ChatError {
+    fn from(e: chat_model::IdError) -> Self {
+        ChatError::Invalid(e.to_string())
+    }
+}

@@ -1,0 +1,275 @@
+//! `chat.v1.ChatService` over gRPC: converts prost requests to checked domain values and back.
+//! Prost types stop here.
+
+use std::time::Duration;
+
+use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, Seq, UserId};
+use chat_store::{CassandraStore, ConversationRecord, NewConversation};
+use proto::v1::{self, chat_service_server::ChatService};
+use tonic::{Request, Response, Status};
+
+use crate::error::ChatError;
+use crate::send::{SendRequest, Sequencer};
+
+/// Most members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Longest conversation title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+/// Most messages one history or inbox read returns.
+pub const MAX_PAGE: u32 = 500;
+const DEFAULT_PAGE: u32 = 100;
+
+pub struct ChatGrpc {
+    pub store: CassandraStore,
+    pub sequencer: Sequencer,
+    pub send_timeout: Duration,
+}
+
+fn user(field: &str, s: &str) -> Result<UserId, ChatError> {
+    UserId::parse(s).map_err(|e| ChatError::Invalid(format!("{field}: {e}")))
+}
+
+fn device(field: &str, s: &str) -> Result<DeviceId, ChatError> {
+    DeviceId::parse(s).map_err(|e| ChatError::Invalid(format!("{field}: {e}")))
+}
+
+fn conversation(s: &str) -> Result<ConversationId, ChatError> {
+    ConversationId::parse(s).map_err(|e| ChatError::Invalid(format!("conversation_id: {e}")))
+}
+
+fn users(field: &str, list: &[String]) -> Result<Vec<UserId>, ChatError> {
+    let mut out: Vec<UserId> = Vec::with_capacity(list.len());
+    for s in list {
+        let u = user(field, s)?;
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+fn page(limit: u32) -> Result<usize, ChatError> {
+    match limit {
+        0 => Ok(DEFAULT_PAGE as usize),
+        n if n <= MAX_PAGE => Ok(n as usize),
+        n => Err(ChatError::Invalid(format!("limit {n} is over {MAX_PAGE}"))),
+    }
+}
+
+pub fn message_to_proto(m: &Message) -> v1::Message {
+    v1::Message {
+        conversation_id: m.conversation_id.to_string(),
+        message_id: m.message_id.to_string(),
+        seq: m.seq.get(),
+        sender_id: m.sender_id.to_string(),
+        body: m.body.as_str().to_owned(),
+        sent_at_ms: m.sent_at_ms,
+        client_msg_id: m.client_msg_id.to_string(),
+    }
+}
+
+fn conversation_to_proto(c: &ConversationRecord) -> v1::Conversation {
+    v1::Conversation {
+        conversation_id: c.id.to_string(),
+        kind: match c.kind {
+            ConversationKind::Direct => v1::ConversationKind::Direct as i32,
+            ConversationKind::Group => v1::ConversationKind::Group as i32,
+        },
+        member_ids: c.members.iter().map(|u| u.to_string()).collect(),
+        title: c.title.clone(),
+        last_seq: c.last_seq,
+    }
+}
+
+impl ChatGrpc {
+    async fn member_conversation(&self, id: ConversationId, who: &UserId) -> Result<ConversationRecord, ChatError> {
+        let c = self.store.conversation(id).await?.ok_or(ChatError::ConversationNotFound)?;
+        if !c.members.contains(who) {
+            return Err(ChatError::NotMember);
+        }
+        Ok(c)
+    }
+
+    async fn reload(&self, id: ConversationId) -> Result<v1::Conversation, ChatError> {
+        let c = self.store.conversation(id).await?.ok_or(ChatError::ConversationNotFound)?;
+        Ok(conversation_to_proto(&c))
+    }
+}
+
+#[tonic::async_trait]
+impl ChatService for ChatGrpc {
+    async fn send_message(
+        &self,
+        request: Request<v1::SendMessageRequest>,
+    ) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let r = request.into_inner();
+        let req = SendRequest {
+            conversation_id: conversation(&r.conversation_id)?,
+            sender_id: user("sender_id", &r.sender_id)?,
+            sender_device_id: device("sender_device_id", &r.sender_device_id)?,
+            client_msg_id: ClientMsgId::parse(&r.client_msg_id)
+                .map_err(|e| ChatError::Invalid(format!("client_msg_id: {e}")))?,
+            body: Body::parse(r.body).map_err(|e| ChatError::Invalid(e.to_string()))?,
+        };
+        let conversation_id = req.conversation_id;
+        let sent = tokio::time::timeout(self.send_timeout, self.sequencer.send(req))
+            .await
+            .map_err(|_| ChatError::Timeout)?
+            .inspect_err(|e| tracing::warn!(%conversation_id, error = %e, "send failed"))?;
+        Ok(Response::new(v1::SendMessageResponse {
+            message_id: sent.message_id.to_string(),
+            seq: sent.seq.get(),
+            sent_at_ms: sent.sent_at_ms,
+            duplicate: sent.duplicate,
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<v1::GetHistoryRequest>,
+    ) -> Result<Response<v1::GetHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let id = conversation(&r.conversation_id)?;
+        let reader = user("user_id", &r.user_id)?;
+        let limit = page(r.limit)?;
+        if !self.store.is_member(id, &reader).await.map_err(ChatError::from)? {
+            let missing = self.store.head(id).await.map_err(ChatError::from)?.is_none();
+            return Err(if missing { ChatError::ConversationNotFound } else { ChatError::NotMember }.into());
+        }
+        let last_seq = self.store.head(id).await.map_err(ChatError::from)?.ok_or(ChatError::ConversationNotFound)?;
+        let messages = self.store.messages_between(id, r.after_seq, last_seq, limit).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::GetHistoryResponse {
+            messages: messages.iter().map(message_to_proto).collect(),
+            last_seq,
+        }))
+    }
+
+    async fn create_conversation(
+        &self,
+        request: Request<v1::CreateConversationRequest>,
+    ) -> Result<Response<v1::CreateConversationResponse>, Status> {
+        let r = request.into_inner();
+        let creator = user("created_by", &r.created_by)?;
+        let mut members = vec![creator.clone()];
+        for u in users("member_ids", &r.member_ids)? {
+            if !members.contains(&u) {
+                members.push(u);
+            }
+        }
+        let kind = match v1::ConversationKind::try_from(r.kind) {
+            Ok(v1::ConversationKind::Direct) => {
+                if members.len() != 2 {
+                    return Err(ChatError::Invalid("a direct conversation has exactly one other member".into()).into());
+                }
+                ConversationKind::Direct
+            }
+            Ok(v1::ConversationKind::Group) => {
+                if members.len() > MAX_GROUP_MEMBERS {
+                    return Err(ChatError::Invalid(format!("a group has at most {MAX_GROUP_MEMBERS} members")).into());
+                }
+                ConversationKind::Group
+            }
+            _ => return Err(ChatError::Invalid("kind must be DIRECT or GROUP".into()).into()),
+        };
+        if r.title.len() > MAX_TITLE_BYTES {
+            return Err(ChatError::Invalid(format!("title is longer than {MAX_TITLE_BYTES} bytes")).into());
+        }
+        let new =
+            NewConversation { id: ConversationId::generate(), kind, title: r.title, created_by: creator, members };
+        self.store.create_conversation(&new).await.map_err(ChatError::from)?;
+        let conversation = self.reload(new.id).await?;
+        Ok(Response::new(v1::CreateConversationResponse { conversation: Some(conversation) }))
+    }
+
+    async fn add_members(
+        &self,
+        request: Request<v1::AddMembersRequest>,
+    ) -> Result<Response<v1::AddMembersResponse>, Status> {
+        let r = request.into_inner();
+        let id = conversation(&r.conversation_id)?;
+        let actor = user("acting_user_id", &r.acting_user_id)?;
+        let add = users("user_ids", &r.user_ids)?;
+        let c = self.member_conversation(id, &actor).await?;
+        if c.kind == ConversationKind::Direct {
+            return Err(
+                ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
+            );
+        }
+        let total = c.members.len() + add.iter().filter(|u| !c.members.contains(u)).count();
+        if total > MAX_GROUP_MEMBERS {
+            return Err(
+                ChatError::FailedPrecondition(format!("a group has at most {MAX_GROUP_MEMBERS} members")).into()
+            );
+        }
+        self.store.add_members(id, &add).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::AddMembersResponse { conversation: Some(self.reload(id).await?) }))
+    }
+
+    async fn remove_members(
+        &self,
+        request: Request<v1::RemoveMembersRequest>,
+    ) -> Result<Response<v1::RemoveMembersResponse>, Status> {
+        let r = request.into_inner();
+        let id = conversation(&r.conversation_id)?;
+        let actor = user("acting_user_id", &r.acting_user_id)?;
+        let remove = users("user_ids", &r.user_ids)?;
+        let c = self.member_conversation(id, &actor).await?;
+        if c.kind == ConversationKind::Direct {
+            return Err(
+                ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
+            );
+        }
+        self.store.remove_members(id, &remove).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::RemoveMembersResponse { conversation: Some(self.reload(id).await?) }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<v1::GetConversationRequest>,
+    ) -> Result<Response<v1::GetConversationResponse>, Status> {
+        let r = request.into_inner();
+        let id = conversation(&r.conversation_id)?;
+        let who = user("user_id", &r.user_id)?;
+        let c = self.member_conversation(id, &who).await?;
+        Ok(Response::new(v1::GetConversationResponse { conversation: Some(conversation_to_proto(&c)) }))
+    }
+
+    async fn register_device(
+        &self,
+        request: Request<v1::RegisterDeviceRequest>,
+    ) -> Result<Response<v1::RegisterDeviceResponse>, Status> {
+        let r = request.into_inner();
+        let u = user("user_id", &r.user_id)?;
+        let d = device("device_id", &r.device_id)?;
+        self.store.register_device(&u, &d).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::RegisterDeviceResponse {}))
+    }
+
+    async fn fetch_inbox(
+        &self,
+        request: Request<v1::FetchInboxRequest>,
+    ) -> Result<Response<v1::FetchInboxResponse>, Status> {
+        let r = request.into_inner();
+        let u = user("user_id", &r.user_id)?;
+        let d = device("device_id", &r.device_id)?;
+        let limit = page(r.limit)?;
+        let after = if r.after_conversation_id.is_empty() {
+            None
+        } else {
+            let seq = Seq::new(r.after_seq).ok_or_else(|| ChatError::Invalid("after_seq must be at least 1".into()))?;
+            Some((conversation(&r.after_conversation_id)?, seq))
+        };
+        let messages = self.store.inbox(&u, &d, after, limit).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::FetchInboxResponse { messages: messages.iter().map(message_to_proto).collect() }))
+    }
+
+    async fn ack_inbox(&self, request: Request<v1::AckInboxRequest>) -> Result<Response<v1::AckInboxResponse>, Status> {
+        let r = request.into_inner();
+        let u = user("user_id", &r.user_id)?;
+        let d = device("device_id", &r.device_id)?;
+        let id = conversation(&r.conversation_id)?;
+        let up_to = Seq::new(r.up_to_seq).ok_or_else(|| ChatError::Invalid("up_to_seq must be at least 1".into()))?;
+        self.store.ack_inbox(&u, &d, id, up_to).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::AckInboxResponse {}))
+    }
+}

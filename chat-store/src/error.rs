@@ -1,0 +1,36 @@
+//! The store's one error type.
+
+/// What went wrong talking to the store. Every variant but `Corrupt` may succeed when tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A row that the platform wrote cannot be read back as a domain value.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+    #[error("schema migration failed: {0}")]
+    Migration(String),
+}
+
+macro_rules! unavailable_from {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Unavailable(e.to_string())
+            }
+        })*
+    };
+}
+
+unavailable_from!(
+    scylla::errors::ExecutionError,
+    scylla::errors::PrepareError,
+    scylla::errors::NewSessionError,
+    scylla::errors::IntoRowsResultError,
+    scylla::errors::RowsError,
+    scylla::errors::DeserializationError,
+    scylla::errors::UseKeyspaceError,
+    scylla::errors::SchemaAgreementError,
+    scylla::errors::FirstRowError,
+    scylla::errors::MaybeFirstRowError,
+);

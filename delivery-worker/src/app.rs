@@ -1,0 +1,75 @@
+//! The delivery-worker process: connects to Kafka, Cassandra and Redis, then runs the loop until shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_store::CassandraStore;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::consumer::{Loop, WorkerConsumer, WorkerContext};
+use crate::deliver::Deliverer;
+
+pub struct App {
+    worker: Loop,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
+        let redis = redis::Client::open(config.redis_url.as_str()).context("redis url")?;
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(1);
+        let redis =
+            redis::aio::ConnectionManager::new_with_config(redis, redis_config).await.context("connecting to redis")?;
+        let consumer: WorkerConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("group.id", &config.group_id)
+            .set("client.id", "delivery-worker")
+            // A new group starts from the beginning of the log, not its end: nothing is skipped.
+            .set("auto.offset.reset", "earliest")
+            // Offsets are stored by the loop after a record is handled, and committed in the background.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(WorkerContext::default())
+            .context("creating the kafka consumer")?;
+        consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
+        let dead_letters: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("creating the dead-letter producer")?;
+        let deliverer = Deliverer::new(
+            store,
+            redis,
+            config.redis_prefix.clone(),
+            Duration::from_millis(config.push_timeout_ms),
+            Duration::from_millis(config.members_cache_ms),
+        );
+        Ok(App {
+            worker: Loop { consumer, deliverer, dead_letters, dead_letter_topic: config.dead_letter_topic.clone() },
+        })
+    }
+
+    /// Runs until `shutdown` resolves, then finishes the record in hand and commits.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        self.worker.run(rx).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! The delivery worker's configuration: environment variables (and the same names as flags), checked at start.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "delivery-worker", version, about = "Delivery worker: from the log to every device")]
+pub struct Config {
+    #[arg(long, env = "WORKER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub kafka_brokers: String,
+    #[arg(long, env = "WORKER_EVENTS_TOPIC", default_value = "chat.events.v1")]
+    pub events_topic: String,
+    /// Records that cannot be decoded go here, with the reason in a header.
+    #[arg(long, env = "WORKER_DEAD_LETTER_TOPIC", default_value = "chat.events.v1.dlq")]
+    pub dead_letter_topic: String,
+    /// The consumer group; every worker of a deployment shares it.
+    #[arg(long, env = "WORKER_GROUP_ID", default_value = "delivery-worker")]
+    pub group_id: String,
+    #[arg(long, env = "WORKER_CASSANDRA_NODES", default_value = "127.0.0.1:19042", value_delimiter = ',')]
+    pub cassandra_nodes: Vec<String>,
+    #[arg(long, env = "WORKER_CASSANDRA_KEYSPACE", default_value = "chat")]
+    pub cassandra_keyspace: String,
+    #[arg(long, env = "WORKER_REDIS_URL", default_value = "redis://127.0.0.1:16379/")]
+    pub redis_url: String,
+    #[arg(long, env = "WORKER_REDIS_PREFIX", default_value = "chat:")]
+    pub redis_prefix: String,
+    /// Deadline of one push to a gateway; past it the device counts as offline (its inbox gets the message).
+    #[arg(long, env = "WORKER_PUSH_TIMEOUT_MS", default_value_t = 2_000)]
+    pub push_timeout_ms: u64,
+    /// How long a conversation's member list is reused before it is read again.
+    #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
+    pub members_cache_ms: u64,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err("WORKER_KAFKA_BROKERS is empty".into());
+        }
+        if self.group_id.is_empty() {
+            return Err("WORKER_GROUP_ID is empty".into());
+        }
+        if !(50..=60_000).contains(&self.push_timeout_ms) {
+            return Err("WORKER_PUSH_TIMEOUT_MS must be between 50 and 60000".into());
+        }
+        Ok(())
+    }
+
+    pub fn store_config(&self) -> chat_store::StoreConfig {
+        chat_store::StoreConfig {
+            nodes: self.cassandra_nodes.clone(),
+            keyspace: self.cassandra_keyspace.clone(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Per conversation, how far delivery has gone, so that a message is never skipped.
+//!
+//! Two replicas of the chat service can append a conversation's messages N and N+1 to the log in the
+//! opposite order (each appends after its own claim), and a sender that dies after claiming N may never
+//! append it at all. So the worker delivers by number, not by log order: when it sees N+1 having delivered
+//! only up to N-1, it first delivers N from the store (which holds every number below a claimed one), and
+//! later skips N's record if it arrives. How far delivery has gone is also kept in the store
+//! (`delivery_cursors`), so the next owner of the partition starts where this one stopped.
+
+use std::collections::HashMap;
+
+use chat_model::ConversationId;
+
+/// What to do with a message's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Deliver it; first deliver the numbers `from..seq` read from the store, when `fill_from` is set.
+    Deliver { fill_from: Option<u64> },
+    /// Already delivered (from the store, or an earlier copy of the record).
+    Skip,
+}
+
+/// Bounded: when full, the map is cleared, which only costs a read of the stored cursor.
+pub struct Cursors {
+    delivered: HashMap<ConversationId, u64>,
+    capacity: usize,
+}
+
+impl Cursors {
+    pub fn new(capacity: usize) -> Cursors {
+        Cursors { delivered: HashMap::new(), capacity }
+    }
+
+    /// What to do with the record of `seq`; `None` when the conversation is unknown here: read its stored
+    /// cursor and call [`Cursors::start`] first.
+    pub fn plan(&self, conversation: ConversationId, seq: u64) -> Option<Plan> {
+        let delivered = *self.delivered.get(&conversation)?;
+        Some(if seq <= delivered {
+            Plan::Skip
+        } else if seq == delivered + 1 {
+            Plan::Deliver { fill_from: None }
+        } else {
+            Plan::Deliver { fill_from: Some(delivered + 1) }
+        })
+    }
+
+    /// Starts tracking a conversation whose messages up to `delivered` are known to be delivered.
+    pub fn start(&mut self, conversation: ConversationId, delivered: u64) {
+        if self.delivered.len() >= self.capacity {
+            self.delivered.clear();
+        }
+        self.delivered.insert(conversation, delivered);
+    }
+
+    /// Records that every number up to `seq` is delivered.
+    pub fn delivered(&mut self, conversation: ConversationId, seq: u64) {
+        let d = self.delivered.entry(conversation).or_insert(seq);
+        if seq > *d {
+            *d = seq;
+        }
+    }
+
+    /// Forgets everything: after a rebalance, another worker may have moved the conversations on.
+    pub fn clear(&mut self) {
+        self.delivered.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_conversations_ask_for_the_stored_cursor() {
+        let mut c = Cursors::new(10);
+        let id = ConversationId::generate();
+        assert_eq!(c.plan(id, 1), None);
+        c.start(id, 0);
+        assert_eq!(c.plan(id, 1), Some(Plan::Deliver { fill_from: None }));
+    }
+
+    #[test]
+    fn in_order_records_are_delivered_once() {
+        let mut c = Cursors::new(10);
+        let id = ConversationId::generate();
+        c.start(id, 0);
+        for seq in 1..=3 {
+            assert_eq!(c.plan(id, seq), Some(Plan::Deliver { fill_from: None }));
+            c.delivered(id, seq);
+        }
+        assert_eq!(c.plan(id, 2), Some(Plan::Skip), "a replayed record is not delivered again");
+    }
+
+    #[test]
+    fn a_jump_fills_the_gap_and_the_late_record_is_skipped() {
+        let mut c = Cursors::new(10);
+        let id = ConversationId::generate();
+        c.start(id, 4);
+        assert_eq!(c.plan(id, 7), Some(Plan::Deliver { fill_from: Some(5) }));
+        c.delivered(id, 7);
+        assert_eq!(c.plan(id, 5), Some(Plan::Skip));
+        assert_eq!(c.plan(id, 6), Some(Plan::Skip));
+        assert_eq!(c.plan(id, 8), Some(Plan::Deliver { fill_from: None }));
+    }
+
+    #[test]
+    fn the_cursor_never_moves_back_and_a_full_map_forgets() {
+        let mut c = Cursors::new(2);
+        let (a, b, d) = (ConversationId::generate(), ConversationId::generate(), ConversationId::generate());
+        c.start(a, 5);
+        c.delivered(a, 3);
+        assert_eq!(c.plan(a, 5), Some(Plan::Skip));
+        c.start(b, 1);
+        c.start(d, 1);
+        assert_eq!(c.plan(a, 6), None, "forgotten, so the stored cursor is read again");
+    }
+}

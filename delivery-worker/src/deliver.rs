@@ -1,0 +1,275 @@
+//! The step: deliver one message to every device of every member, by push or into the inbox.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_model::{ConversationId, DeviceId, Message, Seq, UserId, presence};
+use chat_store::{CassandraStore, StoreError};
+use futures::future::join_all;
+use proto::v1::{self, gateway_service_client::GatewayServiceClient};
+use redis::aio::ConnectionManager;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cursor::{Cursors, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The store could not be read or written: the record is handled again later (nothing is skipped).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What handling one record did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Messages delivered (the record's own, plus any filled in from the store).
+    pub messages: usize,
+    /// Devices that took a message by push.
+    pub pushed: usize,
+    /// Inbox rows written.
+    pub inboxed: usize,
+    /// The record was already delivered.
+    pub skipped: bool,
+}
+
+/// Messages read from the store per page when filling a gap.
+const FILL_PAGE: usize = 500;
+
+pub struct Deliverer {
+    store: CassandraStore,
+    redis: ConnectionManager,
+    redis_prefix: String,
+    push_timeout: Duration,
+    gateways: Mutex<HashMap<String, GatewayServiceClient<Channel>>>,
+    members: TtlCache<ConversationId, Vec<UserId>>,
+    devices: TtlCache<UserId, Vec<DeviceId>>,
+}
+
+/// Values reused for a short time. Bounded: when full it is cleared, which only costs reads.
+struct TtlCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, (Instant, Arc<V>)>>,
+}
+
+const CACHE_CAPACITY: usize = 100_000;
+
+impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cached value of `key`, or the one `load` reads (then cached).
+    async fn get<F, Fut>(&self, key: &K, load: F) -> Result<Arc<V>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, StoreError>>,
+    {
+        if let Some((at, v)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(load().await?);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key.clone(), (Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+type Target = (UserId, DeviceId);
+
+impl Deliverer {
+    pub fn new(
+        store: CassandraStore,
+        redis: ConnectionManager,
+        redis_prefix: String,
+        push_timeout: Duration,
+        members_ttl: Duration,
+    ) -> Deliverer {
+        Deliverer {
+            store,
+            redis,
+            redis_prefix,
+            push_timeout,
+            gateways: Mutex::new(HashMap::new()),
+            members: TtlCache::new(members_ttl),
+            devices: TtlCache::new(members_ttl),
+        }
+    }
+
+    /// Handles the record of `m`: delivers it, after any numbers before it that were not delivered yet.
+    pub async fn handle(&self, cursors: &mut Cursors, m: &Message) -> Result<Outcome, DeliverError> {
+        let conv = m.conversation_id;
+        let seq = m.seq.get();
+        let plan = match cursors.plan(conv, seq) {
+            Some(p) => p,
+            None => {
+                let stored = self.store.delivery_cursor(conv).await?;
+                cursors.start(conv, stored);
+                cursors.plan(conv, seq).unwrap_or(Plan::Deliver { fill_from: None })
+            }
+        };
+        let mut outcome = Outcome::default();
+        let fill_from = match plan {
+            Plan::Skip => {
+                return Ok(Outcome { skipped: true, ..outcome });
+            }
+            Plan::Deliver { fill_from } => fill_from,
+        };
+        if let Some(from) = fill_from {
+            let mut after = from - 1;
+            while after + 1 < seq {
+                let page = self.store.messages_between(conv, after, seq - 1, FILL_PAGE).await?;
+                let Some(last) = page.last().map(|p| p.seq.get()) else {
+                    break;
+                };
+                for missed in &page {
+                    tracing::debug!(conversation_id = %conv, seq = %missed.seq, "delivering a number ahead of its record");
+                    add(&mut outcome, self.deliver(missed).await?);
+                }
+                after = last;
+                cursors.delivered(conv, after);
+            }
+        }
+        add(&mut outcome, self.deliver(m).await?);
+        if let Some(s) = Seq::new(seq) {
+            self.store.set_delivery_cursor(conv, s).await?;
+        }
+        cursors.delivered(conv, seq);
+        Ok(outcome)
+    }
+
+    /// Delivers one message to every device of every member but the sending device.
+    pub async fn deliver(&self, m: &Message) -> Result<Outcome, DeliverError> {
+        let members = self.members(m.conversation_id).await?;
+        let online = self.online(&members).await;
+        let mut targets: Vec<Target> = Vec::new();
+        for user in members.iter() {
+            for device in self.devices(user).await?.iter() {
+                targets.push((user.clone(), device.clone()));
+            }
+        }
+        for t in online.keys() {
+            if !targets.contains(t) {
+                targets.push(t.clone());
+            }
+        }
+        targets.retain(|(u, d)| !(u == &m.sender_id && d == &m.sender_device_id));
+
+        // One push per gateway, all at once; each bounded by the push deadline.
+        let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
+        for t in &targets {
+            if let Some(addr) = online.get(t) {
+                by_gateway
+                    .entry(addr.as_str())
+                    .or_default()
+                    .push(v1::DeviceRef { user_id: t.0.to_string(), device_id: t.1.to_string() });
+            }
+        }
+        let message = to_proto(m);
+        let pushes = by_gateway.into_iter().map(|(addr, devices)| self.push(addr, message.clone(), devices));
+        let mut delivered: HashSet<(String, String)> = HashSet::new();
+        for refs in join_all(pushes).await {
+            for d in refs {
+                delivered.insert((d.user_id, d.device_id));
+            }
+        }
+        let offline: Vec<&Target> =
+            targets.iter().filter(|(u, d)| !delivered.contains(&(u.to_string(), d.to_string()))).collect();
+        let writes = offline.iter().map(|(u, d)| self.store.put_inbox(u, d, m));
+        for r in join_all(writes).await {
+            r?;
+        }
+        Ok(Outcome { messages: 1, pushed: delivered.len(), inboxed: offline.len(), skipped: false })
+    }
+
+    /// Pushes to one gateway; answers the devices it took. A failure or a missed deadline takes none.
+    async fn push(&self, addr: &str, message: v1::Message, devices: Vec<v1::DeviceRef>) -> Vec<v1::DeviceRef> {
+        let Some(mut client) = self.gateway(addr) else {
+            return Vec::new();
+        };
+        let mut req = tonic::Request::new(v1::PushRequest { message: Some(message), devices });
+        req.set_timeout(self.push_timeout);
+        match tokio::time::timeout(self.push_timeout, client.push(req)).await {
+            Ok(Ok(r)) => r.into_inner().delivered,
+            Ok(Err(status)) => {
+                tracing::debug!(gateway = addr, %status, "push failed; devices get the inbox");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::debug!(gateway = addr, "push deadline passed; devices get the inbox");
+                Vec::new()
+            }
+        }
+    }
+
+    fn gateway(&self, addr: &str) -> Option<GatewayServiceClient<Channel>> {
+        let mut gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = gateways.get(addr) {
+            return Some(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(self.push_timeout)
+            .timeout(self.push_timeout)
+            .tcp_nodelay(true);
+        let client = GatewayServiceClient::new(endpoint.connect_lazy());
+        gateways.insert(addr.to_owned(), client.clone());
+        Some(client)
+    }
+
+    async fn members(&self, id: ConversationId) -> Result<Arc<Vec<UserId>>, StoreError> {
+        self.members.get(&id, || self.store.members(id)).await
+    }
+
+    async fn devices(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
+        self.devices.get(user, || self.store.devices(user)).await
+    }
+
+    /// The live presence of `users`' devices: (user, device) to gateway address. Redis being down means
+    /// nobody is online: every device gets the inbox, and resume by cursor covers the rest.
+    async fn online(&self, users: &[UserId]) -> HashMap<Target, String> {
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(presence::key(&self.redis_prefix, u));
+        }
+        let mut conn = self.redis.clone();
+        let hashes: Vec<Vec<(String, String)>> = match pipe.query_async(&mut conn).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unreadable; delivering to inboxes");
+                return HashMap::new();
+            }
+        };
+        let now = chat_model::now_ms();
+        let mut out = HashMap::new();
+        for (user, fields) in users.iter().zip(hashes) {
+            for (device, entry) in presence::live_devices(fields, now) {
+                out.insert((user.clone(), device), entry.push_addr);
+            }
+        }
+        out
+    }
+}
+
+fn add(total: &mut Outcome, one: Outcome) {
+    total.messages += one.messages;
+    total.pushed += one.pushed;
+    total.inboxed += one.inboxed;
+}
+
+fn to_proto(m: &Message) -> v1::Message {
+    v1::Message {
+        conversation_id: m.conversation_id.to_string(),
+        message_id: m.message_id.to_string(),
+        seq: m.seq.get(),
+        sender_id: m.sender_id.to_string(),
+        body: m.body.as_str().to_owned(),
+        sent_at_ms: m.sent_at_ms,
+        client_msg_id: m.client_msg_id.to_string(),
+    }
+}

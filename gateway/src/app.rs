@@ -1,0 +1,166 @@
+//! The gateway process: binds both listeners, connects to Redis and the chat service, serves until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::v1::chat_service_client::ChatServiceClient;
+use proto::v1::gateway_service_server::GatewayServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Config;
+use crate::auth::Verifier;
+use crate::http::{self, Upgrader};
+use crate::presence::{Holder, Presence};
+use crate::push::PushGrpc;
+use crate::registry::Registry;
+use crate::session::Shared;
+
+/// Largest push the gateway accepts: one message at the largest body size, with room.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest answer taken from the chat service: a page of history (500 messages at the largest body size).
+const MAX_CHAT_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct App {
+    ws_listener: TcpListener,
+    grpc_listener: TcpListener,
+    upgrader: Arc<Upgrader>,
+    shutdown_tx: watch::Sender<bool>,
+    handshake_timeout: Duration,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let ws_listener =
+            TcpListener::bind(config.ws_addr).await.with_context(|| format!("binding {}", config.ws_addr))?;
+        let grpc_listener =
+            TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
+        let push_addr = match &config.advertise_addr {
+            Some(a) => a.clone(),
+            None => grpc_listener.local_addr()?.to_string(),
+        };
+        let presence = Presence::connect(&config.redis_url, &config.redis_prefix, &push_addr, config.presence_ttl())
+            .await
+            .context("connecting to redis")?;
+        let chat = chat_client(&config.chat_service_urls, Duration::from_millis(config.rpc_timeout_ms))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            registry: Registry::default(),
+            presence,
+            chat,
+            send_queue: config.send_queue,
+            inbox_recheck: Duration::from_millis(config.inbox_recheck_ms),
+            rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
+            write_timeout: Duration::from_secs(10),
+            shutdown: shutdown_rx,
+        });
+        let upgrader = Arc::new(Upgrader {
+            verifier: Verifier::hs256(
+                config.jwt_secret.as_bytes(),
+                config.jwt_issuer.as_deref(),
+                config.jwt_audience.as_deref(),
+            ),
+            allowed_origins: config.allowed_origins.clone(),
+            ws_config: http::ws_config(config.max_message_bytes),
+            shared,
+        });
+        Ok(App {
+            ws_listener,
+            grpc_listener,
+            upgrader,
+            shutdown_tx,
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, closes every connection with 1001 (reconnect)
+    /// and removes this gateway's presence entries.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let shared = self.upgrader.shared.clone();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<GatewayServiceServer<PushGrpc>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let push = GatewayServiceServer::new(PushGrpc { shared: shared.clone() })
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        let mut grpc_stop = shared.shutdown.clone();
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(push)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            });
+        let grpc = tokio::spawn(grpc);
+        let refresher = tokio::spawn(refresh_presence(shared.clone()));
+        tracing::info!(ws = %self.ws_listener.local_addr()?, "gateway listening");
+        let http = tokio::spawn(http::serve(
+            self.ws_listener,
+            self.upgrader.clone(),
+            self.handshake_timeout,
+            shared.shutdown.clone(),
+        ));
+
+        shutdown.await;
+        tracing::info!(connections = shared.registry.len(), "shutting down: closing connections");
+        let _ = self.shutdown_tx.send(true);
+        let _ = http.await;
+        // Sessions see the flag, send 1001 and end; give them a bounded time to drain.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        refresher.abort();
+        let _ = grpc.await;
+        Ok(())
+    }
+}
+
+fn chat_client(urls: &[String], timeout: Duration) -> anyhow::Result<ChatServiceClient<Channel>> {
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for u in urls {
+        let e = Endpoint::from_shared(u.clone())
+            .with_context(|| format!("chat service url {u}"))?
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        endpoints.push(e);
+    }
+    let channel = Channel::balance_list(endpoints.into_iter());
+    Ok(ChatServiceClient::new(channel)
+        .max_decoding_message_size(MAX_CHAT_RESPONSE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+}
+
+/// Rewrites this gateway's presence entries every third of their TTL, so they expire only if the gateway dies.
+async fn refresh_presence(shared: Arc<Shared>) {
+    let period = shared.presence.ttl() / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        let conns = shared.registry.all();
+        for chunk in conns.chunks(500) {
+            let holders: Vec<Holder<'_>> =
+                chunk.iter().map(|c| Holder { user: &c.user, device: &c.device, conn_id: c.conn_id }).collect();
+            if let Err(e) = shared.presence.set(&holders).await {
+                tracing::warn!(error = %e, "presence refresh failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The HTTP side: our own accept loop (so that header-read timeouts hold), warp routes for health, and the
+//! WebSocket upgrade done with tokio-tungstenite directly (so that the per-connection buffers and limits are
+//! ours to set; warp's `ws()` filter allows neither).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::Filter;
+
+use crate::auth::{AuthError, Verifier};
+use crate::session::{self, Shared};
+
+/// What the upgrade needs besides the session's shared state.
+pub struct Upgrader {
+    pub verifier: Verifier,
+    pub allowed_origins: Vec<String>,
+    pub ws_config: WebSocketConfig,
+    pub shared: Arc<Shared>,
+}
+
+/// The WebSocket settings of every connection: small read buffer (see pitfalls: tungstenite's default of
+/// 128 KiB per connection multiplies by the connection count), and message and frame limits.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message_bytes * 4)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .accept_unmasked_frames(false)
+}
+
+/// Accepts connections until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    upgrader: Arc<Upgrader>,
+    handshake_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let routes = routes(upgrader);
+    let service = warp::service(routes);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let mut s = service.clone();
+                async move { tower_service::Service::call(&mut s, req).await }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves once the flag is true (holding no borrow of it across an await).
+pub async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
+/// The client's address, put in each request's extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+type Reply = warp::reply::Response;
+
+fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+    let live = warp::path!("healthz").and(warp::get()).map(|| plain(StatusCode::OK, "ok"));
+    let ready_up = upgrader.clone();
+    let ready = warp::path!("readyz").and(warp::get()).map(move || {
+        if *ready_up.shared.shutdown.borrow() {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        } else {
+            plain(StatusCode::OK, "ready")
+        }
+    });
+    let query = warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify();
+    let ws = warp::path!("v1" / "ws")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(move |headers: HeaderMap, query: HashMap<String, String>, on_upgrade: Option<OnUpgrade>| {
+            upgrade(&upgrader, &headers, &query, on_upgrade)
+        });
+    live.or(ready).unify().or(ws).unify()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Reply {
+    warp::Reply::into_response(warp::reply::with_status(text, status))
+}
+
+/// A refusal before the upgrade: a status and a JSON body with a stable code.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Reply {
+    let body = serde_json::json!({ "code": code, "message": message });
+    warp::Reply::into_response(warp::reply::with_status(warp::reply::json(&body), status))
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks a WebSocket upgrade request: handshake headers, origin, token. On success answers 101 and starts
+/// the session once hyper hands over the connection.
+fn upgrade(
+    up: &Arc<Upgrader>,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    on_upgrade: Option<OnUpgrade>,
+) -> Reply {
+    let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(key), true, true, Some(on_upgrade)) =
+        (headers.get(header::SEC_WEBSOCKET_KEY), is_upgrade, version_ok, on_upgrade)
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade (version 13)");
+    };
+    if !up.allowed_origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| up.allowed_origins.iter().any(|a| a == o)) {
+            return refuse(StatusCode::FORBIDDEN, "origin_not_allowed", "origin not allowed");
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = bearer.or(query.get("access_token").map(String::as_str));
+    let identity = match up.verifier.verify(token, query.get("device_id").map(String::as_str)) {
+        Ok(id) => id,
+        Err(e @ (AuthError::NoDevice | AuthError::DeviceMismatch)) => {
+            return refuse(StatusCode::BAD_REQUEST, "bad_device", &e.to_string());
+        }
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let up = up.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(up.ws_config)).await;
+        session::run(ws, identity, up.shared.clone()).await;
+    });
+    let mut r = warp::Reply::into_response(warp::reply::with_status("", StatusCode::SWITCHING_PROTOCOLS));
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}

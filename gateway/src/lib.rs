@@ -1,0 +1,20 @@
+//! The gateway: holds client WebSockets, forwards what clients send to the chat service over gRPC, and
+//! takes pushes from delivery workers over gRPC.
+//!
+//! [`http`] accepts connections and upgrades them after checking the token ([`auth`]); [`session`] runs one
+//! connection, speaking the JSON protocol of [`protocol`] (documented in `docs/protocol.md`); [`registry`]
+//! holds this process's connections; [`presence`] tells Redis which gateway holds which device; [`push`]
+//! is the gRPC service the delivery workers call. The gateway never talks to Cassandra or Kafka.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod presence;
+pub mod protocol;
+pub mod push;
+pub mod registry;
+pub mod session;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,42 @@
+//! `chat.v1.GatewayService`: delivery workers hand this gateway a message for some of its devices.
+
+use std::sync::Arc;
+
+use chat_model::{ConversationId, DeviceId, UserId};
+use proto::v1::{self, gateway_service_server::GatewayService};
+use tonic::{Request, Response, Status};
+
+use crate::registry::PushOutcome;
+use crate::session::{Shared, message_frame};
+
+pub struct PushGrpc {
+    pub shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl GatewayService for PushGrpc {
+    async fn push(&self, request: Request<v1::PushRequest>) -> Result<Response<v1::PushResponse>, Status> {
+        let r = request.into_inner();
+        let message = r.message.ok_or_else(|| Status::invalid_argument("message is missing"))?;
+        let conversation = ConversationId::parse(&message.conversation_id)
+            .map_err(|e| Status::invalid_argument(format!("message.conversation_id: {e}")))?;
+        if message.seq == 0 {
+            return Err(Status::invalid_argument("message.seq must be at least 1"));
+        }
+        let frame = message_frame(&message);
+        let mut delivered = Vec::with_capacity(r.devices.len());
+        for d in r.devices {
+            // A device this gateway cannot name is simply not delivered here; the worker keeps it in the inbox.
+            let (Ok(user), Ok(device)) = (UserId::parse(&d.user_id), DeviceId::parse(&d.device_id)) else {
+                continue;
+            };
+            let Some(conn) = self.shared.registry.get(&user, &device) else {
+                continue;
+            };
+            if conn.push(conversation, message.seq, frame.clone()) == PushOutcome::Queued {
+                delivered.push(d);
+            }
+        }
+        Ok(Response::new(v1::PushResponse { delivered }))
+    }
+}

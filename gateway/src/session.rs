@@ -1,0 +1,409 @@
+//! One client connection, from the moment it is upgraded: register, sync the inbox, then live until closed.
+//!
+//! Per connection there are three tasks: this one reads frames; the writer owns the socket's sink and is fed
+//! by the bounded send queue; the request worker calls the chat service one request at a time (so one
+//! client's sends keep their order). A fourth, short-lived task sends the inbox at connect.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_model::{ConversationId, Seq};
+use futures::{SinkExt, StreamExt};
+use proto::v1;
+use proto::v1::chat_service_client::ChatServiceClient;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tonic::transport::Channel;
+
+use crate::auth::Identity;
+use crate::presence::{Holder, Presence};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, WireMessage, close};
+use crate::registry::{CloseReason, ConnHandle, Registry};
+
+/// What every session of the process shares.
+pub struct Shared {
+    pub registry: Registry,
+    pub presence: Presence,
+    pub chat: ChatServiceClient<Channel>,
+    pub send_queue: usize,
+    pub inbox_recheck: Duration,
+    pub rpc_timeout: Duration,
+    /// Longest a write to one socket may block before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Becomes true when the process shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Requests a connection's worker handles, in order.
+enum Request {
+    Send(ClientFrame),
+    History(ClientFrame),
+    Delivered { conversation_id: ConversationId, seq: Seq },
+}
+
+/// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
+const PENDING_REQUESTS: usize = 32;
+/// Inbox entries fetched per call.
+const INBOX_PAGE: u32 = 500;
+
+pub async fn run<S>(ws: WebSocketStream<S>, identity: Identity, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_id = shared.registry.next_conn_id();
+    let (out_tx, out_rx) = mpsc::channel::<Utf8Bytes>(shared.send_queue);
+    let (close_tx, close_rx) = watch::channel::<Option<CloseReason>>(None);
+    let handle = Arc::new(ConnHandle::new(
+        conn_id,
+        identity.user.clone(),
+        identity.device.clone(),
+        out_tx.clone(),
+        close_tx,
+        shared.send_queue,
+    ));
+    if let Some(old) = shared.registry.insert(handle.clone()) {
+        old.close_with((close::REPLACED, "device connected again"));
+    }
+    let (sink, stream) = ws.split();
+    let token_left = Duration::from_secs(u64::try_from(identity.expires_at - chat_model::now_ms() / 1000).unwrap_or(0));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        close_rx.clone(),
+        shared.shutdown.clone(),
+        token_left,
+        shared.write_timeout,
+    ));
+
+    // The device is known (it gets an inbox) and present before the client hears anything: once a client has
+    // its welcome, every message for it is either pushed or kept.
+    let holder = Holder { user: &identity.user, device: &identity.device, conn_id };
+    if let Err(e) = shared.presence.set(&[holder]).await {
+        tracing::warn!(user = %identity.user, error = %e, "presence not written; delivery falls back to the inbox");
+    }
+    let register =
+        v1::RegisterDeviceRequest { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
+    if let Err(e) = shared.chat.clone().register_device(with_deadline(register, shared.rpc_timeout)).await {
+        tracing::warn!(user = %identity.user, error = %e, "device not registered; it relies on resume by cursor");
+    }
+    let welcome = ServerFrame::Welcome {
+        user_id: identity.user.to_string(),
+        device_id: identity.device.to_string(),
+        session_id: format!("{conn_id}"),
+    };
+    let _ = out_tx.send(welcome.to_text().into()).await;
+
+    let sync = tokio::spawn(sync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
+    let (req_tx, req_rx) = mpsc::channel::<Request>(PENDING_REQUESTS);
+    let worker = tokio::spawn(request_loop(req_rx, identity.clone(), shared.clone(), out_tx.clone()));
+
+    read_loop(stream, &handle, &req_tx, &out_tx, close_rx).await;
+
+    handle.close_with((1000, ""));
+    drop(req_tx);
+    drop(out_tx);
+    sync.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    worker.abort();
+    if shared.registry.remove(&identity.user, &identity.device, conn_id)
+        && let Err(e) = shared.presence.remove(&identity.user, &identity.device, conn_id).await
+    {
+        tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
+    }
+}
+
+async fn read_loop<S>(
+    mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
+    handle: &ConnHandle,
+    req_tx: &mpsc::Sender<Request>,
+    out_tx: &mpsc::Sender<Utf8Bytes>,
+    mut close_rx: watch::Receiver<Option<CloseReason>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = async { let _ = close_rx.wait_for(|c| c.is_some()).await; } => {
+                // We are closing: give the client a moment to answer our close frame, then stop reading.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async { while stream.next().await.is_some() {} }).await;
+                return;
+            }
+        };
+        let frame = match next {
+            None => return,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                if let Some(reason) = close_for_error(&e) {
+                    handle.close_with(reason);
+                    continue;
+                }
+                return;
+            }
+        };
+        match frame {
+            WsMessage::Text(text) => {
+                let reply = match protocol::parse(text.as_str()) {
+                    Ok(ClientFrame::Ping { id }) => Some(ServerFrame::Pong { id }),
+                    Ok(f @ ClientFrame::Send { .. }) => enqueue(req_tx, Request::Send(f)).await,
+                    Ok(f @ ClientFrame::History { .. }) => enqueue(req_tx, Request::History(f)).await,
+                    Ok(ClientFrame::Delivered { conversation_id, seq }) => {
+                        enqueue(req_tx, Request::Delivered { conversation_id, seq }).await
+                    }
+                    Err(e) => Some(ServerFrame::error(e)),
+                };
+                if let Some(reply) = reply
+                    && out_tx.send(reply.to_text().into()).await.is_err()
+                {
+                    return;
+                }
+            }
+            WsMessage::Binary(_) => {
+                let e = FrameError {
+                    id: None,
+                    code: ErrorCode::BadFrame,
+                    message: "binary frames are not part of the protocol".into(),
+                };
+                if out_tx.send(ServerFrame::error(e).to_text().into()).await.is_err() {
+                    return;
+                }
+            }
+            WsMessage::Close(_) => return,
+            // Pings are answered by tungstenite itself; pongs and raw frames need nothing.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+        }
+    }
+}
+
+async fn enqueue(req_tx: &mpsc::Sender<Request>, r: Request) -> Option<ServerFrame> {
+    match req_tx.send(r).await {
+        Ok(()) => None,
+        Err(_) => Some(ServerFrame::error(FrameError {
+            id: None,
+            code: ErrorCode::Unavailable,
+            message: "connection is closing".into(),
+        })),
+    }
+}
+
+/// The close code for a read error, or `None` when the socket is simply gone.
+fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
+    match e {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        tungstenite::Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not UTF-8")),
+        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        _ => None,
+    }
+}
+
+async fn write_loop<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, WsMessage>,
+    mut out_rx: mpsc::Receiver<Utf8Bytes>,
+    mut close_rx: watch::Receiver<Option<CloseReason>>,
+    mut shutdown: watch::Receiver<bool>,
+    token_left: Duration,
+    write_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let token_expiry = tokio::time::sleep(token_left);
+    tokio::pin!(token_expiry);
+    let reason: CloseReason = loop {
+        tokio::select! {
+            biased;
+            r = async { close_rx.wait_for(|c| c.is_some()).await.ok().and_then(|c| *c) } => {
+                break r.unwrap_or((1000, ""));
+            }
+            _ = crate::http::stopped(&mut shutdown) => break (close::GOING_AWAY, "gateway shutting down, reconnect"),
+            _ = &mut token_expiry => break (close::TOKEN_EXPIRED, "token expired"),
+            frame = out_rx.recv() => {
+                let Some(text) = frame else { break (1000, "") };
+                match tokio::time::timeout(write_timeout, sink.send(WsMessage::Text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return,
+                }
+            }
+        }
+    };
+    let frame = CloseFrame { code: CloseCode::from(reason.0), reason: reason.1.into() };
+    let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}
+
+fn wire(m: &v1::Message) -> WireMessage {
+    WireMessage {
+        conversation_id: m.conversation_id.clone(),
+        message_id: m.message_id.clone(),
+        seq: m.seq,
+        sender_id: m.sender_id.clone(),
+        body: m.body.clone(),
+        sent_at_ms: m.sent_at_ms,
+    }
+}
+
+/// The frame text of a pushed or stored message.
+pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
+    ServerFrame::Message(wire(m)).to_text().into()
+}
+
+/// Sends the device's inbox, then lets live pushes through; reads the inbox once more after a delay.
+async fn sync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
+    let mut chat = shared.chat.clone();
+    let mut sent: HashSet<(String, u64)> = HashSet::new();
+    let count = send_inbox(&mut chat, &id, &shared, &out_tx, &mut sent).await;
+    handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
+    if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
+        return;
+    }
+    tokio::time::sleep(shared.inbox_recheck).await;
+    send_inbox(&mut chat, &id, &shared, &out_tx, &mut sent).await;
+}
+
+/// Sends every inbox entry not in `sent` (and adds it there); returns how many were sent.
+async fn send_inbox(
+    chat: &mut ChatServiceClient<Channel>,
+    id: &Identity,
+    shared: &Shared,
+    out_tx: &mpsc::Sender<Utf8Bytes>,
+    sent: &mut HashSet<(String, u64)>,
+) -> usize {
+    let mut count = 0;
+    let mut after: Option<(String, u64)> = None;
+    loop {
+        let (after_conversation_id, after_seq) = after.clone().unwrap_or_default();
+        let req = v1::FetchInboxRequest {
+            user_id: id.user.to_string(),
+            device_id: id.device.to_string(),
+            limit: INBOX_PAGE,
+            after_conversation_id,
+            after_seq,
+        };
+        let page = match chat.fetch_inbox(with_deadline(req, shared.rpc_timeout)).await {
+            Ok(r) => r.into_inner().messages,
+            Err(e) => {
+                tracing::warn!(user = %id.user, error = %e, "inbox not fetched; the client resumes by cursor");
+                return count;
+            }
+        };
+        let full = page.len() == INBOX_PAGE as usize;
+        for m in &page {
+            let key = (m.conversation_id.clone(), m.seq);
+            if sent.contains(&key) {
+                continue;
+            }
+            if out_tx.send(message_frame(m)).await.is_err() {
+                return count;
+            }
+            sent.insert(key);
+            count += 1;
+        }
+        match page.last() {
+            Some(last) if full => after = Some((last.conversation_id.clone(), last.seq)),
+            _ => return count,
+        }
+    }
+}
+
+fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// The client error code for a chat-service status: the gateway's half of the error table.
+pub fn code_for_status(status: &tonic::Status) -> ErrorCode {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidField,
+        Code::NotFound => ErrorCode::ConversationNotFound,
+        Code::PermissionDenied | Code::Unauthenticated => ErrorCode::NotMember,
+        Code::FailedPrecondition | Code::AlreadyExists => ErrorCode::FailedPrecondition,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted | Code::Cancelled => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
+fn status_frame(id: Option<String>, status: &tonic::Status) -> ServerFrame {
+    ServerFrame::error(FrameError { id, code: code_for_status(status), message: status.message().to_owned() })
+}
+
+async fn request_loop(
+    mut rx: mpsc::Receiver<Request>,
+    id: Identity,
+    shared: Arc<Shared>,
+    out_tx: mpsc::Sender<Utf8Bytes>,
+) {
+    let mut chat = shared.chat.clone();
+    while let Some(request) = rx.recv().await {
+        let reply = match request {
+            Request::Send(ClientFrame::Send { id: client_id, conversation_id, body }) => {
+                let req = v1::SendMessageRequest {
+                    conversation_id: conversation_id.to_string(),
+                    sender_id: id.user.to_string(),
+                    sender_device_id: id.device.to_string(),
+                    client_msg_id: client_id.to_string(),
+                    body: body.into_string(),
+                };
+                match chat.send_message(with_deadline(req, shared.rpc_timeout)).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        Some(ServerFrame::Sent {
+                            id: client_id.to_string(),
+                            conversation_id: conversation_id.to_string(),
+                            message_id: r.message_id,
+                            seq: r.seq,
+                            sent_at_ms: r.sent_at_ms,
+                            duplicate: r.duplicate,
+                        })
+                    }
+                    Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
+                }
+            }
+            Request::History(ClientFrame::History { id: req_id, conversation_id, after_seq, limit }) => {
+                let req = v1::GetHistoryRequest {
+                    conversation_id: conversation_id.to_string(),
+                    user_id: id.user.to_string(),
+                    after_seq,
+                    limit,
+                };
+                match chat.get_history(with_deadline(req, shared.rpc_timeout)).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        Some(ServerFrame::History {
+                            id: req_id,
+                            conversation_id: conversation_id.to_string(),
+                            messages: r.messages.iter().map(wire).collect(),
+                            last_seq: r.last_seq,
+                        })
+                    }
+                    Err(status) => Some(status_frame(Some(req_id), &status)),
+                }
+            }
+            Request::Delivered { conversation_id, seq } => {
+                let req = v1::AckInboxRequest {
+                    user_id: id.user.to_string(),
+                    device_id: id.device.to_string(),
+                    conversation_id: conversation_id.to_string(),
+                    up_to_seq: seq.get(),
+                };
+                match chat.ack_inbox(with_deadline(req, shared.rpc_timeout)).await {
+                    Ok(_) => None,
+                    Err(status) => Some(status_frame(None, &status)),
+                }
+            }
+            Request::Send(_) | Request::History(_) => None,
+        };
+        if let Some(reply) = reply
+            && out_tx.send(reply.to_text().into()).await.is_err()
+        {
+            return;
+        }
+    }
+}

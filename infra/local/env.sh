@@ -1,0 +1,25 @@
+# Shared settings for the local scripts: ports and folders. Sourced, never run.
+# Every port is a project port on 127.0.0.1, chosen away from the usual defaults so a machine's own
+# Kafka, Cassandra or Redis does not collide with ours. Each can be overridden from the environment.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+LOCAL="${CHAT_LOCAL_DIR:-$ROOT/.local}"
+LIB="$LOCAL/lib"
+RUN="$LOCAL/run"
+LOGS="$LOCAL/logs"
+DATA="$LOCAL/data"
+
+KAFKA_PORT="${KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+CASSANDRA_PORT="${CASSANDRA_PORT:-19042}"
+CASSANDRA_STORAGE_PORT="${CASSANDRA_STORAGE_PORT:-17000}"
+REDIS_PORT="${REDIS_PORT:-16379}"
+
+KAFKA_VERSION=4.1.1
+CASSANDRA_VERSION=5.0.6
+
+JAVA="${JAVA:-java}"
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+die() { printf '[infra] error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$LIB" "$RUN" "$LOGS" "$DATA"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the local servers need and is not there yet: Debian's redis-server, and the Kafka and
+# Cassandra jars from Maven Central (resolved by the POMs in infra/local/maven). Safe to run again:
+# each step is skipped when its result is already present.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+apt_updated=""
+apt_install() {
+  local pkg="$1"
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed, see $LOGS/apt.log"
+    apt_updated=1
+  fi
+  log "installing $pkg"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >>"$LOGS/apt.log" 2>&1 \
+    || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install $pkg failed"; }
+}
+
+command -v redis-server >/dev/null || apt_install redis-server
+command -v redis-cli >/dev/null || apt_install redis-tools
+command -v "$JAVA" >/dev/null || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null || apt_install maven
+command -v make >/dev/null || apt_install make   # rdkafka builds its bundled librdkafka with make and a C compiler
+command -v cc >/dev/null || apt_install gcc
+
+resolve_jars() {
+  local name="$1" version="$2" dest="$LIB/$1"
+  local stamp="$dest/.resolved-$version"
+  [ -f "$stamp" ] && return 0
+  log "resolving $name $version from Maven Central into $dest"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  (cd "$ROOT/infra/local/maven/$name" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$dest" -DincludeScope=runtime) \
+    >"$LOGS/mvn-$name.log" 2>&1 || { tail -30 "$LOGS/mvn-$name.log" >&2; die "could not resolve $name jars"; }
+  touch "$stamp"
+}
+
+resolve_jars kafka "$KAFKA_VERSION"
+resolve_jars cassandra "$CASSANDRA_VERSION"

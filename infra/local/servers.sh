@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Starts, stops and reports the three real servers on 127.0.0.1: Kafka (one KRaft node), Cassandra and Redis.
+#   servers.sh up [kafka|cassandra|redis ...]    start what is not running yet (all three by default), wait until ready
+#   servers.sh down [kafka|cassandra|redis ...]  stop what this script started
+#   servers.sh status
+# Data and logs live under .local/ in the repository (ignored by git). Running `up` again reuses what is up.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+pidfile() { echo "$RUN/$1.pid"; }
+
+running() {
+  local pf; pf=$(pidfile "$1")
+  [ -f "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+fill() { # fill TEMPLATE OUT: replace @VARS@ with the values of this script's variables
+  sed -e "s#@DATA@#$DATA#g" -e "s#@KAFKA_PORT@#$KAFKA_PORT#g" -e "s#@KAFKA_CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+      -e "s#@CASSANDRA_PORT@#$CASSANDRA_PORT#g" -e "s#@CASSANDRA_STORAGE_PORT@#$CASSANDRA_STORAGE_PORT#g" "$1" >"$2"
+}
+
+# wait_ready NAME SECONDS LOGFILE CHECK...: poll CHECK until it succeeds; on timeout or death, show the log's tail.
+wait_ready() {
+  local name="$1" secs="$2" logfile="$3"; shift 3
+  local deadline=$((SECONDS + secs))
+  while ! "$@"; do
+    if ! running "$name"; then
+      tail -40 "$logfile" >&2 || true
+      die "$name exited while starting (log: $logfile)"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -40 "$logfile" >&2 || true
+      die "$name was not ready within ${secs}s (log: $logfile)"
+    fi
+    sleep 0.5
+  done
+  log "$name ready"
+}
+
+kafka_ready() { grep -q "Kafka Server started" "$LOGS/kafka/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; }
+
+start_kafka() {
+  running kafka && port_open "$KAFKA_PORT" && { log "kafka already up on $KAFKA_PORT"; return; }
+  port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by a process this script did not start"
+  local conf="$RUN/kafka.properties" cp="$LIB/kafka/*"
+  mkdir -p "$DATA/kafka" "$LOGS/kafka"
+  fill "$ROOT/infra/local/conf/kafka.properties.in" "$conf"
+  if [ ! -f "$DATA/kafka/meta.properties" ]; then
+    local id; id=$("$JAVA" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka/format.log" | tail -1)
+    "$JAVA" -cp "$cp" -Dlog4j2.configurationFile="file:$ROOT/infra/local/conf/log4j2.properties" -Dkafka.logs.dir="$LOGS/kafka" \
+      kafka.tools.StorageTool format -t "$id" -c "$conf" --ignore-formatted >>"$LOGS/kafka/format.log" 2>&1 \
+      || { tail -20 "$LOGS/kafka/format.log" >&2; die "kafka storage format failed"; }
+  fi
+  : >"$LOGS/kafka/server.log"
+  log "starting kafka on 127.0.0.1:$KAFKA_PORT"
+  nohup "$JAVA" -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="file:$ROOT/infra/local/conf/log4j2.properties" -Dkafka.logs.dir="$LOGS/kafka" \
+    -cp "$cp" kafka.Kafka "$conf" >"$LOGS/kafka/stdout.log" 2>&1 &
+  echo $! >"$(pidfile kafka)"
+  wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "$LOGS/kafka/server.log" kafka_ready
+}
+
+cassandra_ready() { port_open "$CASSANDRA_PORT"; }
+
+start_cassandra() {
+  running cassandra && port_open "$CASSANDRA_PORT" && { log "cassandra already up on $CASSANDRA_PORT"; return; }
+  port_open "$CASSANDRA_PORT" && die "port $CASSANDRA_PORT is taken by a process this script did not start"
+  local conf="$RUN/cassandra.yaml"
+  mkdir -p "$DATA/cassandra" "$LOGS/cassandra"
+  fill "$ROOT/infra/local/conf/cassandra.yaml.in" "$conf"
+  log "starting cassandra on 127.0.0.1:$CASSANDRA_PORT"
+  # The module flags are those of Cassandra 5.0's conf/jvm17-server.options, which Java 17 needs.
+  nohup "$JAVA" -Xms1g -Xmx1g -Xss512k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
+    -XX:G1HeapRegionSize=16m -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$LOGS/cassandra" \
+    -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true -Dio.netty.tryReflectionSetAccessible=true \
+    --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
+    --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED \
+    --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED \
+    --add-exports java.sql/java.sql=ALL-UNNAMED --add-exports java.base/java.lang.ref=ALL-UNNAMED \
+    --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED \
+    --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED \
+    --add-opens java.base/java.lang.module=ALL-UNNAMED --add-opens java.base/jdk.internal.loader=ALL-UNNAMED \
+    --add-opens java.base/jdk.internal.ref=ALL-UNNAMED --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED \
+    --add-opens java.base/jdk.internal.math=ALL-UNNAMED --add-opens java.base/jdk.internal.module=ALL-UNNAMED \
+    --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED \
+    --add-opens java.base/sun.nio.ch=ALL-UNNAMED --add-opens java.base/java.io=ALL-UNNAMED \
+    --add-opens java.base/java.lang.reflect=ALL-UNNAMED --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED \
+    --add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.util=ALL-UNNAMED \
+    -Dcassandra.config="file://$conf" -Dcassandra-foreground=yes -Dcassandra.storagedir="$DATA/cassandra" \
+    -Dcassandra.logdir="$LOGS/cassandra" -Dlogback.configurationFile="$ROOT/infra/local/conf/logback.xml" \
+    -Dcassandra.skip_wait_for_gossip_to_settle=0 -Dcassandra.ring_delay_ms=100 -Dcassandra.initial_token=0 \
+    -cp "$LIB/cassandra/*" org.apache.cassandra.service.CassandraDaemon >"$LOGS/cassandra/stdout.log" 2>&1 &
+  echo $! >"$(pidfile cassandra)"
+  wait_ready cassandra "${CASSANDRA_START_TIMEOUT:-240}" "$LOGS/cassandra/system.log" cassandra_ready
+}
+
+redis_ready() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+start_redis() {
+  running redis && redis_ready && { log "redis already up on $REDIS_PORT"; return; }
+  port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by a process this script did not start"
+  mkdir -p "$DATA/redis" "$LOGS/redis"
+  log "starting redis on 127.0.0.1:$REDIS_PORT"
+  # Presence is soft state: no persistence.
+  nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$DATA/redis" \
+    --maxclients 10000 --logfile "$LOGS/redis/redis.log" >/dev/null 2>&1 &
+  echo $! >"$(pidfile redis)"
+  wait_ready redis "${REDIS_START_TIMEOUT:-30}" "$LOGS/redis/redis.log" redis_ready
+}
+
+stop_one() {
+  local name="$1" pf; pf=$(pidfile "$1")
+  if running "$name"; then
+    local pid; pid=$(cat "$pf")
+    log "stopping $name ($pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pf"
+}
+
+cmd="${1:-status}"; shift || true
+names=("$@"); [ ${#names[@]} -eq 0 ] && names=(redis kafka cassandra)
+case "$cmd" in
+  up)
+    "$ROOT/infra/local/install.sh"
+    # Kafka and Cassandra start in parallel: together they take as long as the slower one.
+    pids=()
+    for n in "${names[@]}"; do
+      case "$n" in
+        kafka|cassandra|redis) "start_$n" & pids+=($!) ;;
+        *) die "unknown server $n" ;;
+      esac
+    done
+    rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    [ "$rc" -eq 0 ] || die "a server failed to start"
+    ;;
+  down) for n in "${names[@]}"; do stop_one "$n"; done ;;
+  status)
+    for n in redis kafka cassandra; do
+      if running "$n"; then echo "$n: running (pid $(cat "$(pidfile "$n")"))"; else echo "$n: stopped"; fi
+    done ;;
+  *) die "usage: servers.sh up|down|status [kafka|cassandra|redis ...]" ;;
+esac

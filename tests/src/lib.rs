@@ -1,0 +1,11 @@
+//! The end-to-end harness: starts the platform's services in this process, on port 0, against the real
+//! Kafka, Cassandra and Redis that `infra/local/servers.sh` runs, and drives them as clients do.
+//!
+//! Each [`Platform`] has its own Kafka topic, consumer group and Redis key prefix; all share one keyspace,
+//! where every test's data is keyed by fresh conversation and user ids. Nothing here fakes a server.
+
+pub mod client;
+pub mod platform;
+
+pub use client::{WsClient, token};
+pub use platform::{Platform, PlatformOptions};

@@ -1,0 +1,240 @@
+//! [`Platform`]: a chat service, gateways and delivery workers, running in this process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_store::CassandraStore;
+use proto::v1::chat_service_client::ChatServiceClient;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use tokio::sync::{OnceCell, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// The secret every test gateway checks tokens with.
+pub const JWT_SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123";
+
+/// Where the real servers listen; the same defaults and variables as `infra/local/env.sh`.
+pub fn kafka_brokers() -> String {
+    format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "19092".into()))
+}
+
+pub fn cassandra_node() -> String {
+    format!("127.0.0.1:{}", std::env::var("CASSANDRA_PORT").unwrap_or_else(|_| "19042".into()))
+}
+
+pub fn redis_url() -> String {
+    format!("redis://127.0.0.1:{}/", std::env::var("REDIS_PORT").unwrap_or_else(|_| "16379".into()))
+}
+
+/// The keyspace end-to-end tests share.
+pub const KEYSPACE: &str = "chat_e2e";
+
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
+
+async fn migrate_once() -> anyhow::Result<()> {
+    MIGRATED
+        .get_or_try_init(|| async {
+            let session = chat_store::connect_session(&[cassandra_node()], Duration::from_secs(30))
+                .await
+                .context("cassandra is not reachable: run `make test`, which starts it (infra/local/servers.sh up)")?;
+            chat_store::migrate(&session, KEYSPACE, "{'class': 'SimpleStrategy', 'replication_factor': 1}").await?;
+            anyhow::Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct PlatformOptions {
+    pub gateways: usize,
+    pub workers: usize,
+    pub partitions: i32,
+    pub inbox_recheck_ms: u64,
+}
+
+impl Default for PlatformOptions {
+    fn default() -> Self {
+        PlatformOptions { gateways: 2, workers: 1, partitions: 4, inbox_recheck_ms: 3_000 }
+    }
+}
+
+pub struct GatewayHandle {
+    pub ws_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+struct Stoppable {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct Platform {
+    pub id: String,
+    pub topic: String,
+    pub redis_prefix: String,
+    pub chat_addr: SocketAddr,
+    pub gateways: Vec<GatewayHandle>,
+    pub store: CassandraStore,
+    chat: Stoppable,
+    workers: Vec<Stoppable>,
+}
+
+fn stoppable<F>(
+    run: impl FnOnce(oneshot::Receiver<()>) -> F,
+) -> (Option<oneshot::Sender<()>>, JoinHandle<anyhow::Result<()>>)
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    (Some(tx), tokio::spawn(run(rx)))
+}
+
+impl Platform {
+    pub async fn start(opts: PlatformOptions) -> anyhow::Result<Platform> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        migrate_once().await?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let topic = format!("e2e.{id}.events");
+        create_topic(&topic, opts.partitions).await?;
+        let redis_prefix = format!("e2e:{id}:");
+
+        let chat_config = chat_service::Config {
+            grpc_addr: "127.0.0.1:0".parse()?,
+            kafka_brokers: kafka_brokers(),
+            events_topic: topic.clone(),
+            cassandra_nodes: vec![cassandra_node()],
+            cassandra_keyspace: KEYSPACE.into(),
+            send_timeout_ms: 10_000,
+            store_timeout_ms: 5_000,
+        };
+        let chat_app = chat_service::App::build(&chat_config).await?;
+        let chat_addr = chat_app.local_addr();
+        let (stop, task) = stoppable(|rx| {
+            chat_app.run(async move {
+                let _ = rx.await;
+            })
+        });
+        let chat = Stoppable { stop, task };
+
+        let mut gateways = Vec::new();
+        for _ in 0..opts.gateways {
+            let config = gateway::Config {
+                ws_addr: "127.0.0.1:0".parse()?,
+                grpc_addr: "127.0.0.1:0".parse()?,
+                advertise_addr: None,
+                chat_service_urls: vec![format!("http://{chat_addr}")],
+                redis_url: redis_url(),
+                redis_prefix: redis_prefix.clone(),
+                jwt_secret: JWT_SECRET.into(),
+                jwt_issuer: None,
+                jwt_audience: None,
+                allowed_origins: vec![],
+                send_queue: 256,
+                max_message_bytes: 64 * 1024,
+                presence_ttl_ms: 30_000,
+                inbox_recheck_ms: opts.inbox_recheck_ms,
+                rpc_timeout_ms: 10_000,
+                handshake_timeout_ms: 10_000,
+            };
+            config.validate().map_err(anyhow::Error::msg)?;
+            let app = gateway::App::build(&config).await?;
+            let (ws_addr, grpc_addr) = (app.ws_addr(), app.grpc_addr());
+            let (stop, task) = stoppable(|rx| {
+                app.run(async move {
+                    let _ = rx.await;
+                })
+            });
+            gateways.push(GatewayHandle { ws_addr, grpc_addr, stop, task });
+        }
+
+        let mut workers = Vec::new();
+        for _ in 0..opts.workers {
+            let config = delivery_worker::Config {
+                kafka_brokers: kafka_brokers(),
+                events_topic: topic.clone(),
+                dead_letter_topic: format!("{topic}.dlq"),
+                group_id: format!("e2e.{id}.workers"),
+                cassandra_nodes: vec![cassandra_node()],
+                cassandra_keyspace: KEYSPACE.into(),
+                redis_url: redis_url(),
+                redis_prefix: redis_prefix.clone(),
+                push_timeout_ms: 2_000,
+                members_cache_ms: 0,
+            };
+            let app = delivery_worker::App::build(&config).await?;
+            let (stop, task) = stoppable(|rx| {
+                app.run(async move {
+                    let _ = rx.await;
+                })
+            });
+            workers.push(Stoppable { stop, task });
+        }
+
+        let store = CassandraStore::connect(&chat_store::StoreConfig {
+            nodes: vec![cassandra_node()],
+            keyspace: KEYSPACE.into(),
+            request_timeout: Duration::from_secs(10),
+        })
+        .await?;
+        Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers })
+    }
+
+    /// A gRPC client of the chat service, as an internal service would use it.
+    pub async fn chat_client(&self) -> anyhow::Result<ChatServiceClient<Channel>> {
+        Ok(ChatServiceClient::connect(format!("http://{}", self.chat_addr)).await?)
+    }
+
+    /// A Redis connection, to look at presence.
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(redis_url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// Stops every service, gracefully, and checks that none failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for g in &mut self.gateways {
+            if let Some(s) = g.stop.take() {
+                let _ = s.send(());
+            }
+        }
+        for g in self.gateways {
+            g.task.await??;
+        }
+        for w in &mut self.workers {
+            if let Some(s) = w.stop.take() {
+                let _ = s.send(());
+            }
+        }
+        for w in self.workers {
+            w.task.await??;
+        }
+        if let Some(s) = self.chat.stop.take() {
+            let _ = s.send(());
+        }
+        self.chat.task.await??;
+        Ok(())
+    }
+}
+
+async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let dlq = format!("{topic}.dlq");
+    let topics = [
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin.create_topics(&topics, &opts).await.context("kafka is not reachable: run `make test`")? {
+        r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    Ok(())
+}

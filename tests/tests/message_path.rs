@@ -1,0 +1,386 @@
+//! The whole path of a message, on the real Kafka, Cassandra and Redis: gateway, chat service, log, store,
+//! delivery worker, presence, push and inbox.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use chat_model::event::{self, LogEvent};
+use chat_model::{ConversationId, DeviceId, UserId, presence};
+use proto::v1;
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use tests::platform::kafka_brokers;
+use tests::{Platform, PlatformOptions, WsClient, token};
+
+/// A user name unique to this test run.
+fn user(name: &str) -> String {
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+async fn conversation(
+    p: &Platform,
+    kind: v1::ConversationKind,
+    creator: &str,
+    others: &[&str],
+) -> anyhow::Result<String> {
+    let mut chat = p.chat_client().await?;
+    let r = chat
+        .create_conversation(v1::CreateConversationRequest {
+            kind: kind as i32,
+            created_by: creator.into(),
+            member_ids: others.iter().map(|s| s.to_string()).collect(),
+            title: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.conversation.context("no conversation")?.conversation_id)
+}
+
+/// Polls `check` until it returns Some, for at most 20 s (each poll waits for an event in a real server).
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the conversation's records back from the Kafka topic, with a consumer of its own.
+async fn events_in_topic(topic: &str, conversation: &str, expected: usize) -> anyhow::Result<Vec<chat_model::Message>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("e2e-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut found = Vec::new();
+    while found.len() < expected {
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .context("the event did not show up in the topic")??;
+        if record.key() != Some(conversation.as_bytes()) {
+            continue;
+        }
+        match event::decode(record.payload().unwrap_or_default())? {
+            LogEvent::MessageSent(m) => found.push(m),
+        }
+    }
+    Ok(found)
+}
+
+/// Rows of the conversation in the history table: (seq, message_id, body).
+async fn history_rows(p: &Platform, conversation: &str) -> anyhow::Result<Vec<(i64, uuid::Uuid, String)>> {
+    let id = ConversationId::parse(conversation)?;
+    let rows = p
+        .store
+        .session()
+        .query_unpaged(
+            "SELECT seq, message_id, body FROM chat_e2e.messages WHERE conversation_id = ? AND bucket = 0",
+            (id.as_uuid(),),
+        )
+        .await?
+        .into_rows_result()?;
+    let mut out = Vec::new();
+    for r in rows.rows::<(i64, uuid::Uuid, String)>()? {
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+/// Sends a last message from `sender` and reads `reader` up to it: every message frame before it is returned.
+/// Delivery is ordered per conversation, so any duplicate of an earlier message arrives before the sentinel.
+async fn read_until_sentinel(
+    sender: &mut WsClient,
+    reader: &mut WsClient,
+    conversation: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let ack = sender.send_message(conversation, "sentinel", "sentinel").await?;
+    let mut before = Vec::new();
+    loop {
+        let f = reader.expect("message").await?;
+        if f["seq"] == ack["seq"] {
+            return Ok(before);
+        }
+        before.push(f);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_travels_from_one_gateway_to_the_other() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "laptop").await?;
+    ensure!(ca.sync().await?.is_empty() && cb.sync().await?.is_empty());
+
+    let ack = ca.send_message(&conv, "c-1", "hello bob").await?;
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["duplicate"], false);
+    let got = cb.expect("message").await?;
+    assert_eq!(got["message_id"], ack["message_id"]);
+    assert_eq!(got["seq"], 1);
+    assert_eq!(got["body"], "hello bob");
+    assert_eq!(got["sender_id"], a.as_str());
+    assert_eq!(got["conversation_id"], conv.as_str());
+
+    let events = events_in_topic(&p.topic, &conv, 1).await?;
+    assert_eq!(events[0].seq.get(), 1);
+    assert_eq!(events[0].message_id.to_string(), ack["message_id"].as_str().unwrap_or_default());
+    assert_eq!(events[0].body.as_str(), "hello bob");
+
+    let rows = history_rows(&p, &conv).await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, 1);
+    assert_eq!(rows[0].1.to_string(), ack["message_id"].as_str().unwrap_or_default());
+    assert_eq!(rows[0].2, "hello bob");
+
+    let mut redis = p.redis().await?;
+    let key = presence::key(&p.redis_prefix, &UserId::parse(&b)?);
+    let value: Option<String> = redis::cmd("HGET").arg(&key).arg("laptop").query_async(&mut redis).await?;
+    let entry = presence::Entry::decode(&value.context("no presence for bob's laptop")?).context("bad presence")?;
+    assert_eq!(entry.push_addr, p.gateways[1].grpc_addr.to_string());
+
+    ca.close().await?;
+    cb.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_gets_its_inbox_in_order_and_acks_clear_it() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    // Bob's phone connects once (so the platform knows the device), then goes offline.
+    let cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    cb.close().await?;
+    let redis = p.redis().await?;
+    let key = presence::key(&p.redis_prefix, &UserId::parse(&b)?);
+    eventually("bob's presence to go", || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let exists: bool = redis::cmd("HEXISTS").arg(&key).arg("phone").query_async(&mut redis).await?;
+            Ok((!exists).then_some(()))
+        }
+    })
+    .await?;
+
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    ca.sync().await?;
+    for i in 1..=3 {
+        let ack = ca.send_message(&conv, &format!("c-{i}"), &format!("m{i}")).await?;
+        assert_eq!(ack["seq"], i);
+    }
+    let (bu, bd) = (UserId::parse(&b)?, DeviceId::parse("phone")?);
+    let inbox = eventually("three inbox rows", || {
+        let store = p.store.clone();
+        let (bu, bd) = (bu.clone(), bd.clone());
+        async move {
+            let rows = store.inbox(&bu, &bd, None, 100).await?;
+            Ok((rows.len() == 3).then_some(rows))
+        }
+    })
+    .await?;
+    let seqs: Vec<u64> = inbox.iter().map(|m| m.seq.get()).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+
+    let mut cb = WsClient::connect(p.gateways[0].ws_addr, &b, "phone").await?;
+    let synced = cb.sync().await?;
+    let got: Vec<(u64, String)> =
+        synced.iter().map(|f| (f["seq"].as_u64().unwrap_or(0), f["body"].as_str().unwrap_or("").to_owned())).collect();
+    assert_eq!(got, vec![(1, "m1".into()), (2, "m2".into()), (3, "m3".into())]);
+
+    cb.send_json(json!({"v": 1, "type": "delivered", "conversation_id": conv, "seq": 3})).await?;
+    eventually("an empty inbox", || {
+        let store = p.store.clone();
+        let (bu, bd) = (bu.clone(), bd.clone());
+        async move { Ok(store.inbox(&bu, &bd, None, 100).await?.is_empty().then_some(())) }
+    })
+    .await?;
+    ca.close().await?;
+    cb.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_cover_every_number_once() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut chat = p.chat_client().await?;
+    for i in 1..=50u64 {
+        let r = chat
+            .send_message(v1::SendMessageRequest {
+                conversation_id: conv.clone(),
+                sender_id: a.clone(),
+                sender_device_id: "bot".into(),
+                client_msg_id: format!("h-{i}"),
+                body: format!("message {i}"),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.seq, i);
+    }
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "laptop").await?;
+    cb.sync().await?;
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        cb.send_json(json!({"v": 1, "type": "history", "id": format!("h{after}"), "conversation_id": conv, "after_seq": after, "limit": 20}))
+            .await?;
+        let page = loop {
+            let f = cb.recv().await?;
+            if f["type"] == "history" {
+                break f;
+            }
+        };
+        assert_eq!(page["last_seq"], 50);
+        let messages = page["messages"].as_array().cloned().unwrap_or_default();
+        pages.push(messages.len());
+        if messages.is_empty() {
+            break;
+        }
+        for m in &messages {
+            let seq = m["seq"].as_u64().unwrap_or(0);
+            assert_eq!(m["body"], format!("message {seq}"));
+            seen.push(seq);
+        }
+        after = *seen.last().unwrap_or(&0);
+    }
+    assert_eq!(pages, vec![20, 20, 10, 0]);
+    assert_eq!(seen, (1..=50).collect::<Vec<u64>>());
+    cb.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spread_over_both_gateways_sees_one_order() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let names = [user("xena"), user("yuri"), user("zoe")];
+    let conv = conversation(&p, v1::ConversationKind::Group, &names[0], &[&names[1], &names[2]]).await?;
+    let mut clients = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let mut c = WsClient::connect(p.gateways[i % 2].ws_addr, n, "phone").await?;
+        c.sync().await?;
+        clients.push(c);
+    }
+    // Each member sends two messages, then members 0 and 1 send one more each, so that every member's last
+    // expected message comes from someone else: a duplicate of any earlier one would arrive before it.
+    let mut acks: Vec<(usize, u64, String)> = Vec::new();
+    let senders = [0, 1, 2, 0, 1, 2, 0, 1];
+    for (k, &i) in senders.iter().enumerate() {
+        let ack = clients[i].send_message(&conv, &format!("g-{k}"), &format!("message {k} from {i}")).await?;
+        acks.push((i, ack["seq"].as_u64().unwrap_or(0), ack["message_id"].as_str().unwrap_or("").to_owned()));
+    }
+    let mut seqs: Vec<u64> = acks.iter().map(|a| a.1).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>(), "eight messages, eight numbers, no gap");
+    let by_seq: HashMap<u64, String> = acks.iter().map(|a| (a.1, a.2.clone())).collect();
+
+    for (member, client) in clients.iter_mut().enumerate() {
+        let mut expected: Vec<u64> = acks.iter().filter(|a| a.0 != member).map(|a| a.1).collect();
+        expected.sort();
+        let mut received = Vec::new();
+        while received.len() < expected.len() {
+            let f = client.expect("message").await?;
+            let seq = f["seq"].as_u64().unwrap_or(0);
+            assert_eq!(f["message_id"].as_str(), by_seq.get(&seq).map(String::as_str), "same id for the same number");
+            received.push(seq);
+        }
+        assert_eq!(received, expected, "member {member} receives every other member's message once, in order");
+    }
+    for c in clients {
+        c.close().await?;
+    }
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    ca.sync().await?;
+    cb.sync().await?;
+    let first = ca.send_message(&conv, "same-id", "only once").await?;
+    // The retry goes through the other gateway, as after a reconnect.
+    let mut ca2 = WsClient::connect(p.gateways[1].ws_addr, &a, "phone").await?;
+    ca2.sync().await?;
+    let again = ca2.send_message(&conv, "same-id", "only once").await?;
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(again["duplicate"], true);
+
+    let before = read_until_sentinel(&mut ca2, &mut cb, &conv).await?;
+    let seqs: Vec<u64> = before.iter().map(|f| f["seq"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(seqs, vec![1], "bob gets the message once");
+    let rows = history_rows(&p, &conv).await?;
+    let ids: HashSet<String> = rows.iter().map(|r| r.1.to_string()).collect();
+    assert_eq!(rows.len(), 2, "one row for the message, one for the sentinel");
+    assert!(ids.contains(first["message_id"].as_str().unwrap_or_default()));
+    cb.close().await?;
+    ca2.close().await?;
+    let _ = ca;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_and_bad_frames_answered() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let (a, b) = (user("mallory"), user("bob"));
+    let gw = p.gateways[0].ws_addr;
+    let none = WsClient::connect_with(gw, &a, "phone", None).await.err().context("upgraded without a token")?;
+    assert_eq!(none.status, 401);
+    assert!(none.body.contains("\"code\":\"unauthorized\""), "{}", none.body);
+    let forged = token(&a, "a-different-secret-a-different-secret");
+    let bad =
+        WsClient::connect_with(gw, &a, "phone", Some(&forged)).await.err().context("upgraded with a forged token")?;
+    assert_eq!(bad.status, 401);
+    let mut redis = p.redis().await?;
+    let exists: bool =
+        redis::cmd("EXISTS").arg(presence::key(&p.redis_prefix, &UserId::parse(&a)?)).query_async(&mut redis).await?;
+    assert!(!exists, "a refused upgrade writes no presence");
+
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut c = WsClient::connect(gw, &a, "phone").await?;
+    c.sync().await?;
+    c.send_raw("{this is not json").await?;
+    let e = c.expect("error").await?;
+    assert_eq!(e["code"], "bad_frame");
+    assert_eq!(e["retryable"], false);
+    c.send_raw(r#"{"v":1,"type":"teleport"}"#).await?;
+    assert_eq!(c.expect("error").await?["code"], "unknown_type");
+    c.send_json(json!({"v": 1, "type": "send", "id": "x", "conversation_id": "nope", "body": "b"})).await?;
+    let e = c.expect("error").await?;
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("invalid_field"), Some("x")));
+    // The connection still works.
+    c.send_json(json!({"v": 1, "type": "ping", "id": "p1"})).await?;
+    assert_eq!(c.expect("pong").await?["id"], "p1");
+    let ack = c.send_message(&conv, "after-errors", "still here").await?;
+    assert_eq!(ack["seq"], 1);
+    // Not a member: refused, nothing stored.
+    let stranger = conversation(&p, v1::ConversationKind::Direct, &b, &[&user("carol")]).await?;
+    c.send_json(json!({"v": 1, "type": "send", "id": "intrude", "conversation_id": stranger, "body": "hi"})).await?;
+    let e = c.expect("error").await?;
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("not_member"), Some("intrude")));
+    assert!(history_rows(&p, &stranger).await?.is_empty());
+    c.close().await?;
+    p.stop().await
+}
