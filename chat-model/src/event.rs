@@ -41,6 +41,19 @@ pub enum DecodeError {
     Field(String),
 }
 
+/// A message as the gRPC contracts carry it (chat history, inbox, pushes).
+pub fn message_to_proto(m: &Message) -> v1::Message {
+    v1::Message {
+        conversation_id: m.conversation_id.to_string(),
+        message_id: m.message_id.to_string(),
+        seq: m.seq.get(),
+        sender_id: m.sender_id.to_string(),
+        body: m.body.as_str().to_owned(),
+        sent_at_ms: m.sent_at_ms,
+        client_msg_id: m.client_msg_id.to_string(),
+    }
+}
+
 /// Encodes an event as the bytes of a `chat.v1.Event`.
 pub fn encode(event: &LogEvent, created_at_ms: i64) -> Vec<u8> {
     let envelope = match event {

@@ -31,9 +31,8 @@ pub struct Config {
     pub store_timeout_ms: u64,
 }
 
-impl Config {
-    /// Checks what the types alone do not.
-    pub fn validate(&self) -> Result<(), String> {
+impl lifecycle::Config for Config {
+    fn validate(&self) -> Result<(), String> {
         if self.kafka_brokers.trim().is_empty() {
             return Err("CHAT_KAFKA_BROKERS is empty".into());
         }
@@ -48,7 +47,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
     }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, Seq, UserId};
+use chat_model::event::message_to_proto;
+use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Seq, UserId};
 use chat_store::{CassandraStore, ConversationRecord, NewConversation};
 use proto::v1::{self, chat_service_server::ChatService};
 use tonic::{Request, Response, Status};
@@ -53,18 +54,6 @@ fn page(limit: u32) -> Result<usize, ChatError> {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
         n => Err(ChatError::Invalid(format!("limit {n} is over {MAX_PAGE}"))),
-    }
-}
-
-pub fn message_to_proto(m: &Message) -> v1::Message {
-    v1::Message {
-        conversation_id: m.conversation_id.to_string(),
-        message_id: m.message_id.to_string(),
-        seq: m.seq.get(),
-        sender_id: m.sender_id.to_string(),
-        body: m.body.as_str().to_owned(),
-        sent_at_ms: m.sent_at_ms,
-        client_msg_id: m.client_msg_id.to_string(),
     }
 }
 

@@ -33,8 +33,8 @@ pub struct Config {
     pub members_cache_ms: u64,
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl lifecycle::Config for Config {
+    fn validate(&self) -> Result<(), String> {
         if self.kafka_brokers.trim().is_empty() {
             return Err("WORKER_KAFKA_BROKERS is empty".into());
         }
@@ -46,7 +46,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     pub fn store_config(&self) -> chat_store::StoreConfig {
         chat_store::StoreConfig {
             nodes: self.cassandra_nodes.clone(),

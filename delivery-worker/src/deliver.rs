@@ -170,7 +170,7 @@ impl Deliverer {
                     .push(v1::DeviceRef { user_id: t.0.to_string(), device_id: t.1.to_string() });
             }
         }
-        let message = to_proto(m);
+        let message = chat_model::event::message_to_proto(m);
         let pushes = by_gateway.into_iter().map(|(addr, devices)| self.push(addr, message.clone(), devices));
         let mut delivered: HashSet<(String, String)> = HashSet::new();
         for refs in join_all(pushes).await {
@@ -260,16 +260,4 @@ fn add(total: &mut Outcome, one: Outcome) {
     total.messages += one.messages;
     total.pushed += one.pushed;
     total.inboxed += one.inboxed;
-}
-
-fn to_proto(m: &Message) -> v1::Message {
-    v1::Message {
-        conversation_id: m.conversation_id.to_string(),
-        message_id: m.message_id.to_string(),
-        seq: m.seq.get(),
-        sender_id: m.sender_id.to_string(),
-        body: m.body.as_str().to_owned(),
-        sent_at_ms: m.sent_at_ms,
-        client_msg_id: m.client_msg_id.to_string(),
-    }
 }

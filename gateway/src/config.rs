@@ -71,8 +71,8 @@ impl std::fmt::Debug for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl lifecycle::Config for Config {
+    fn validate(&self) -> Result<(), String> {
         if self.jwt_secret.len() < 32 {
             return Err("GATEWAY_JWT_SECRET must be at least 32 bytes".into());
         }
@@ -93,7 +93,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_millis(self.presence_ttl_ms)
     }

@@ -1,52 +1,20 @@
-//! The gateway binary: configuration, telemetry, then [`gateway::App`].
+//! The gateway binary: configuration, logging, then [`gateway::App`] until the shutdown signal.
 
-use clap::Parser;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let config = match gateway::Config::try_parse() {
+async fn main() -> ExitCode {
+    let config: gateway::Config = match lifecycle::load("gateway") {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(64);
-        }
-        Err(e) => {
-            println!("{e}");
-            return std::process::ExitCode::SUCCESS;
-        }
+        Err(code) => return code,
     };
-    if let Err(e) = config.validate() {
-        eprintln!("gateway: invalid configuration: {e}");
-        return std::process::ExitCode::from(64);
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    lifecycle::init_tracing();
     let app = match gateway::App::build(&config).await {
         Ok(app) => app,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway failed to start");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(e) => return lifecycle::failed("gateway failed to start", &format!("{e:#}")),
     };
-    match app.run(shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway stopped with an error");
-            std::process::ExitCode::FAILURE
-        }
+    match app.run(lifecycle::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => lifecycle::failed("gateway stopped with an error", &format!("{e:#}")),
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
-    tracing::info!("shutting down");
 }

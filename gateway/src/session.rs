@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_model::{ConversationId, Seq};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use proto::v1::chat_service_client::ChatServiceClient;
@@ -37,13 +36,6 @@ pub struct Shared {
     pub write_timeout: Duration,
     /// Becomes true when the process shuts down.
     pub shutdown: watch::Receiver<bool>,
-}
-
-/// Requests a connection's worker handles, in order.
-enum Request {
-    Send(ClientFrame),
-    History(ClientFrame),
-    Delivered { conversation_id: ConversationId, seq: Seq },
 }
 
 /// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
@@ -99,7 +91,7 @@ where
     let _ = out_tx.send(welcome.to_text().into()).await;
 
     let sync = tokio::spawn(sync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
-    let (req_tx, req_rx) = mpsc::channel::<Request>(PENDING_REQUESTS);
+    let (req_tx, req_rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
     let worker = tokio::spawn(request_loop(req_rx, identity.clone(), shared.clone(), out_tx.clone()));
 
     read_loop(stream, &handle, &req_tx, &out_tx, close_rx).await;
@@ -120,7 +112,7 @@ where
 async fn read_loop<S>(
     mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
     handle: &ConnHandle,
-    req_tx: &mpsc::Sender<Request>,
+    req_tx: &mpsc::Sender<ClientFrame>,
     out_tx: &mpsc::Sender<Utf8Bytes>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
 ) where
@@ -149,12 +141,9 @@ async fn read_loop<S>(
         match frame {
             WsMessage::Text(text) => {
                 let reply = match protocol::parse(text.as_str()) {
+                    // Pings are answered at once; everything else goes to the connection's request worker.
                     Ok(ClientFrame::Ping { id }) => Some(ServerFrame::Pong { id }),
-                    Ok(f @ ClientFrame::Send { .. }) => enqueue(req_tx, Request::Send(f)).await,
-                    Ok(f @ ClientFrame::History { .. }) => enqueue(req_tx, Request::History(f)).await,
-                    Ok(ClientFrame::Delivered { conversation_id, seq }) => {
-                        enqueue(req_tx, Request::Delivered { conversation_id, seq }).await
-                    }
+                    Ok(request) => enqueue(req_tx, request).await,
                     Err(e) => Some(ServerFrame::error(e)),
                 };
                 if let Some(reply) = reply
@@ -180,7 +169,7 @@ async fn read_loop<S>(
     }
 }
 
-async fn enqueue(req_tx: &mpsc::Sender<Request>, r: Request) -> Option<ServerFrame> {
+async fn enqueue(req_tx: &mpsc::Sender<ClientFrame>, r: ClientFrame) -> Option<ServerFrame> {
     match req_tx.send(r).await {
         Ok(()) => None,
         Err(_) => Some(ServerFrame::error(FrameError {
@@ -335,7 +324,7 @@ fn status_frame(id: Option<String>, status: &tonic::Status) -> ServerFrame {
 }
 
 async fn request_loop(
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::Receiver<ClientFrame>,
     id: Identity,
     shared: Arc<Shared>,
     out_tx: mpsc::Sender<Utf8Bytes>,
@@ -343,7 +332,7 @@ async fn request_loop(
     let mut chat = shared.chat.clone();
     while let Some(request) = rx.recv().await {
         let reply = match request {
-            Request::Send(ClientFrame::Send { id: client_id, conversation_id, body }) => {
+            ClientFrame::Send { id: client_id, conversation_id, body } => {
                 let req = v1::SendMessageRequest {
                     conversation_id: conversation_id.to_string(),
                     sender_id: id.user.to_string(),
@@ -366,7 +355,7 @@ async fn request_loop(
                     Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
                 }
             }
-            Request::History(ClientFrame::History { id: req_id, conversation_id, after_seq, limit }) => {
+            ClientFrame::History { id: req_id, conversation_id, after_seq, limit } => {
                 let req = v1::GetHistoryRequest {
                     conversation_id: conversation_id.to_string(),
                     user_id: id.user.to_string(),
@@ -386,7 +375,7 @@ async fn request_loop(
                     Err(status) => Some(status_frame(Some(req_id), &status)),
                 }
             }
-            Request::Delivered { conversation_id, seq } => {
+            ClientFrame::Delivered { conversation_id, seq } => {
                 let req = v1::AckInboxRequest {
                     user_id: id.user.to_string(),
                     device_id: id.device.to_string(),
@@ -398,7 +387,7 @@ async fn request_loop(
                     Err(status) => Some(status_frame(None, &status)),
                 }
             }
-            Request::Send(_) | Request::History(_) => None,
+            ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
         };
         if let Some(reply) = reply
             && out_tx.send(reply.to_text().into()).await.is_err()

@@ -144,7 +144,7 @@ impl Platform {
                 rpc_timeout_ms: 10_000,
                 handshake_timeout_ms: 10_000,
             };
-            config.validate().map_err(anyhow::Error::msg)?;
+            lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = gateway::App::build(&config).await?;
             let (ws_addr, grpc_addr) = (app.ws_addr(), app.grpc_addr());
             let (stop, task) = stoppable(|rx| {
