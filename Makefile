@@ -5,12 +5,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test servers servers-down status lint clean-data
+.PHONY: help up down test faults servers servers-down status lint clean-data
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
 	@echo "make down      stop everything make up started"
 	@echo "make test      install what is missing, start the servers, run every test"
+	@echo "make faults    the fault scenarios at their large size, with counts"
 	@echo "make lint      rustfmt check and clippy"
 	@echo "make status    what is running"
 	@echo "make clean-data  stop everything and delete local data and logs (.local/data, .local/logs)"
@@ -35,8 +36,14 @@ status:
 # Unit tests need nothing; the end-to-end tests in tests/ talk to the servers started here.
 # Locally the servers stay up for the next run; in CI (CI=true) they are stopped at the end.
 test: servers
+	$(CARGO) build --bins
 	@status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; \
 	if [ -n "$${CI:-}" ]; then infra/local/servers.sh down; fi; exit $$status
+
+# The fault scenarios at their large size (the small size runs in `make test`); prints the counts.
+faults: servers
+	$(CARGO) build --bins
+	FAULTS_SCALE=large $(CARGO) test -p tests --test faults -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) fmt --all -- --check

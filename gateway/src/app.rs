@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use proto::v1::chat_service_client::ChatServiceClient;
 use proto::v1::gateway_service_server::GatewayServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::Config;
 use crate::auth::Verifier;
+use crate::chat_pool::ChatPool;
 use crate::http::{self, Upgrader};
 use crate::presence::{Holder, Presence};
 use crate::push::PushGrpc;
@@ -47,7 +46,13 @@ impl App {
         let presence = Presence::connect(&config.redis_url, &config.redis_prefix, &push_addr, config.presence_ttl())
             .await
             .context("connecting to redis")?;
-        let chat = chat_client(&config.chat_service_urls, Duration::from_millis(config.rpc_timeout_ms))?;
+        let chat = ChatPool::new(
+            &config.chat_service_urls,
+            Duration::from_millis(config.rpc_timeout_ms),
+            MAX_CHAT_RESPONSE_BYTES,
+            MAX_GRPC_MESSAGE_BYTES,
+        )
+        .map_err(anyhow::Error::msg)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             registry: Registry::default(),
@@ -131,22 +136,6 @@ impl App {
         let _ = grpc.await;
         Ok(())
     }
-}
-
-fn chat_client(urls: &[String], timeout: Duration) -> anyhow::Result<ChatServiceClient<Channel>> {
-    let mut endpoints = Vec::with_capacity(urls.len());
-    for u in urls {
-        let e = Endpoint::from_shared(u.clone())
-            .with_context(|| format!("chat service url {u}"))?
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        endpoints.push(e);
-    }
-    let channel = Channel::balance_list(endpoints.into_iter());
-    Ok(ChatServiceClient::new(channel)
-        .max_decoding_message_size(MAX_CHAT_RESPONSE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
 }
 
 /// Rewrites this gateway's presence entries every third of their TTL, so they expire only if the gateway dies.

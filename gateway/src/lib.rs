@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod chat_pool;
 pub mod config;
 pub mod http;
 pub mod presence;

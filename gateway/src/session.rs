@@ -10,16 +10,15 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use proto::v1;
-use proto::v1::chat_service_client::ChatServiceClient;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
-use tonic::transport::Channel;
 
 use crate::auth::Identity;
+use crate::chat_pool::ChatPool;
 use crate::presence::{Holder, Presence};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, WireMessage, close};
 use crate::registry::{CloseReason, ConnHandle, Registry};
@@ -28,7 +27,7 @@ use crate::registry::{CloseReason, ConnHandle, Registry};
 pub struct Shared {
     pub registry: Registry,
     pub presence: Presence,
-    pub chat: ChatServiceClient<Channel>,
+    pub chat: ChatPool,
     pub send_queue: usize,
     pub inbox_recheck: Duration,
     pub rpc_timeout: Duration,
@@ -80,7 +79,12 @@ where
     }
     let register =
         v1::RegisterDeviceRequest { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
-    if let Err(e) = shared.chat.clone().register_device(with_deadline(register, shared.rpc_timeout)).await {
+    let timeout = shared.rpc_timeout;
+    let registered = shared.chat.call(|mut c| {
+        let r = with_deadline(register.clone(), timeout);
+        async move { c.register_device(r).await }
+    });
+    if let Err(e) = registered.await {
         tracing::warn!(user = %identity.user, error = %e, "device not registered; it relies on resume by cursor");
     }
     let welcome = ServerFrame::Welcome {
@@ -242,20 +246,18 @@ pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
 
 /// Sends the device's inbox, then lets live pushes through; reads the inbox once more after a delay.
 async fn sync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
-    let mut chat = shared.chat.clone();
     let mut sent: HashSet<(String, u64)> = HashSet::new();
-    let count = send_inbox(&mut chat, &id, &shared, &out_tx, &mut sent).await;
+    let count = send_inbox(&id, &shared, &out_tx, &mut sent).await;
     handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
     if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
         return;
     }
     tokio::time::sleep(shared.inbox_recheck).await;
-    send_inbox(&mut chat, &id, &shared, &out_tx, &mut sent).await;
+    send_inbox(&id, &shared, &out_tx, &mut sent).await;
 }
 
 /// Sends every inbox entry not in `sent` (and adds it there); returns how many were sent.
 async fn send_inbox(
-    chat: &mut ChatServiceClient<Channel>,
     id: &Identity,
     shared: &Shared,
     out_tx: &mpsc::Sender<Utf8Bytes>,
@@ -272,8 +274,13 @@ async fn send_inbox(
             after_conversation_id,
             after_seq,
         };
-        let page = match chat.fetch_inbox(with_deadline(req, shared.rpc_timeout)).await {
-            Ok(r) => r.into_inner().messages,
+        let timeout = shared.rpc_timeout;
+        let fetched = shared.chat.call(|mut c| {
+            let r = with_deadline(req.clone(), timeout);
+            async move { c.fetch_inbox(r).await }
+        });
+        let page = match fetched.await {
+            Ok(r) => r.messages,
             Err(e) => {
                 tracing::warn!(user = %id.user, error = %e, "inbox not fetched; the client resumes by cursor");
                 return count;
@@ -307,6 +314,9 @@ fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 /// The client error code for a chat-service status: the gateway's half of the error table.
 pub fn code_for_status(status: &tonic::Status) -> ErrorCode {
     use tonic::Code;
+    if crate::chat_pool::unavailable(status) {
+        return ErrorCode::Unavailable;
+    }
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidField,
         Code::NotFound => ErrorCode::ConversationNotFound,
@@ -329,7 +339,7 @@ async fn request_loop(
     shared: Arc<Shared>,
     out_tx: mpsc::Sender<Utf8Bytes>,
 ) {
-    let mut chat = shared.chat.clone();
+    let timeout = shared.rpc_timeout;
     while let Some(request) = rx.recv().await {
         let reply = match request {
             ClientFrame::Send { id: client_id, conversation_id, body } => {
@@ -340,18 +350,19 @@ async fn request_loop(
                     client_msg_id: client_id.to_string(),
                     body: body.into_string(),
                 };
-                match chat.send_message(with_deadline(req, shared.rpc_timeout)).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        Some(ServerFrame::Sent {
-                            id: client_id.to_string(),
-                            conversation_id: conversation_id.to_string(),
-                            message_id: r.message_id,
-                            seq: r.seq,
-                            sent_at_ms: r.sent_at_ms,
-                            duplicate: r.duplicate,
-                        })
-                    }
+                let sent = shared.chat.call(|mut c| {
+                    let r = with_deadline(req.clone(), timeout);
+                    async move { c.send_message(r).await }
+                });
+                match sent.await {
+                    Ok(r) => Some(ServerFrame::Sent {
+                        id: client_id.to_string(),
+                        conversation_id: conversation_id.to_string(),
+                        message_id: r.message_id,
+                        seq: r.seq,
+                        sent_at_ms: r.sent_at_ms,
+                        duplicate: r.duplicate,
+                    }),
                     Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
                 }
             }
@@ -362,16 +373,17 @@ async fn request_loop(
                     after_seq,
                     limit,
                 };
-                match chat.get_history(with_deadline(req, shared.rpc_timeout)).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        Some(ServerFrame::History {
-                            id: req_id,
-                            conversation_id: conversation_id.to_string(),
-                            messages: r.messages.iter().map(wire).collect(),
-                            last_seq: r.last_seq,
-                        })
-                    }
+                let page = shared.chat.call(|mut c| {
+                    let r = with_deadline(req.clone(), timeout);
+                    async move { c.get_history(r).await }
+                });
+                match page.await {
+                    Ok(r) => Some(ServerFrame::History {
+                        id: req_id,
+                        conversation_id: conversation_id.to_string(),
+                        messages: r.messages.iter().map(wire).collect(),
+                        last_seq: r.last_seq,
+                    }),
                     Err(status) => Some(status_frame(Some(req_id), &status)),
                 }
             }
@@ -382,7 +394,11 @@ async fn request_loop(
                     conversation_id: conversation_id.to_string(),
                     up_to_seq: seq.get(),
                 };
-                match chat.ack_inbox(with_deadline(req, shared.rpc_timeout)).await {
+                let acked = shared.chat.call(|mut c| {
+                    let r = with_deadline(req.clone(), timeout);
+                    async move { c.ack_inbox(r).await }
+                });
+                match acked.await {
                     Ok(_) => None,
                     Err(status) => Some(status_frame(None, &status)),
                 }

@@ -28,7 +28,7 @@ alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 start() { # start NAME COMMAND...: run in the background with its log, unless already running
   local name="$1"; shift
   if alive "$name"; then log "$name already running"; return; fi
-  nohup "$@" >"$LOGS/$name.log" 2>&1 &
+  setsid nohup "$@" >"$LOGS/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
 }
 

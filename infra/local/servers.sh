@@ -55,7 +55,7 @@ start_kafka() {
   fi
   : >"$LOGS/kafka/server.log"
   log "starting kafka on 127.0.0.1:$KAFKA_PORT"
-  nohup "$JAVA" -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+  setsid nohup "$JAVA" -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="file:$ROOT/infra/local/conf/log4j2.properties" -Dkafka.logs.dir="$LOGS/kafka" \
     -cp "$cp" kafka.Kafka "$conf" >"$LOGS/kafka/stdout.log" 2>&1 &
   echo $! >"$(pidfile kafka)"
@@ -72,7 +72,7 @@ start_cassandra() {
   fill "$ROOT/infra/local/conf/cassandra.yaml.in" "$conf"
   log "starting cassandra on 127.0.0.1:$CASSANDRA_PORT"
   # The module flags are those of Cassandra 5.0's conf/jvm17-server.options, which Java 17 needs.
-  nohup "$JAVA" -Xms1g -Xmx1g -Xss512k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
+  setsid nohup "$JAVA" -Xms1g -Xmx1g -Xss512k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
     -XX:G1HeapRegionSize=16m -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath="$LOGS/cassandra" \
     -Djava.net.preferIPv4Stack=true -Djdk.attach.allowAttachSelf=true -Dio.netty.tryReflectionSetAccessible=true \
     --add-exports java.base/jdk.internal.misc=ALL-UNNAMED \
@@ -104,7 +104,7 @@ start_redis() {
   mkdir -p "$DATA/redis" "$LOGS/redis"
   log "starting redis on 127.0.0.1:$REDIS_PORT"
   # Presence is soft state: no persistence.
-  nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$DATA/redis" \
+  setsid nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$DATA/redis" \
     --maxclients 10000 --logfile "$LOGS/redis/redis.log" >/dev/null 2>&1 &
   echo $! >"$(pidfile redis)"
   wait_ready redis "${REDIS_START_TIMEOUT:-30}" "$LOGS/redis/redis.log" redis_ready

@@ -5,6 +5,8 @@
 //! where every test's data is keyed by fresh conversation and user ids. Nothing here fakes a server.
 
 pub mod client;
+pub mod cluster;
+pub mod device;
 pub mod platform;
 
 pub use client::{WsClient, token};

@@ -34,7 +34,7 @@ pub const KEYSPACE: &str = "chat_e2e";
 
 static MIGRATED: OnceCell<()> = OnceCell::const_new();
 
-async fn migrate_once() -> anyhow::Result<()> {
+pub async fn migrate_once() -> anyhow::Result<()> {
     MIGRATED
         .get_or_try_init(|| async {
             let session = chat_store::connect_session(&[cassandra_node()], Duration::from_secs(30))
@@ -224,7 +224,7 @@ impl Platform {
     }
 }
 
-async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

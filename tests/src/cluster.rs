@@ -1,0 +1,291 @@
+//! [`Cluster`]: the platform's services as separate processes (the binaries in `target/debug`), which a
+//! test can kill with SIGKILL, stop gracefully and restart; and the real servers, which it can stop and
+//! start through `infra/local/servers.sh`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::platform::{JWT_SECRET, KEYSPACE, cassandra_node, kafka_brokers, migrate_once, redis_url};
+
+/// The kinds of process a cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    ChatService,
+    Gateway,
+    Worker,
+}
+
+impl Kind {
+    fn binary(self) -> &'static str {
+        match self {
+            Kind::ChatService => "chat-service",
+            Kind::Gateway => "gateway",
+            Kind::Worker => "delivery-worker",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub chat_services: usize,
+    pub gateways: usize,
+    pub workers: usize,
+    pub partitions: i32,
+    /// Frames a gateway queues per connection before closing it as too slow.
+    pub send_queue: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { chat_services: 2, gateways: 2, workers: 2, partitions: 8, send_queue: 256 }
+    }
+}
+
+/// One service process: how to start it again, and the running child if any.
+struct Proc {
+    kind: Kind,
+    env: Vec<(String, String)>,
+    /// The port to wait for after a start (none for workers).
+    port: Option<u16>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub id: String,
+    pub topic: String,
+    pub redis_prefix: String,
+    /// WebSocket addresses of the gateways, by index.
+    pub gateway_ws: Vec<SocketAddr>,
+    /// gRPC addresses of the chat services, by index.
+    pub chat_addrs: Vec<SocketAddr>,
+    procs: HashMap<(Kind, usize), Proc>,
+    options: ClusterOptions,
+}
+
+/// A free port on loopback (bound then released; the child binds it right after).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn bin_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("debug")
+}
+
+fn log_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".local").join("logs").join("faults")
+}
+
+async fn wait_port(port: u16, child: &mut Child, log: &Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("process exited ({status}) before listening on {port}; log: {}", log.display());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("nothing listened on {port} within 60 s; log: {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        migrate_once().await?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let topic = format!("faults.{id}.events");
+        crate::platform::create_topic(&topic, options.partitions).await?;
+        let redis_prefix = format!("faults:{id}:");
+        std::fs::create_dir_all(log_dir())?;
+        for b in [Kind::ChatService, Kind::Gateway, Kind::Worker] {
+            let path = bin_dir().join(b.binary());
+            if !path.exists() {
+                bail!(
+                    "{} is missing: build the binaries first (`cargo build --bins`; `make test` does)",
+                    path.display()
+                );
+            }
+        }
+
+        let mut procs = HashMap::new();
+        let mut chat_addrs = Vec::new();
+        for i in 0..options.chat_services {
+            let port = free_port()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            chat_addrs.push(addr);
+            let env = vec![
+                ("CHAT_GRPC_ADDR".into(), addr.to_string()),
+                ("CHAT_KAFKA_BROKERS".into(), kafka_brokers()),
+                ("CHAT_EVENTS_TOPIC".into(), topic.clone()),
+                ("CHAT_CASSANDRA_NODES".into(), cassandra_node()),
+                ("CHAT_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
+            ];
+            procs.insert((Kind::ChatService, i), Proc::new(Kind::ChatService, i, &id, env, Some(port)));
+        }
+        let urls: Vec<String> = chat_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let mut gateway_ws = Vec::new();
+        for i in 0..options.gateways {
+            let (ws, grpc) = (free_port()?, free_port()?);
+            gateway_ws.push(([127, 0, 0, 1], ws).into());
+            let env = vec![
+                ("GATEWAY_WS_ADDR".into(), format!("127.0.0.1:{ws}")),
+                ("GATEWAY_GRPC_ADDR".into(), format!("127.0.0.1:{grpc}")),
+                ("GATEWAY_CHAT_SERVICE_URLS".into(), urls.join(",")),
+                ("GATEWAY_REDIS_URL".into(), redis_url()),
+                ("GATEWAY_REDIS_PREFIX".into(), redis_prefix.clone()),
+                ("GATEWAY_JWT_SECRET".into(), JWT_SECRET.into()),
+                ("GATEWAY_SEND_QUEUE".into(), options.send_queue.to_string()),
+                ("GATEWAY_RPC_TIMEOUT_MS".into(), "5000".into()),
+            ];
+            procs.insert((Kind::Gateway, i), Proc::new(Kind::Gateway, i, &id, env, Some(ws)));
+        }
+        for i in 0..options.workers {
+            procs.insert(
+                (Kind::Worker, i),
+                Proc::new(Kind::Worker, i, &id, worker_env(&topic, &id, &redis_prefix), None),
+            );
+        }
+        let mut cluster = Cluster { id, topic, redis_prefix, gateway_ws, chat_addrs, procs, options };
+        for kind in [Kind::ChatService, Kind::Gateway, Kind::Worker] {
+            for i in 0..cluster.count(kind) {
+                cluster.start_proc(kind, i).await?;
+            }
+        }
+        Ok(cluster)
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.procs.keys().filter(|(k, _)| *k == kind).count()
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// Starts (or restarts) one process and waits until it listens.
+    pub async fn start_proc(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        let p = self.procs.get_mut(&(kind, i)).with_context(|| format!("no {kind:?} {i}"))?;
+        if let Some(c) = p.child.as_mut()
+            && c.try_wait()?.is_none()
+        {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
+        let mut cmd = Command::new(bin_dir().join(p.kind.binary()));
+        cmd.envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = cmd.spawn().with_context(|| format!("starting {kind:?} {i}"))?;
+        if let Some(port) = p.port {
+            wait_port(port, &mut child, &p.log).await?;
+        }
+        p.child = Some(child);
+        Ok(())
+    }
+
+    /// Adds a delivery worker to the group; returns its index.
+    pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let i = self.count(Kind::Worker);
+        let env = worker_env(&self.topic, &self.id, &self.redis_prefix);
+        self.procs.insert((Kind::Worker, i), Proc::new(Kind::Worker, i, &self.id, env, None));
+        self.start_proc(Kind::Worker, i).await?;
+        Ok(i)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.procs.get_mut(&(kind, i)).and_then(|p| p.child.take()) {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after 30 s).
+    pub async fn stop(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        let Some(mut c) = self.procs.get_mut(&(kind, i)).and_then(|p| p.child.take()) else { return Ok(()) };
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while c.try_wait()?.is_none() {
+            if tokio::time::Instant::now() > deadline {
+                c.kill()?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.wait()?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, kind: Kind, i: usize) -> bool {
+        self.procs.get_mut(&(kind, i)).and_then(|p| p.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops every process gracefully.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let keys: Vec<(Kind, usize)> = self.procs.keys().copied().collect();
+        for kind in [Kind::Gateway, Kind::Worker, Kind::ChatService] {
+            for &(k, i) in &keys {
+                if k == kind {
+                    self.stop(k, i).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Proc {
+    fn new(kind: Kind, i: usize, id: &str, env: Vec<(String, String)>, port: Option<u16>) -> Proc {
+        let log = log_dir().join(format!("{id}-{}-{i}.log", kind.binary()));
+        Proc { kind, env, port, log, child: None }
+    }
+}
+
+fn worker_env(topic: &str, id: &str, redis_prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("WORKER_KAFKA_BROKERS".into(), kafka_brokers()),
+        ("WORKER_EVENTS_TOPIC".into(), topic.into()),
+        ("WORKER_DEAD_LETTER_TOPIC".into(), format!("{topic}.dlq")),
+        ("WORKER_GROUP_ID".into(), format!("faults.{id}.workers")),
+        ("WORKER_CASSANDRA_NODES".into(), cassandra_node()),
+        ("WORKER_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
+        ("WORKER_REDIS_URL".into(), redis_url()),
+        ("WORKER_REDIS_PREFIX".into(), redis_prefix.into()),
+        ("WORKER_MEMBERS_CACHE_MS".into(), "500".into()),
+    ]
+}
+
+/// Stops or starts one of the real servers through the project's script (`kafka`, `cassandra`, `redis`).
+pub fn server(action: &str, name: &str) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("infra").join("local").join("servers.sh");
+    let status = Command::new(script).arg(action).arg(name).status()?;
+    if !status.success() {
+        bail!("servers.sh {action} {name} failed");
+    }
+    Ok(())
+}
