@@ -61,7 +61,7 @@ impl App {
             send_queue: config.send_queue,
             inbox_recheck: Duration::from_millis(config.inbox_recheck_ms),
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
-            write_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
             shutdown: shutdown_rx,
         });
         let upgrader = Arc::new(Upgrader {

@@ -54,6 +54,10 @@ pub struct Config {
     /// Deadline of each call to the chat service.
     #[arg(long, env = "GATEWAY_RPC_TIMEOUT_MS", default_value_t = 10_000)]
     pub rpc_timeout_ms: u64,
+    /// Longest a write to a client's socket may wait for the client to read; past it the client is closed
+    /// as too slow (4008), and a close frame waits as long before the socket is dropped.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
     /// Time allowed for a client to send its HTTP request headers.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,

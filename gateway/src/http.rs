@@ -29,13 +29,18 @@ pub struct Upgrader {
     pub shared: Arc<Shared>,
 }
 
+/// Largest frame the gateway sends: a page of history is capped at 4 MiB of bodies by the chat service,
+/// plus its JSON framing.
+pub const MAX_SERVER_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
 /// The WebSocket settings of every connection: small read buffer (see pitfalls: tungstenite's default of
 /// 128 KiB per connection multiplies by the connection count), and message and frame limits.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(max_message_bytes * 4)
+        // Holds the frame being written: it must fit the largest frame the gateway sends (a history page).
+        .max_write_buffer_size(MAX_SERVER_FRAME_BYTES)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
         .accept_unmasked_frames(false)

@@ -218,7 +218,9 @@ async fn write_loop<S>(
                 let Some(text) = frame else { break (1000, "") };
                 match tokio::time::timeout(write_timeout, sink.send(WsMessage::Text(text))).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return,
+                    Ok(Err(_)) => return,
+                    // The client has not read for the whole timeout: too slow, like a full queue.
+                    Err(_) => break (close::SLOW_CONSUMER, "client not reading"),
                 }
             }
         }
@@ -286,7 +288,8 @@ async fn send_inbox(
                 return count;
             }
         };
-        let full = page.len() == INBOX_PAGE as usize;
+        // A page may hold fewer than asked when messages are large: only an empty page ends the inbox.
+        let full = !page.is_empty();
         for m in &page {
             let key = (m.conversation_id.clone(), m.seq);
             if sent.contains(&key) {

@@ -38,11 +38,20 @@ pub struct ClusterOptions {
     pub partitions: i32,
     /// Frames a gateway queues per connection before closing it as too slow.
     pub send_queue: usize,
+    /// How long a gateway's write may wait for a client that does not read.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { chat_services: 2, gateways: 2, workers: 2, partitions: 8, send_queue: 256 }
+        ClusterOptions {
+            chat_services: 2,
+            gateways: 2,
+            workers: 2,
+            partitions: 8,
+            send_queue: 256,
+            write_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -147,6 +156,7 @@ impl Cluster {
                 ("GATEWAY_JWT_SECRET".into(), JWT_SECRET.into()),
                 ("GATEWAY_SEND_QUEUE".into(), options.send_queue.to_string()),
                 ("GATEWAY_RPC_TIMEOUT_MS".into(), "5000".into()),
+                ("GATEWAY_WRITE_TIMEOUT_MS".into(), options.write_timeout_ms.to_string()),
             ];
             procs.insert((Kind::Gateway, i), Proc::new(Kind::Gateway, i, &id, env, Some(ws)));
         }
@@ -228,6 +238,18 @@ impl Cluster {
         }
         c.wait()?;
         Ok(())
+    }
+
+    /// The process id of a running process.
+    pub fn pid(&self, kind: Kind, i: usize) -> Option<u32> {
+        self.procs.get(&(kind, i)).and_then(|p| p.child.as_ref()).map(|c| c.id())
+    }
+
+    /// Resident memory of a running process, in KiB (from /proc).
+    pub fn rss_kib(&self, kind: Kind, i: usize) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(kind, i)?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     pub fn is_running(&mut self, kind: Kind, i: usize) -> bool {

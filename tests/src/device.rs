@@ -325,8 +325,10 @@ impl Runner {
                 if let Some(c) = self.convs.get_mut(&conv) {
                     c.asking = false;
                 }
-                // A full page means there may be more; a gap still open means ask again.
-                let more = messages.len() as u64 == HISTORY_PAGE;
+                // More to read while the conversation's last number is ahead of what is shown; a gap still open
+                // means ask again.
+                let last_seq = f["last_seq"].as_u64().unwrap_or(0);
+                let more = !messages.is_empty() && self.convs.get(&conv).is_some_and(|c| c.last < last_seq);
                 let gap = self.convs.get(&conv).is_some_and(|c| !c.pending.is_empty());
                 if more || gap {
                     self.ask_history(ws, &conv).await?;

@@ -143,6 +143,7 @@ impl Platform {
                 inbox_recheck_ms: opts.inbox_recheck_ms,
                 rpc_timeout_ms: 10_000,
                 handshake_timeout_ms: 10_000,
+                write_timeout_ms: 10_000,
             };
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = gateway::App::build(&config).await?;

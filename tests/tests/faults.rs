@@ -422,3 +422,245 @@ async fn s9_every_device_of_a_user_gets_every_message() -> anyhow::Result<()> {
     print("9 three devices of one user", &tally);
     cluster.shutdown().await
 }
+
+/// Senders of a steady load: `conversations` direct conversations, each fed by its own task through the
+/// chat service's gRPC API until `stop` is set; returns, per conversation, the acknowledged messages.
+struct Load {
+    pairs: Vec<(String, String, String)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<HashMap<u64, String>>>>,
+}
+
+impl Load {
+    async fn start(cluster: &Cluster, conversations: usize, per_second: u64, tag: &str) -> anyhow::Result<Load> {
+        let mut grpc = chat(cluster, 0).await?;
+        let mut pairs = Vec::new();
+        for i in 0..conversations {
+            let (s, r) = (user(&format!("{tag}s{i}")), user(&format!("{tag}r{i}")));
+            let conv = create(&mut grpc, &s, std::slice::from_ref(&r)).await?;
+            pairs.push((s, r, conv));
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        let pause = Duration::from_millis(1000 * conversations as u64 / per_second.max(1));
+        for (i, (s, _, conv)) in pairs.iter().enumerate() {
+            let mut chat = chat(cluster, i % cluster.chat_addrs.len()).await?;
+            let (s, conv, stop, acked, tag) = (s.clone(), conv.clone(), stop.clone(), acked.clone(), tag.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut acks = HashMap::new();
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = send_grpc(&mut chat, &conv, &s, &format!("{tag}-{i}-{k}")).await?;
+                    acks.insert(a.seq, a.message_id);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    k += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                anyhow::Ok(acks)
+            }));
+        }
+        Ok(Load { pairs, stop, acked, tasks })
+    }
+
+    async fn wait_acked(&self, n: usize) {
+        while self.acked.load(Ordering::Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops sending; answers each conversation's acknowledged messages.
+    async fn finish(self) -> anyhow::Result<(Vec<(String, String, String)>, Vec<HashMap<u64, String>>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for t in self.tasks {
+            acked.push(t.await??);
+        }
+        Ok((self.pairs, acked))
+    }
+}
+
+/// Readers of a load's conversations, one device each, spread over the gateways.
+fn readers(cluster: &Cluster, pairs: &[(String, String, String)]) -> Vec<Device> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, r, conv))| {
+            Device::spawn(r, "phone", cluster.gateway_ws.clone(), i % 2, std::slice::from_ref(conv))
+        })
+        .collect()
+}
+
+/// Waits for every reader to show everything acknowledged, then checks each view.
+async fn check_readers(
+    mut devices: Vec<Device>,
+    pairs: &[(String, String, String)],
+    acked: &[HashMap<u64, String>],
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    for (i, d) in devices.iter_mut().enumerate() {
+        d.wait_shown(&pairs[i].2, acked[i].len() as u64, CATCH_UP).await?;
+    }
+    for (i, d) in devices.into_iter().enumerate() {
+        let name = format!("{}/{}", d.user, d.device);
+        let r = d.stop().await;
+        tally.raw_duplicates += r.raw_duplicates;
+        tally.reconnects += r.reconnects;
+        check_view(&name, &r, &pairs[i].2, &acked[i], tally)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_worker_churn_loses_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (period, changes) = if large() { (Duration::from_secs(10), 12) } else { (Duration::from_secs(3), 4) };
+    let mut cluster = Cluster::start(ClusterOptions { workers: 1, ..ClusterOptions::default() }).await?;
+    let load = Load::start(&cluster, 10, 200, "s3").await?;
+    let devices = readers(&cluster, &load.pairs);
+    // Alternately add a worker and stop the oldest running one.
+    let mut running: Vec<usize> = vec![0];
+    for change in 0..changes {
+        tokio::time::sleep(period).await;
+        if change % 2 == 0 {
+            running.push(cluster.add_worker().await?);
+        } else {
+            let oldest = running.remove(0);
+            cluster.stop(Kind::Worker, oldest).await?;
+        }
+    }
+    let (pairs, acked) = load.finish().await?;
+    let mut tally = Tally::default();
+    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
+    tally.sent = tally.acknowledged;
+    check_readers(devices, &pairs, &acked, &mut tally).await?;
+    print("3 worker churn", &tally);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_kafka_outage_fails_sends_retryably_and_loses_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let load = Load::start(&cluster, 10, 200, "s5").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 1000)).await;
+    // Sends block and fail as UNAVAILABLE while Kafka is down; the senders retry with the same ids.
+    tests::cluster::server("down", "kafka")?;
+    tokio::time::sleep(Duration::from_secs(if large() { 20 } else { 5 })).await;
+    tests::cluster::server("up", "kafka")?;
+    let resumed = load.acked.load(Ordering::Relaxed) + scale(100, 1000);
+    load.wait_acked(resumed).await;
+    let (pairs, acked) = load.finish().await?;
+    let mut tally = Tally::default();
+    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
+    tally.sent = tally.acknowledged;
+    check_readers(devices, &pairs, &acked, &mut tally).await?;
+    print("5 kafka stopped and restarted", &tally);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_a_killed_gateway_loses_no_client_message() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (clients, per_group) = (scale(200, 1000), 20);
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut grpc = chat(&cluster, 0).await?;
+    let groups = clients / per_group;
+    let mut convs = Vec::new();
+    let mut devices = Vec::new();
+    for g in 0..groups {
+        let members: Vec<String> = (0..per_group).map(|m| user(&format!("s7g{g}m{m}"))).collect();
+        let conv = create(&mut grpc, &members[0], &members[1..]).await?;
+        for m in &members {
+            // Every client starts on gateway 0; its next gateway is gateway 1.
+            devices.push((g, Device::spawn(m, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv))));
+        }
+        convs.push((members[0].clone(), conv));
+    }
+    let rounds = 10;
+    let mut acked: Vec<HashMap<u64, String>> = vec![HashMap::new(); groups];
+    for round in 0..rounds {
+        if round == rounds / 2 {
+            cluster.kill(Kind::Gateway, 0)?;
+        }
+        for (g, (sender, conv)) in convs.iter().enumerate() {
+            let a = send_grpc(&mut grpc, conv, sender, &format!("s7-{g}-{round}")).await?;
+            acked[g].insert(a.seq, a.message_id);
+        }
+    }
+    let mut tally = Tally { sent: rounds * groups, acknowledged: rounds * groups, ..Tally::default() };
+    for (g, d) in devices.iter_mut() {
+        d.wait_shown(&convs[*g].1, rounds as u64, CATCH_UP).await?;
+    }
+    for (g, d) in devices {
+        let name = format!("{}/{}", d.user, d.device);
+        let r = d.stop().await;
+        tally.raw_duplicates += r.raw_duplicates;
+        tally.reconnects += r.reconnects;
+        check_view(&name, &r, &convs[g].1, &acked[g], &mut tally)?;
+    }
+    ensure!(tally.reconnects >= clients as u64, "{} reconnects for {clients} clients", tally.reconnects);
+    print("7 kill -9 a gateway holding the clients", &tally);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    // Loopback sockets buffer about 10 MB between a gateway and a client that does not read: the flood must
+    // be well past that before the gateway's own queue fills.
+    let n = scale(2000, 6000);
+    // The gateway waits for the client longer than the flood lasts, so that the close frame reaches it.
+    let options =
+        ClusterOptions { gateways: 1, send_queue: 64, write_timeout_ms: 120_000, ..ClusterOptions::default() };
+    let cluster = Cluster::start(options).await?;
+    let mut grpc = chat(&cluster, 0).await?;
+    let (alice, bob) = (user("s10a"), user("s10b"));
+    let conv = create(&mut grpc, &alice, std::slice::from_ref(&bob)).await?;
+    // Bob connects and then never reads.
+    let mut stalled = tests::WsClient::connect(cluster.gateway_ws[0], &bob, "phone").await?;
+    stalled.sync().await?;
+    let before = cluster.rss_kib(Kind::Gateway, 0).context("gateway memory")?;
+    let mut peak = before;
+    let mut acked = HashMap::new();
+    let body = "x".repeat(12 * 1024);
+    for k in 0..n {
+        let r = grpc
+            .send_message(v1::SendMessageRequest {
+                conversation_id: conv.clone(),
+                sender_id: alice.clone(),
+                sender_device_id: "service".into(),
+                client_msg_id: format!("s10-{k}"),
+                body: body.clone(),
+            })
+            .await?
+            .into_inner();
+        acked.insert(r.seq, r.message_id);
+        if k % 100 == 0 {
+            peak = peak.max(cluster.rss_kib(Kind::Gateway, 0).unwrap_or(0));
+        }
+    }
+    // Now Bob reads what the socket holds: the frames that fit, then the close frame with 4008.
+    let code = loop {
+        match stalled.recv().await {
+            Ok(_) => continue,
+            Err(e) => break e.to_string(),
+        }
+    };
+    ensure!(code.contains("4008") || code.contains("Library(4008)"), "closed without 4008: {code}");
+    println!(
+        "[faults] 10 slow client: gateway resident memory {before} KiB before, {peak} KiB at most during a {n}-message flood"
+    );
+    ensure!(peak < before + 64 * 1024, "gateway memory grew by {} KiB", peak - before);
+    // Reconnecting, Bob resumes by cursor and misses nothing.
+    let mut d = Device::spawn(&bob, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv));
+    d.wait_shown(&conv, n as u64, CATCH_UP).await?;
+    let r = d.stop().await;
+    let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
+    tally.raw_duplicates = r.raw_duplicates;
+    check_view("bob", &r, &conv, &acked, &mut tally)?;
+    print("10 slow client", &tally);
+    cluster.shutdown().await
+}
