@@ -139,6 +139,8 @@ impl App {
 }
 
 /// Rewrites this gateway's presence entries every third of their TTL, so they expire only if the gateway dies.
+/// An entry found missing had been lost (Redis restarted empty): while it was, workers put the device's
+/// messages in its inbox, so its session sends the inbox again.
 async fn refresh_presence(shared: Arc<Shared>) {
     let period = shared.presence.ttl() / 3;
     loop {
@@ -147,8 +149,15 @@ async fn refresh_presence(shared: Arc<Shared>) {
         for chunk in conns.chunks(500) {
             let holders: Vec<Holder<'_>> =
                 chunk.iter().map(|c| Holder { user: &c.user, device: &c.device, conn_id: c.conn_id }).collect();
-            if let Err(e) = shared.presence.set(&holders).await {
-                tracing::warn!(error = %e, "presence refresh failed");
+            match shared.presence.set(&holders).await {
+                Ok(lost) => {
+                    for (conn, lost) in chunk.iter().zip(lost) {
+                        if lost {
+                            conn.resync.notify_one();
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "presence refresh failed"),
             }
         }
     }

@@ -46,10 +46,11 @@ impl Presence {
         self.ttl
     }
 
-    /// Writes (or refreshes) the entries of `holders` in one round trip.
-    pub async fn set(&self, holders: &[Holder<'_>]) -> redis::RedisResult<()> {
+    /// Writes (or refreshes) the entries of `holders` in one round trip. Answers, for each holder, whether
+    /// its entry was missing (so it had been lost, unless this is its first write).
+    pub async fn set(&self, holders: &[Holder<'_>]) -> redis::RedisResult<Vec<bool>> {
         if holders.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let expires_at_ms = now_ms() + i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
@@ -57,11 +58,13 @@ impl Presence {
         for h in holders {
             let key = presence::key(&self.prefix, h.user);
             let entry = Entry { push_addr: self.push_addr.clone(), conn_id: h.conn_id, expires_at_ms };
-            pipe.hset(&key, h.device.as_str(), entry.encode()).ignore();
+            // HSET answers 1 for a new field, 0 for an update.
+            pipe.hset(&key, h.device.as_str(), entry.encode());
             pipe.pexpire(&key, ttl_ms).ignore();
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await
+        let added: Vec<i64> = pipe.query_async(&mut conn).await?;
+        Ok(added.into_iter().map(|n| n == 1).collect())
     }
 
     /// Removes a connection's entry, unless the device has connected again since.

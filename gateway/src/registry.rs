@@ -38,6 +38,9 @@ pub struct ConnHandle {
     close: watch::Sender<Option<CloseReason>>,
     /// Most pushes held while syncing: the send queue's capacity.
     hold_limit: usize,
+    /// Woken when the device's presence had been lost (Redis restarted empty, or expired): messages
+    /// meanwhile went to its inbox, which the session then sends again.
+    pub resync: tokio::sync::Notify,
 }
 
 impl ConnHandle {
@@ -49,7 +52,16 @@ impl ConnHandle {
         close: watch::Sender<Option<CloseReason>>,
         hold_limit: usize,
     ) -> ConnHandle {
-        ConnHandle { conn_id, user, device, out, phase: Mutex::new(Phase::Syncing(Vec::new())), close, hold_limit }
+        ConnHandle {
+            conn_id,
+            user,
+            device,
+            out,
+            phase: Mutex::new(Phase::Syncing(Vec::new())),
+            close,
+            hold_limit,
+            resync: tokio::sync::Notify::new(),
+        }
     }
 
     /// Queues a live message for the client without waiting. A full queue closes the connection as a slow

@@ -95,6 +95,7 @@ where
     let _ = out_tx.send(welcome.to_text().into()).await;
 
     let sync = tokio::spawn(sync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
+    let resync = tokio::spawn(resync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
     let (req_tx, req_rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
     let worker = tokio::spawn(request_loop(req_rx, identity.clone(), shared.clone(), out_tx.clone()));
 
@@ -104,6 +105,7 @@ where
     drop(req_tx);
     drop(out_tx);
     sync.abort();
+    resync.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     worker.abort();
     if shared.registry.remove(&identity.user, &identity.device, conn_id)
@@ -256,6 +258,15 @@ async fn sync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, 
     }
     tokio::time::sleep(shared.inbox_recheck).await;
     send_inbox(&id, &shared, &out_tx, &mut sent).await;
+}
+
+/// Sends the inbox again each time the device's presence is found to have been lost.
+async fn resync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
+    loop {
+        handle.resync.notified().await;
+        tracing::info!(user = %id.user, device = %id.device, "presence had been lost: sending the inbox again");
+        send_inbox(&id, &shared, &out_tx, &mut HashSet::new()).await;
+    }
 }
 
 /// Sends every inbox entry not in `sent` (and adds it there); returns how many were sent.

@@ -664,3 +664,32 @@ async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow
     print("10 slow client", &tally);
     cluster.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_a_store_outage_and_lost_presence_lose_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let load = Load::start(&cluster, 10, 200, "s6").await?;
+    let devices = readers(&cluster, &load.pairs);
+    let step = scale(100, 1000);
+    load.wait_acked(step).await;
+    // Cassandra down: claims fail as UNAVAILABLE and are retried; workers retry their records.
+    tests::cluster::server("down", "cassandra")?;
+    tokio::time::sleep(Duration::from_secs(if large() { 20 } else { 5 })).await;
+    tests::cluster::server("up", "cassandra")?;
+    let after_store = load.acked.load(Ordering::Relaxed) + step;
+    load.wait_acked(after_store).await;
+    // Redis restarted empty: presence is gone until the gateways refresh it; meanwhile messages go to inboxes,
+    // which the gateways send again when they find their entries missing.
+    tests::cluster::server("down", "redis")?;
+    tests::cluster::server("up", "redis")?;
+    let after_presence = load.acked.load(Ordering::Relaxed) + step;
+    load.wait_acked(after_presence).await;
+    let (pairs, acked) = load.finish().await?;
+    let mut tally = Tally::default();
+    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
+    tally.sent = tally.acknowledged;
+    check_readers(devices, &pairs, &acked, &mut tally).await?;
+    print("6 cassandra stopped and restarted, redis restarted empty", &tally);
+    cluster.shutdown().await
+}
