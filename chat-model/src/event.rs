@@ -12,20 +12,49 @@ use crate::{Body, ClientMsgId, ConversationId, DeviceId, IdError, Message, Messa
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
     MessageSent(Message),
+    ReceiptRecorded(Receipt),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+/// A member's device reached (delivered) or showed as read every message up to `up_to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub kind: ReceiptKind,
+    pub up_to: Seq,
 }
 
 impl LogEvent {
     pub fn conversation_id(&self) -> ConversationId {
         match self {
             LogEvent::MessageSent(m) => m.conversation_id,
+            LogEvent::ReceiptRecorded(r) => r.conversation_id,
         }
     }
 
-    /// Replays of the same fact carry the same event id: a message's event id is its message id.
+    /// Replays of the same fact carry the same event id: a message's is its message id; a receipt's names
+    /// who, which kind and up to where.
     pub fn event_id(&self) -> String {
         match self {
             LogEvent::MessageSent(m) => m.message_id.to_string(),
+            LogEvent::ReceiptRecorded(r) => {
+                format!("receipt/{}/{}/{}/{:?}/{}", r.conversation_id, r.user_id, r.device_id, r.kind, r.up_to)
+            }
         }
+    }
+}
+
+pub fn receipt_kind_to_proto(kind: ReceiptKind) -> v1::ReceiptKind {
+    match kind {
+        ReceiptKind::Delivered => v1::ReceiptKind::Delivered,
+        ReceiptKind::Read => v1::ReceiptKind::Read,
     }
 }
 
@@ -57,6 +86,18 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
 /// Encodes an event as the bytes of a `chat.v1.Event`.
 pub fn encode(event: &LogEvent, created_at_ms: i64) -> Vec<u8> {
     let envelope = match event {
+        LogEvent::ReceiptRecorded(r) => v1::Event {
+            event_id: event.event_id(),
+            conversation_id: r.conversation_id.to_string(),
+            created_at_ms,
+            traceparent: String::new(),
+            kind: Some(v1::event::Kind::ReceiptRecorded(v1::ReceiptRecorded {
+                user_id: r.user_id.to_string(),
+                device_id: r.device_id.to_string(),
+                kind: receipt_kind_to_proto(r.kind) as i32,
+                up_to_seq: r.up_to.get(),
+            })),
+        },
         LogEvent::MessageSent(m) => v1::Event {
             event_id: event.event_id(),
             conversation_id: m.conversation_id.to_string(),
@@ -94,7 +135,21 @@ pub fn decode(bytes: &[u8]) -> Result<LogEvent, DecodeError> {
                 sent_at_ms: envelope.created_at_ms,
             }))
         }
-        // Receipts and membership events are not produced yet; a consumer skips what it cannot use.
+        Some(v1::event::Kind::ReceiptRecorded(r)) => {
+            let kind = match v1::ReceiptKind::try_from(r.kind) {
+                Ok(v1::ReceiptKind::Delivered) => ReceiptKind::Delivered,
+                Ok(v1::ReceiptKind::Read) => ReceiptKind::Read,
+                _ => return Err(DecodeError::Field(format!("receipt kind {}", r.kind))),
+            };
+            Ok(LogEvent::ReceiptRecorded(Receipt {
+                conversation_id,
+                user_id: UserId::parse(&r.user_id)?,
+                device_id: DeviceId::parse(&r.device_id)?,
+                kind,
+                up_to: Seq::new(r.up_to_seq).ok_or_else(|| DecodeError::Field("up_to_seq is 0".into()))?,
+            }))
+        }
+        // Membership events are not produced yet; a consumer cannot use what it does not know.
         Some(_) | None => Err(DecodeError::UnknownKind),
     }
 }
@@ -121,6 +176,19 @@ mod tests {
         let m = sample();
         let bytes = encode(&LogEvent::MessageSent(m.clone()), m.sent_at_ms);
         assert_eq!(decode(&bytes), Ok(LogEvent::MessageSent(m)));
+    }
+
+    #[test]
+    fn a_receipt_survives_the_round_trip() {
+        let r = Receipt {
+            conversation_id: ConversationId::generate(),
+            user_id: UserId::parse("bob").expect("valid"),
+            device_id: DeviceId::parse("tablet").expect("valid"),
+            kind: ReceiptKind::Read,
+            up_to: Seq::new(7).expect("non-zero"),
+        };
+        let bytes = encode(&LogEvent::ReceiptRecorded(r.clone()), 5);
+        assert_eq!(decode(&bytes), Ok(LogEvent::ReceiptRecorded(r)));
     }
 
     #[test]

@@ -30,8 +30,8 @@ impl App {
             .context("creating the kafka producer")?;
         let listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
-        let sequencer = Sequencer::new(store.clone(), log);
-        Ok(App { listener, service: ChatGrpc { store, sequencer, send_timeout: config.send_timeout() } })
+        let sequencer = Sequencer::new(store.clone(), log.clone());
+        Ok(App { listener, service: ChatGrpc { store, sequencer, log, send_timeout: config.send_timeout() } })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

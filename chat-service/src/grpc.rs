@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use chat_model::event::message_to_proto;
+use chat_model::event::{LogEvent, Receipt, ReceiptKind, message_to_proto};
 use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Seq, UserId};
 use chat_store::{CassandraStore, ConversationRecord, NewConversation};
 use proto::v1::{self, chat_service_server::ChatService};
 use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
+use crate::event_log::KafkaEventLog;
 use crate::send::{SendRequest, Sequencer};
 
 /// Most members a group may have.
@@ -23,6 +24,7 @@ const DEFAULT_PAGE: u32 = 100;
 pub struct ChatGrpc {
     pub store: CassandraStore,
     pub sequencer: Sequencer,
+    pub log: KafkaEventLog,
     pub send_timeout: Duration,
 }
 
@@ -67,6 +69,11 @@ fn conversation_to_proto(c: &ConversationRecord) -> v1::Conversation {
         member_ids: c.members.iter().map(|u| u.to_string()).collect(),
         title: c.title.clone(),
         last_seq: c.last_seq,
+        read_positions: c
+            .read_positions
+            .iter()
+            .map(|(u, seq)| v1::ReadPosition { user_id: u.to_string(), read_seq: *seq })
+            .collect(),
     }
 }
 
@@ -259,6 +266,29 @@ impl ChatService for ChatGrpc {
         let id = conversation(&r.conversation_id)?;
         let up_to = Seq::new(r.up_to_seq).ok_or_else(|| ChatError::Invalid("up_to_seq must be at least 1".into()))?;
         self.store.ack_inbox(&u, &d, id, up_to).await.map_err(ChatError::from)?;
+        let receipt = Receipt { conversation_id: id, user_id: u, device_id: d, kind: ReceiptKind::Delivered, up_to };
+        self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
         Ok(Response::new(v1::AckInboxResponse {}))
+    }
+
+    async fn mark_read(&self, request: Request<v1::MarkReadRequest>) -> Result<Response<v1::MarkReadResponse>, Status> {
+        let r = request.into_inner();
+        let id = conversation(&r.conversation_id)?;
+        let u = user("user_id", &r.user_id)?;
+        let d = device("device_id", &r.device_id)?;
+        let up_to = Seq::new(r.up_to_seq).ok_or_else(|| ChatError::Invalid("up_to_seq must be at least 1".into()))?;
+        if !self.store.is_member(id, &u).await.map_err(ChatError::from)? {
+            let missing = self.store.head(id).await.map_err(ChatError::from)?.is_none();
+            return Err(if missing { ChatError::ConversationNotFound } else { ChatError::NotMember }.into());
+        }
+        let last = self.store.head(id).await.map_err(ChatError::from)?.unwrap_or(0);
+        if up_to.get() > last {
+            return Err(ChatError::Invalid(format!("up_to_seq {up_to} is past the conversation's last {last}")).into());
+        }
+        // The log first (the source of truth), then its projection.
+        let receipt = Receipt { conversation_id: id, user_id: u.clone(), device_id: d, kind: ReceiptKind::Read, up_to };
+        self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
+        let read_seq = self.store.raise_read_position(id, &u, up_to).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::MarkReadResponse { read_seq }))
     }
 }

@@ -5,7 +5,10 @@ use scylla::client::session::Session;
 use crate::{StoreError, now_ms};
 
 /// Every migration, in order. A released file is never edited: a change is a new entry.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_init", include_str!("../migrations/0001_init.cql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_init", include_str!("../migrations/0001_init.cql")),
+    (2, "0002_read_positions", include_str!("../migrations/0002_read_positions.cql")),
+];
 
 /// Creates the keyspace if needed and applies the migrations it has not seen yet.
 /// `replication` is a CQL replication map, e.g. `{'class': 'SimpleStrategy', 'replication_factor': 1}`.
@@ -109,6 +112,15 @@ mod tests {
             "delivery_cursors",
         ] {
             assert!(text.contains(&format!("CREATE TABLE IF NOT EXISTS {table} (")), "{table}");
+        }
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+        for (v, name, _) in MIGRATIONS {
+            assert!(name.starts_with(&format!("{v:04}_")), "{name}");
         }
     }
 

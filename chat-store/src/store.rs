@@ -53,6 +53,8 @@ pub struct ConversationRecord {
     pub title: String,
     pub members: Vec<UserId>,
     pub last_seq: u64,
+    /// Members' read positions (members who never read are absent).
+    pub read_positions: Vec<(UserId, u64)>,
 }
 
 /// The idempotency record of a send that already holds a number.
@@ -111,6 +113,10 @@ struct Statements {
     delete_inbox_upto: PreparedStatement,
     select_cursor: PreparedStatement,
     update_cursor: PreparedStatement,
+    raise_read: PreparedStatement,
+    insert_read: PreparedStatement,
+    select_read_serial: PreparedStatement,
+    select_reads: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at";
@@ -191,7 +197,8 @@ impl CassandraStore {
         };
         let members = self.members(id).await?;
         let last_seq = self.head(id).await?.unwrap_or(0);
-        Ok(Some(ConversationRecord { id, kind, title: title.unwrap_or_default(), members, last_seq }))
+        let read_positions = self.read_positions(id).await?;
+        Ok(Some(ConversationRecord { id, kind, title: title.unwrap_or_default(), members, last_seq, read_positions }))
     }
 
     pub async fn members(&self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
@@ -546,6 +553,50 @@ impl CassandraStore {
     }
 }
 
+impl CassandraStore {
+    /// Moves a member's read position forward to `seq` (never back); answers the position after the call.
+    pub async fn raise_read_position(&self, id: ConversationId, user: &UserId, seq: Seq) -> Result<u64, StoreError> {
+        let n = to_i64(seq.get());
+        // Raise an existing row; create a missing one; if it appeared meanwhile, raise again.
+        for _ in 0..3 {
+            let raised = self.session.execute_unpaged(&self.st.raise_read, (n, id.as_uuid(), user.as_str(), n)).await?;
+            if applied(raised)? {
+                return Ok(seq.get());
+            }
+            let current = self.read_position(id, user).await?;
+            if let Some(current) = current {
+                return Ok(current);
+            }
+            let inserted = self.session.execute_unpaged(&self.st.insert_read, (id.as_uuid(), user.as_str(), n)).await?;
+            if applied(inserted)? {
+                return Ok(seq.get());
+            }
+        }
+        Ok(self.read_position(id, user).await?.unwrap_or(0))
+    }
+
+    async fn read_position(&self, id: ConversationId, user: &UserId) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_read_serial, (id.as_uuid(), user.as_str()))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i64>,)>()?;
+        Ok(row.and_then(|(n,)| n).and_then(|n| u64::try_from(n).ok()))
+    }
+
+    /// Every member's read position in a conversation.
+    pub async fn read_positions(&self, id: ConversationId) -> Result<Vec<(UserId, u64)>, StoreError> {
+        let rows = self.session.execute_unpaged(&self.st.select_reads, (id.as_uuid(),)).await?.into_rows_result()?;
+        let mut out = Vec::new();
+        for r in rows.rows::<(String, Option<i64>)>()? {
+            let (user, seq) = r?;
+            out.push((parse_user(&user, "read_positions")?, seq.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+}
+
 /// A session whose default profile reads and writes at LOCAL_QUORUM and runs conditional writes at LOCAL_SERIAL.
 pub async fn connect_session(nodes: &[String], request_timeout: Duration) -> Result<Session, StoreError> {
     let profile = ExecutionProfile::builder()
@@ -691,6 +742,19 @@ impl Statements {
             update_cursor: s
                 .prepare("UPDATE delivery_cursors SET delivered_seq = ? WHERE conversation_id = ?")
                 .await?,
+            raise_read: s
+                .prepare("UPDATE read_positions SET read_seq = ? WHERE conversation_id = ? AND user_id = ? IF read_seq < ?")
+                .await?,
+            insert_read: s
+                .prepare("INSERT INTO read_positions (conversation_id, user_id, read_seq) VALUES (?, ?, ?) IF NOT EXISTS")
+                .await?,
+            select_read_serial: {
+                let mut st =
+                    s.prepare("SELECT read_seq FROM read_positions WHERE conversation_id = ? AND user_id = ?").await?;
+                st.set_consistency(Consistency::LocalSerial);
+                st
+            },
+            select_reads: s.prepare("SELECT user_id, read_seq FROM read_positions WHERE conversation_id = ?").await?,
         })
     }
 }

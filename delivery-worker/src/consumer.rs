@@ -89,19 +89,23 @@ impl Loop {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let payload = record.payload().unwrap_or_default();
-        let message = match event::decode(payload) {
-            Ok(LogEvent::MessageSent(m)) => m,
+        let event = match event::decode(payload) {
+            Ok(e) => e,
             Err(e) => return self.dead_letter(record, &e.to_string(), shutdown).await,
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.deliverer.handle(cursors, &message).await {
+            let handled = match &event {
+                LogEvent::MessageSent(m) => self.deliverer.handle(cursors, m).await,
+                LogEvent::ReceiptRecorded(r) => self.deliverer.deliver_receipt(r).await,
+            };
+            match handled {
                 Ok(outcome) => {
-                    tracing::debug!(conversation_id = %message.conversation_id, seq = %message.seq, ?outcome, "handled");
+                    tracing::debug!(event_id = %event.event_id(), ?outcome, "handled");
                     return true;
                 }
                 Err(e) => {
-                    tracing::warn!(conversation_id = %message.conversation_id, seq = %message.seq, error = %e,
+                    tracing::warn!(event_id = %event.event_id(), error = %e,
                         retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

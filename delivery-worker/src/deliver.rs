@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_model::event::Receipt;
 use chat_model::{ConversationId, DeviceId, Message, Seq, UserId, presence};
 use chat_store::{CassandraStore, StoreError};
 use futures::future::join_all;
@@ -171,7 +172,9 @@ impl Deliverer {
             }
         }
         let message = chat_model::event::message_to_proto(m);
-        let pushes = by_gateway.into_iter().map(|(addr, devices)| self.push(addr, message.clone(), devices));
+        let pushes = by_gateway.into_iter().map(|(addr, devices)| {
+            self.push(addr, v1::PushRequest { message: Some(message.clone()), devices, receipt: None })
+        });
         let mut delivered: HashSet<(String, String)> = HashSet::new();
         for refs in join_all(pushes).await {
             for d in refs {
@@ -187,12 +190,41 @@ impl Deliverer {
         Ok(Outcome { messages: 1, pushed: delivered.len(), inboxed: offline.len(), skipped: false })
     }
 
+    /// Routes a receipt to every online device of every member but the one that made it. Receipts are not
+    /// kept in inboxes: read positions are state (`read_positions`), which a device reads when it comes back.
+    pub async fn deliver_receipt(&self, r: &Receipt) -> Result<Outcome, DeliverError> {
+        let members = self.members(r.conversation_id).await?;
+        let online = self.online(&members).await;
+        let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
+        for ((u, d), addr) in &online {
+            if u == &r.user_id && d == &r.device_id {
+                continue;
+            }
+            by_gateway
+                .entry(addr.as_str())
+                .or_default()
+                .push(v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() });
+        }
+        let receipt = v1::Receipt {
+            conversation_id: r.conversation_id.to_string(),
+            user_id: r.user_id.to_string(),
+            device_id: r.device_id.to_string(),
+            kind: chat_model::event::receipt_kind_to_proto(r.kind) as i32,
+            up_to_seq: r.up_to.get(),
+        };
+        let pushes = by_gateway.into_iter().map(|(addr, devices)| {
+            self.push(addr, v1::PushRequest { message: None, devices, receipt: Some(receipt.clone()) })
+        });
+        let pushed = join_all(pushes).await.iter().map(Vec::len).sum();
+        Ok(Outcome { messages: 0, pushed, inboxed: 0, skipped: false })
+    }
+
     /// Pushes to one gateway; answers the devices it took. A failure or a missed deadline takes none.
-    async fn push(&self, addr: &str, message: v1::Message, devices: Vec<v1::DeviceRef>) -> Vec<v1::DeviceRef> {
+    async fn push(&self, addr: &str, request: v1::PushRequest) -> Vec<v1::DeviceRef> {
         let Some(mut client) = self.gateway(addr) else {
             return Vec::new();
         };
-        let mut req = tonic::Request::new(v1::PushRequest { message: Some(message), devices });
+        let mut req = tonic::Request::new(request);
         req.set_timeout(self.push_timeout);
         match tokio::time::timeout(self.push_timeout, client.push(req)).await {
             Ok(Ok(r)) => r.into_inner().delivered,

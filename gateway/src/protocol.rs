@@ -71,6 +71,16 @@ pub enum ClientFrame {
         after_seq: u64,
         limit: u32,
     },
+    /// Everything up to `seq` was read by the user: moves the member's read position, tells the others.
+    Read {
+        conversation_id: ConversationId,
+        seq: Seq,
+    },
+    /// The conversation's members, last number and read positions.
+    Conversation {
+        id: String,
+        conversation_id: ConversationId,
+    },
     Ping {
         id: Option<String>,
     },
@@ -159,6 +169,18 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             }
             Ok(ClientFrame::History { id: req, conversation_id, after_seq: raw.after_seq.unwrap_or(0), limit })
         }
+        Some("read") => {
+            let conversation_id = conversation()?;
+            let seq = raw
+                .seq
+                .and_then(Seq::new)
+                .ok_or_else(|| fail(ErrorCode::InvalidField, "seq must be at least 1".into()))?;
+            Ok(ClientFrame::Read { conversation_id, seq })
+        }
+        Some("conversation") => {
+            let req = id.clone().ok_or_else(|| fail(ErrorCode::InvalidField, "id is missing".into()))?;
+            Ok(ClientFrame::Conversation { id: req, conversation_id: conversation()? })
+        }
         Some("ping") => Ok(ClientFrame::Ping { id }),
         Some(other) => Err(fail(ErrorCode::UnknownType, format!("unknown type {:?}", truncate(other, 32)))),
         None => Err(fail(ErrorCode::UnknownType, "type is missing".into())),
@@ -182,6 +204,13 @@ pub struct WireMessage {
     pub sender_id: String,
     pub body: String,
     pub sent_at_ms: i64,
+}
+
+/// A member's read position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadPosition {
+    pub user_id: String,
+    pub read_seq: u64,
 }
 
 /// A frame to the client.
@@ -211,6 +240,21 @@ pub enum ServerFrame {
         conversation_id: String,
         messages: Vec<WireMessage>,
         last_seq: u64,
+    },
+    /// A member's device received (`delivered`) or read (`read`) everything up to `up_to_seq`.
+    Receipt {
+        conversation_id: String,
+        user_id: String,
+        device_id: String,
+        kind: &'static str,
+        up_to_seq: u64,
+    },
+    Conversation {
+        id: String,
+        conversation_id: String,
+        member_ids: Vec<String>,
+        last_seq: u64,
+        read_positions: Vec<ReadPosition>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,6 +301,14 @@ mod tests {
         let delivered = format!(r#"{{"v":1,"type":"delivered","conversation_id":"{CONV}","seq":3}}"#);
         assert!(matches!(parse(&delivered), Ok(ClientFrame::Delivered { seq, .. }) if seq.get() == 3));
         assert_eq!(parse(r#"{"v":1,"type":"ping"}"#), Ok(ClientFrame::Ping { id: None }));
+        let read = format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}","seq":9}}"#);
+        assert!(matches!(parse(&read), Ok(ClientFrame::Read { seq, .. }) if seq.get() == 9));
+        let conv = format!(r#"{{"v":1,"type":"conversation","id":"c","conversation_id":"{CONV}"}}"#);
+        assert!(matches!(parse(&conv), Ok(ClientFrame::Conversation { .. })));
+        let read = format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}","seq":9}}"#);
+        assert!(matches!(parse(&read), Ok(ClientFrame::Read { seq, .. }) if seq.get() == 9));
+        let conv = format!(r#"{{"v":1,"type":"conversation","id":"c","conversation_id":"{CONV}"}}"#);
+        assert!(matches!(parse(&conv), Ok(ClientFrame::Conversation { .. })));
     }
 
     #[test]
@@ -286,6 +338,10 @@ mod tests {
                 ErrorCode::InvalidField,
             ),
             (r#"{"v":1,"type":"ping","id":7}"#.into(), ErrorCode::InvalidField),
+            (format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
+            (format!(r#"{{"v":1,"type":"conversation","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
+            (format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
+            (format!(r#"{{"v":1,"type":"conversation","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
         ];
         for (text, code) in cases {
             assert_eq!(parse(&text).map_err(|e| e.code), Err(code), "{text}");

@@ -6,6 +6,7 @@ use chat_model::{ConversationId, DeviceId, UserId};
 use proto::v1::{self, gateway_service_server::GatewayService};
 use tonic::{Request, Response, Status};
 
+use crate::protocol::ServerFrame;
 use crate::registry::PushOutcome;
 use crate::session::{Shared, message_frame};
 
@@ -17,13 +18,35 @@ pub struct PushGrpc {
 impl GatewayService for PushGrpc {
     async fn push(&self, request: Request<v1::PushRequest>) -> Result<Response<v1::PushResponse>, Status> {
         let r = request.into_inner();
-        let message = r.message.ok_or_else(|| Status::invalid_argument("message is missing"))?;
-        let conversation = ConversationId::parse(&message.conversation_id)
-            .map_err(|e| Status::invalid_argument(format!("message.conversation_id: {e}")))?;
-        if message.seq == 0 {
-            return Err(Status::invalid_argument("message.seq must be at least 1"));
-        }
-        let frame = message_frame(&message);
+        let (conversation, seq, frame) = match (r.message, r.receipt) {
+            (Some(message), None) => {
+                let conversation = ConversationId::parse(&message.conversation_id)
+                    .map_err(|e| Status::invalid_argument(format!("message.conversation_id: {e}")))?;
+                if message.seq == 0 {
+                    return Err(Status::invalid_argument("message.seq must be at least 1"));
+                }
+                (conversation, message.seq, message_frame(&message))
+            }
+            (None, Some(receipt)) => {
+                let conversation = ConversationId::parse(&receipt.conversation_id)
+                    .map_err(|e| Status::invalid_argument(format!("receipt.conversation_id: {e}")))?;
+                let kind = match v1::ReceiptKind::try_from(receipt.kind) {
+                    Ok(v1::ReceiptKind::Delivered) => "delivered",
+                    Ok(v1::ReceiptKind::Read) => "read",
+                    _ => return Err(Status::invalid_argument("receipt.kind must be DELIVERED or READ")),
+                };
+                let frame = ServerFrame::Receipt {
+                    conversation_id: receipt.conversation_id,
+                    user_id: receipt.user_id,
+                    device_id: receipt.device_id,
+                    kind,
+                    up_to_seq: receipt.up_to_seq,
+                };
+                // Receipts carry no number of their own: 0 is never one a connection's inbox has sent.
+                (conversation, 0, frame.to_text().into())
+            }
+            _ => return Err(Status::invalid_argument("exactly one of message and receipt must be set")),
+        };
         let mut delivered = Vec::with_capacity(r.devices.len());
         for d in r.devices {
             // A device this gateway cannot name is simply not delivered here; the worker keeps it in the inbox.
@@ -33,7 +56,7 @@ impl GatewayService for PushGrpc {
             let Some(conn) = self.shared.registry.get(&user, &device) else {
                 continue;
             };
-            if conn.push(conversation, message.seq, frame.clone()) == PushOutcome::Queued {
+            if conn.push(conversation, seq, frame.clone()) == PushOutcome::Queued {
                 delivered.push(d);
             }
         }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
 use crate::presence::{Holder, Presence};
-use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, WireMessage, close};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close};
 use crate::registry::{CloseReason, ConnHandle, Registry};
 
 /// What every session of the process shares.
@@ -415,6 +415,49 @@ async fn request_loop(
                 match acked.await {
                     Ok(_) => None,
                     Err(status) => Some(status_frame(None, &status)),
+                }
+            }
+            ClientFrame::Read { conversation_id, seq } => {
+                let req = v1::MarkReadRequest {
+                    conversation_id: conversation_id.to_string(),
+                    user_id: id.user.to_string(),
+                    device_id: id.device.to_string(),
+                    up_to_seq: seq.get(),
+                };
+                let marked = shared.chat.call(|mut c| {
+                    let r = with_deadline(req.clone(), timeout);
+                    async move { c.mark_read(r).await }
+                });
+                match marked.await {
+                    Ok(_) => None,
+                    Err(status) => Some(status_frame(None, &status)),
+                }
+            }
+            ClientFrame::Conversation { id: req_id, conversation_id } => {
+                let req = v1::GetConversationRequest {
+                    conversation_id: conversation_id.to_string(),
+                    user_id: id.user.to_string(),
+                };
+                let got = shared.chat.call(|mut c| {
+                    let r = with_deadline(req.clone(), timeout);
+                    async move { c.get_conversation(r).await }
+                });
+                match got.await {
+                    Ok(r) => {
+                        let c = r.conversation.unwrap_or_default();
+                        Some(ServerFrame::Conversation {
+                            id: req_id,
+                            conversation_id: c.conversation_id,
+                            member_ids: c.member_ids,
+                            last_seq: c.last_seq,
+                            read_positions: c
+                                .read_positions
+                                .into_iter()
+                                .map(|p| ReadPosition { user_id: p.user_id, read_seq: p.read_seq })
+                                .collect(),
+                        })
+                    }
+                    Err(status) => Some(status_frame(Some(req_id), &status)),
                 }
             }
             ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),

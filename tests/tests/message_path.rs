@@ -76,6 +76,7 @@ async fn events_in_topic(topic: &str, conversation: &str, expected: usize) -> an
         }
         match event::decode(record.payload().unwrap_or_default())? {
             LogEvent::MessageSent(m) => found.push(m),
+            LogEvent::ReceiptRecorded(_) => {}
         }
     }
     Ok(found)
@@ -382,5 +383,101 @@ async fn bad_tokens_are_refused_and_bad_frames_answered() -> anyhow::Result<()> 
     assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("not_member"), Some("intrude")));
     assert!(history_rows(&p, &stranger).await?.is_empty());
     c.close().await?;
+    p.stop().await
+}
+
+/// The next frame of type `kind`, skipping live messages (a receipt may come before or after them).
+async fn next_of(c: &mut WsClient, kind: &str) -> anyhow::Result<Value> {
+    loop {
+        let f = c.recv().await?;
+        if f["type"] == kind {
+            return Ok(f);
+        }
+        ensure!(f["type"] == "message", "expected {kind}, got {f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_reach_the_others_and_read_positions_survive_a_reconnect() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut alice = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut bob_phone = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    let mut bob_laptop = WsClient::connect(p.gateways[0].ws_addr, &b, "laptop").await?;
+    for c in [&mut alice, &mut bob_phone, &mut bob_laptop] {
+        c.sync().await?;
+    }
+    for i in 1..=5 {
+        alice.send_message(&conv, &format!("r-{i}"), &format!("m{i}")).await?;
+    }
+    for _ in 0..5 {
+        bob_phone.expect("message").await?;
+    }
+    // Bob's phone acknowledges and reads up to 5; Alice and Bob's other device are told.
+    bob_phone.send_json(json!({"v": 1, "type": "delivered", "conversation_id": conv, "seq": 5})).await?;
+    let delivered = next_of(&mut alice, "receipt").await?;
+    assert_eq!(
+        (
+            delivered["kind"].as_str(),
+            delivered["user_id"].as_str(),
+            delivered["device_id"].as_str(),
+            delivered["up_to_seq"].as_u64()
+        ),
+        (Some("delivered"), Some(b.as_str()), Some("phone"), Some(5))
+    );
+    bob_phone.send_json(json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 4})).await?;
+    let read = next_of(&mut alice, "receipt").await?;
+    assert_eq!((read["kind"].as_str(), read["up_to_seq"].as_u64()), (Some("read"), Some(4)));
+    let on_laptop = next_of(&mut bob_laptop, "receipt").await?;
+    assert_eq!((on_laptop["kind"].as_str(), on_laptop["up_to_seq"].as_u64()), (Some("delivered"), Some(5)));
+    let on_laptop = next_of(&mut bob_laptop, "receipt").await?;
+    assert_eq!((on_laptop["kind"].as_str(), on_laptop["up_to_seq"].as_u64()), (Some("read"), Some(4)));
+    // A read position never moves back; reading past the last message is refused.
+    bob_laptop.send_json(json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 2})).await?;
+    bob_laptop.send_json(json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 99})).await?;
+    assert_eq!(next_of(&mut bob_laptop, "error").await?["code"], "invalid_field");
+
+    // Alice comes back on the other gateway: the read position is state, not a message she had to catch.
+    alice.close().await?;
+    let mut alice = WsClient::connect(p.gateways[1].ws_addr, &a, "phone").await?;
+    alice.sync().await?;
+    alice.send_json(json!({"v": 1, "type": "conversation", "id": "c1", "conversation_id": conv})).await?;
+    let c = next_of(&mut alice, "conversation").await?;
+    assert_eq!(c["last_seq"], 5);
+    let positions = c["read_positions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(positions, vec![json!({"user_id": b, "read_seq": 4})]);
+
+    // Both receipts are events on the log.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("e2e-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[p.topic.as_str()])?;
+    let mut receipts = Vec::new();
+    while receipts.len() < 3 {
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .context("receipts not in the topic")??;
+        if record.key() != Some(conv.as_bytes()) {
+            continue;
+        }
+        if let LogEvent::ReceiptRecorded(r) = event::decode(record.payload().unwrap_or_default())? {
+            receipts.push((format!("{:?}", r.kind), r.device_id.to_string(), r.up_to.get()));
+        }
+    }
+    assert_eq!(
+        receipts[..2],
+        [("Delivered".to_owned(), "phone".to_owned(), 5), ("Read".to_owned(), "phone".to_owned(), 4)]
+    );
+    assert_eq!(
+        receipts[2],
+        ("Read".to_owned(), "laptop".to_owned(), 2),
+        "the stale read is on the log; the position did not move"
+    );
+    for c in [alice, bob_phone, bob_laptop] {
+        c.close().await?;
+    }
     p.stop().await
 }
