@@ -21,13 +21,10 @@ pub struct App {
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<App> {
         let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
-        let redis = redis::Client::open(config.redis_url.as_str()).context("redis url")?;
-        let redis_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(1);
-        let redis =
-            redis::aio::ConnectionManager::new_with_config(redis, redis_config).await.context("connecting to redis")?;
+        // The worker only reads presence: it writes no entries, so it has no push address of its own.
+        let presence = routing::Presence::connect(&config.redis_url, &config.redis_prefix, "", Duration::from_secs(30))
+            .await
+            .context("connecting to redis")?;
         let consumer: WorkerConsumer = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("group.id", &config.group_id)
@@ -52,8 +49,7 @@ impl App {
             .context("creating the dead-letter producer")?;
         let deliverer = Deliverer::new(
             store,
-            redis,
-            config.redis_prefix.clone(),
+            presence,
             Duration::from_millis(config.push_timeout_ms),
             Duration::from_millis(config.members_cache_ms),
         );

@@ -5,12 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_model::event::Receipt;
-use chat_model::{ConversationId, DeviceId, Message, Seq, UserId, presence};
+use chat_model::{ConversationId, DeviceId, Message, Seq, UserId};
 use chat_store::{CassandraStore, StoreError};
 use futures::future::join_all;
-use proto::v1::{self, gateway_service_client::GatewayServiceClient};
-use redis::aio::ConnectionManager;
-use tonic::transport::{Channel, Endpoint};
+use proto::v1;
+use routing::{Presence, Pushers};
 
 use crate::cursor::{Cursors, Plan};
 
@@ -39,10 +38,8 @@ const FILL_PAGE: usize = 500;
 
 pub struct Deliverer {
     store: CassandraStore,
-    redis: ConnectionManager,
-    redis_prefix: String,
-    push_timeout: Duration,
-    gateways: Mutex<HashMap<String, GatewayServiceClient<Channel>>>,
+    presence: Presence,
+    pushers: Pushers,
     members: TtlCache<ConversationId, Vec<UserId>>,
     devices: TtlCache<UserId, Vec<DeviceId>>,
 }
@@ -84,19 +81,12 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
 type Target = (UserId, DeviceId);
 
 impl Deliverer {
-    pub fn new(
-        store: CassandraStore,
-        redis: ConnectionManager,
-        redis_prefix: String,
-        push_timeout: Duration,
-        members_ttl: Duration,
-    ) -> Deliverer {
+    /// Pushes must finish within `push_timeout`; member and device lists are reused for `members_ttl`.
+    pub fn new(store: CassandraStore, presence: Presence, push_timeout: Duration, members_ttl: Duration) -> Deliverer {
         Deliverer {
             store,
-            redis,
-            redis_prefix,
-            push_timeout,
-            gateways: Mutex::new(HashMap::new()),
+            presence,
+            pushers: Pushers::new(push_timeout),
             members: TtlCache::new(members_ttl),
             devices: TtlCache::new(members_ttl),
         }
@@ -147,7 +137,7 @@ impl Deliverer {
     /// Delivers one message to every device of every member but the sending device.
     pub async fn deliver(&self, m: &Message) -> Result<Outcome, DeliverError> {
         let members = self.members(m.conversation_id).await?;
-        let online = self.online(&members).await;
+        let online = self.presence.online(&members).await;
         let mut targets: Vec<Target> = Vec::new();
         for user in members.iter() {
             for device in self.devices(user).await?.iter() {
@@ -173,7 +163,8 @@ impl Deliverer {
         }
         let message = chat_model::event::message_to_proto(m);
         let pushes = by_gateway.into_iter().map(|(addr, devices)| {
-            self.push(addr, v1::PushRequest { message: Some(message.clone()), devices, receipt: None })
+            self.pushers
+                .push(addr, v1::PushRequest { message: Some(message.clone()), devices, receipt: None, typing: None })
         });
         let mut delivered: HashSet<(String, String)> = HashSet::new();
         for refs in join_all(pushes).await {
@@ -194,7 +185,7 @@ impl Deliverer {
     /// kept in inboxes: read positions are state (`read_positions`), which a device reads when it comes back.
     pub async fn deliver_receipt(&self, r: &Receipt) -> Result<Outcome, DeliverError> {
         let members = self.members(r.conversation_id).await?;
-        let online = self.online(&members).await;
+        let online = self.presence.online(&members).await;
         let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
         for ((u, d), addr) in &online {
             if u == &r.user_id && d == &r.device_id {
@@ -213,45 +204,11 @@ impl Deliverer {
             up_to_seq: r.up_to.get(),
         };
         let pushes = by_gateway.into_iter().map(|(addr, devices)| {
-            self.push(addr, v1::PushRequest { message: None, devices, receipt: Some(receipt.clone()) })
+            self.pushers
+                .push(addr, v1::PushRequest { message: None, devices, receipt: Some(receipt.clone()), typing: None })
         });
         let pushed = join_all(pushes).await.iter().map(Vec::len).sum();
         Ok(Outcome { messages: 0, pushed, inboxed: 0, skipped: false })
-    }
-
-    /// Pushes to one gateway; answers the devices it took. A failure or a missed deadline takes none.
-    async fn push(&self, addr: &str, request: v1::PushRequest) -> Vec<v1::DeviceRef> {
-        let Some(mut client) = self.gateway(addr) else {
-            return Vec::new();
-        };
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(self.push_timeout);
-        match tokio::time::timeout(self.push_timeout, client.push(req)).await {
-            Ok(Ok(r)) => r.into_inner().delivered,
-            Ok(Err(status)) => {
-                tracing::debug!(gateway = addr, %status, "push failed; devices get the inbox");
-                Vec::new()
-            }
-            Err(_) => {
-                tracing::debug!(gateway = addr, "push deadline passed; devices get the inbox");
-                Vec::new()
-            }
-        }
-    }
-
-    fn gateway(&self, addr: &str) -> Option<GatewayServiceClient<Channel>> {
-        let mut gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = gateways.get(addr) {
-            return Some(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(self.push_timeout)
-            .timeout(self.push_timeout)
-            .tcp_nodelay(true);
-        let client = GatewayServiceClient::new(endpoint.connect_lazy());
-        gateways.insert(addr.to_owned(), client.clone());
-        Some(client)
     }
 
     async fn members(&self, id: ConversationId) -> Result<Arc<Vec<UserId>>, StoreError> {
@@ -260,31 +217,6 @@ impl Deliverer {
 
     async fn devices(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
         self.devices.get(user, || self.store.devices(user)).await
-    }
-
-    /// The live presence of `users`' devices: (user, device) to gateway address. Redis being down means
-    /// nobody is online: every device gets the inbox, and resume by cursor covers the rest.
-    async fn online(&self, users: &[UserId]) -> HashMap<Target, String> {
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.hgetall(presence::key(&self.redis_prefix, u));
-        }
-        let mut conn = self.redis.clone();
-        let hashes: Vec<Vec<(String, String)>> = match pipe.query_async(&mut conn).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "presence unreadable; delivering to inboxes");
-                return HashMap::new();
-            }
-        };
-        let now = chat_model::now_ms();
-        let mut out = HashMap::new();
-        for (user, fields) in users.iter().zip(hashes) {
-            for (device, entry) in presence::live_devices(fields, now) {
-                out.insert((user.clone(), device), entry.push_addr);
-            }
-        }
-        out
     }
 }
 

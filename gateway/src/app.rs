@@ -15,13 +15,15 @@ use crate::Config;
 use crate::auth::Verifier;
 use crate::chat_pool::ChatPool;
 use crate::http::{self, Upgrader};
-use crate::presence::{Holder, Presence};
 use crate::push::PushGrpc;
 use crate::registry::Registry;
 use crate::session::Shared;
+use routing::{Holder, Presence};
 
 /// Largest push the gateway accepts: one message at the largest body size, with room.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Deadline of a typing indicator's push to a gateway: late is useless.
+const TYPING_DEADLINE: Duration = Duration::from_secs(1);
 /// Largest answer taken from the chat service: a page of history (500 messages at the largest body size).
 const MAX_CHAT_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -63,6 +65,8 @@ impl App {
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             shutdown: shutdown_rx,
+            pushers: routing::Pushers::new(TYPING_DEADLINE),
+            members: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let upgrader = Arc::new(Upgrader {
             verifier: Verifier::hs256(

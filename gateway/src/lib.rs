@@ -3,7 +3,7 @@
 //!
 //! [`http`] accepts connections and upgrades them after checking the token ([`auth`]); [`session`] runs one
 //! connection, speaking the JSON protocol of [`protocol`] (documented in `docs/protocol.md`); [`registry`]
-//! holds this process's connections; [`presence`] tells Redis which gateway holds which device; [`push`]
+//! holds this process's connections; the `routing` crate tells Redis which gateway holds which device; [`push`]
 //! is the gRPC service the delivery workers call. The gateway never talks to Cassandra or Kafka.
 
 pub mod app;
@@ -11,7 +11,6 @@ pub mod auth;
 pub mod chat_pool;
 pub mod config;
 pub mod http;
-pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod registry;

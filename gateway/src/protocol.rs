@@ -81,6 +81,11 @@ pub enum ClientFrame {
         id: String,
         conversation_id: ConversationId,
     },
+    /// The user started (`typing: true`) or stopped typing; routed live to the other members, never stored.
+    Typing {
+        conversation_id: ConversationId,
+        typing: bool,
+    },
     Ping {
         id: Option<String>,
     },
@@ -105,6 +110,7 @@ struct RawFrame {
     seq: Option<u64>,
     after_seq: Option<u64>,
     limit: Option<u32>,
+    typing: Option<bool>,
 }
 
 /// Longest request id (`id` of history and ping), in bytes.
@@ -181,6 +187,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             let req = id.clone().ok_or_else(|| fail(ErrorCode::InvalidField, "id is missing".into()))?;
             Ok(ClientFrame::Conversation { id: req, conversation_id: conversation()? })
         }
+        Some("typing") => {
+            Ok(ClientFrame::Typing { conversation_id: conversation()?, typing: raw.typing.unwrap_or(true) })
+        }
         Some("ping") => Ok(ClientFrame::Ping { id }),
         Some(other) => Err(fail(ErrorCode::UnknownType, format!("unknown type {:?}", truncate(other, 32)))),
         None => Err(fail(ErrorCode::UnknownType, "type is missing".into())),
@@ -249,6 +258,12 @@ pub enum ServerFrame {
         kind: &'static str,
         up_to_seq: u64,
     },
+    Typing {
+        conversation_id: String,
+        user_id: String,
+        device_id: String,
+        typing: bool,
+    },
     Conversation {
         id: String,
         conversation_id: String,
@@ -305,10 +320,8 @@ mod tests {
         assert!(matches!(parse(&read), Ok(ClientFrame::Read { seq, .. }) if seq.get() == 9));
         let conv = format!(r#"{{"v":1,"type":"conversation","id":"c","conversation_id":"{CONV}"}}"#);
         assert!(matches!(parse(&conv), Ok(ClientFrame::Conversation { .. })));
-        let read = format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}","seq":9}}"#);
-        assert!(matches!(parse(&read), Ok(ClientFrame::Read { seq, .. }) if seq.get() == 9));
-        let conv = format!(r#"{{"v":1,"type":"conversation","id":"c","conversation_id":"{CONV}"}}"#);
-        assert!(matches!(parse(&conv), Ok(ClientFrame::Conversation { .. })));
+        let typing = format!(r#"{{"v":1,"type":"typing","conversation_id":"{CONV}","typing":false}}"#);
+        assert!(matches!(parse(&typing), Ok(ClientFrame::Typing { typing: false, .. })));
     }
 
     #[test]

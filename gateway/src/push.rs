@@ -18,8 +18,8 @@ pub struct PushGrpc {
 impl GatewayService for PushGrpc {
     async fn push(&self, request: Request<v1::PushRequest>) -> Result<Response<v1::PushResponse>, Status> {
         let r = request.into_inner();
-        let (conversation, seq, frame) = match (r.message, r.receipt) {
-            (Some(message), None) => {
+        let (conversation, seq, frame) = match (r.message, r.receipt, r.typing) {
+            (Some(message), None, None) => {
                 let conversation = ConversationId::parse(&message.conversation_id)
                     .map_err(|e| Status::invalid_argument(format!("message.conversation_id: {e}")))?;
                 if message.seq == 0 {
@@ -27,7 +27,7 @@ impl GatewayService for PushGrpc {
                 }
                 (conversation, message.seq, message_frame(&message))
             }
-            (None, Some(receipt)) => {
+            (None, Some(receipt), None) => {
                 let conversation = ConversationId::parse(&receipt.conversation_id)
                     .map_err(|e| Status::invalid_argument(format!("receipt.conversation_id: {e}")))?;
                 let kind = match v1::ReceiptKind::try_from(receipt.kind) {
@@ -45,7 +45,18 @@ impl GatewayService for PushGrpc {
                 // Receipts carry no number of their own: 0 is never one a connection's inbox has sent.
                 (conversation, 0, frame.to_text().into())
             }
-            _ => return Err(Status::invalid_argument("exactly one of message and receipt must be set")),
+            (None, None, Some(t)) => {
+                let conversation = ConversationId::parse(&t.conversation_id)
+                    .map_err(|e| Status::invalid_argument(format!("typing.conversation_id: {e}")))?;
+                let frame = ServerFrame::Typing {
+                    conversation_id: t.conversation_id,
+                    user_id: t.user_id,
+                    device_id: t.device_id,
+                    typing: t.typing,
+                };
+                (conversation, 0, frame.to_text().into())
+            }
+            _ => return Err(Status::invalid_argument("exactly one of message, receipt and typing must be set")),
         };
         let mut delivered = Vec::with_capacity(r.devices.len());
         for d in r.devices {

@@ -4,10 +4,11 @@
 //! by the bounded send queue; the request worker calls the chat service one request at a time (so one
 //! client's sends keep their order). A fourth, short-lived task sends the inbox at connect.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chat_model::{ConversationId, UserId};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,9 +20,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
-use crate::presence::{Holder, Presence};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close};
 use crate::registry::{CloseReason, ConnHandle, Registry};
+use routing::{Holder, Presence};
 
 /// What every session of the process shares.
 pub struct Shared {
@@ -35,6 +36,10 @@ pub struct Shared {
     pub write_timeout: Duration,
     /// Becomes true when the process shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Push clients of the gateways (for typing indicators).
+    pub pushers: routing::Pushers,
+    /// Members of recently used conversations, for typing indicators.
+    pub members: std::sync::Mutex<HashMap<ConversationId, (Instant, Vec<UserId>)>>,
 }
 
 /// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
@@ -460,6 +465,12 @@ async fn request_loop(
                     Err(status) => Some(status_frame(Some(req_id), &status)),
                 }
             }
+            ClientFrame::Typing { conversation_id, typing } => {
+                match route_typing(&shared, &id, conversation_id, typing).await {
+                    Ok(()) => None,
+                    Err(status) => Some(status_frame(None, &status)),
+                }
+            }
             ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
         };
         if let Some(reply) = reply
@@ -467,5 +478,73 @@ async fn request_loop(
         {
             return;
         }
+    }
+}
+
+/// Routes a typing indicator to the online devices of the conversation's other members (and the user's
+/// other devices), straight to the gateways holding them: nothing is logged or stored.
+async fn route_typing(
+    shared: &Shared,
+    id: &Identity,
+    conversation: ConversationId,
+    typing: bool,
+) -> Result<(), tonic::Status> {
+    let members = shared.members_of(conversation, &id.user).await?;
+    let online = shared.presence.online(&members).await;
+    let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
+    for ((u, d), addr) in &online {
+        if u == &id.user && d == &id.device {
+            continue;
+        }
+        by_gateway
+            .entry(addr.as_str())
+            .or_default()
+            .push(v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() });
+    }
+    let indicator = v1::Typing {
+        conversation_id: conversation.to_string(),
+        user_id: id.user.to_string(),
+        device_id: id.device.to_string(),
+        typing,
+    };
+    let pushes = by_gateway.into_iter().map(|(addr, devices)| {
+        shared
+            .pushers
+            .push(addr, v1::PushRequest { message: None, devices, receipt: None, typing: Some(indicator.clone()) })
+    });
+    futures::future::join_all(pushes).await;
+    Ok(())
+}
+
+/// How long a conversation's member list is reused for typing indicators.
+const MEMBERS_TTL: Duration = Duration::from_secs(5);
+
+impl Shared {
+    /// The members of a conversation the user belongs to (PERMISSION_DENIED otherwise), reused for a few
+    /// seconds: typing indicators come in bursts.
+    async fn members_of(&self, conversation: ConversationId, user: &UserId) -> Result<Vec<UserId>, tonic::Status> {
+        if let Some((at, members)) = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation)
+            && at.elapsed() < MEMBERS_TTL
+            && members.contains(user)
+        {
+            return Ok(members.clone());
+        }
+        let req = v1::GetConversationRequest { conversation_id: conversation.to_string(), user_id: user.to_string() };
+        let timeout = self.rpc_timeout;
+        let answer = self
+            .chat
+            .call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.get_conversation(r).await }
+            })
+            .await?;
+        let ids = answer.conversation.map(|c| c.member_ids).unwrap_or_default();
+        let members: Vec<UserId> = ids.iter().filter_map(|m| UserId::parse(m).ok()).collect();
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(conversation, (Instant::now(), members.clone()));
+        Ok(members)
     }
 }

@@ -481,3 +481,49 @@ async fn receipts_reach_the_others_and_read_positions_survive_a_reconnect() -> a
     }
     p.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_online_members_and_is_stored_nowhere() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b, m) = (user("alice"), user("bob"), user("mallory"));
+    let conv = conversation(&p, v1::ConversationKind::Group, &a, &[&b]).await?;
+    let mut alice = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut bob = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    let mut mallory = WsClient::connect(p.gateways[1].ws_addr, &m, "phone").await?;
+    for c in [&mut alice, &mut bob, &mut mallory] {
+        c.sync().await?;
+    }
+    alice.send_json(json!({"v": 1, "type": "typing", "conversation_id": conv})).await?;
+    let t = bob.expect("typing").await?;
+    assert_eq!(
+        (t["user_id"].as_str(), t["device_id"].as_str(), t["typing"].as_bool()),
+        (Some(a.as_str()), Some("phone"), Some(true))
+    );
+    assert_eq!(t["conversation_id"], conv.as_str());
+    alice.send_json(json!({"v": 1, "type": "typing", "conversation_id": conv, "typing": false})).await?;
+    assert_eq!(bob.expect("typing").await?["typing"], false);
+    mallory.send_json(json!({"v": 1, "type": "typing", "conversation_id": conv})).await?;
+    assert_eq!(mallory.expect("error").await?["code"], "not_member");
+
+    // Nothing reached the log (this platform's topic is its own, and nothing else was sent) nor the tables.
+    let consumer: rdkafka::consumer::BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", "e2e-watermarks").create()?;
+    let topic = p.topic.clone();
+    let records = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut total = 0;
+        for part in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer.fetch_watermarks(&topic, part.id(), Duration::from_secs(10))?;
+            total += high - low;
+        }
+        Ok(total)
+    })
+    .await??;
+    assert_eq!(records, 0, "typing wrote to the log");
+    assert!(history_rows(&p, &conv).await?.is_empty());
+    assert!(p.store.inbox(&UserId::parse(&b)?, &DeviceId::parse("phone")?, None, 10).await?.is_empty());
+    for c in [alice, bob, mallory] {
+        c.close().await?;
+    }
+    p.stop().await
+}

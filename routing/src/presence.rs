@@ -1,6 +1,8 @@
-//! Presence in Redis: this gateway's entries for the devices it holds (format: `chat_model::presence`).
-//! Soft state: a failed write is logged and delivery falls back to the inbox and resume by cursor.
+//! Presence in Redis (format: `chat_model::presence`): a gateway writes the entries of the devices it holds;
+//! anyone routing to devices reads them. Soft state: a failed write is logged and delivery falls back to the
+//! inbox and resume by cursor; a failed read means nobody is online.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chat_model::presence::{self, Entry};
@@ -32,6 +34,7 @@ pub struct Holder<'a> {
 }
 
 impl Presence {
+    /// `push_addr` is what this process writes as its address (a gateway's push address; empty for a reader).
     pub async fn connect(url: &str, prefix: &str, push_addr: &str, ttl: Duration) -> redis::RedisResult<Presence> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -77,6 +80,31 @@ impl Presence {
             .invoke_async::<i64>(&mut conn)
             .await
             .map(|_| ())
+    }
+
+    /// The live presence of `users`' devices: (user, device) to the push address of the gateway holding it.
+    /// Redis being unreadable means nobody is online (every device gets the inbox; resume covers the rest).
+    pub async fn online(&self, users: &[UserId]) -> HashMap<(UserId, DeviceId), String> {
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(presence::key(&self.prefix, u));
+        }
+        let mut conn = self.conn.clone();
+        let hashes: Vec<Vec<(String, String)>> = match pipe.query_async(&mut conn).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unreadable; nobody counts as online");
+                return HashMap::new();
+            }
+        };
+        let now = now_ms();
+        let mut out = HashMap::new();
+        for (user, fields) in users.iter().zip(hashes) {
+            for (device, entry) in presence::live_devices(fields, now) {
+                out.insert((user.clone(), device), entry.push_addr);
+            }
+        }
+        out
     }
 
     /// Whether Redis answers.
