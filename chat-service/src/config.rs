@@ -26,6 +26,10 @@ pub struct Config {
     /// Longest time a send may take end to end (claim, Kafka, history) before it fails as retryable.
     #[arg(long, env = "CHAT_SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub send_timeout_ms: u64,
+    /// How long history keeps a message, in seconds; 0 keeps it forever. Reading before what is kept is
+    /// answered OUT_OF_RANGE, naming the first number still held.
+    #[arg(long, env = "CHAT_MESSAGE_TTL_SECS", default_value_t = 0)]
+    pub message_ttl_secs: i32,
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_timeout_ms: u64,
@@ -41,6 +45,9 @@ impl lifecycle::Config for Config {
         }
         if self.cassandra_nodes.iter().all(|n| n.trim().is_empty()) {
             return Err("CHAT_CASSANDRA_NODES is empty".into());
+        }
+        if self.message_ttl_secs < 0 {
+            return Err("CHAT_MESSAGE_TTL_SECS must be 0 (forever) or positive".into());
         }
         if !(100..=120_000).contains(&self.send_timeout_ms) {
             return Err("CHAT_SEND_TIMEOUT_MS must be between 100 and 120000".into());
@@ -59,6 +66,7 @@ impl Config {
             nodes: self.cassandra_nodes.clone(),
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_millis(self.store_timeout_ms),
+            message_ttl_secs: self.message_ttl_secs,
         }
     }
 }

@@ -36,6 +36,7 @@ impl ChatError {
             ChatError::NotMember => Code::PermissionDenied,
             ChatError::FailedPrecondition(_) => Code::FailedPrecondition,
             ChatError::Store(StoreError::Corrupt { .. }) | ChatError::Store(StoreError::Migration(_)) => Code::Internal,
+            ChatError::Store(StoreError::Expired { .. }) => Code::OutOfRange,
             // Retryable: nothing was acknowledged, and a retry with the same client id is safe.
             ChatError::Store(StoreError::Unavailable(_)) | ChatError::Log(_) | ChatError::Timeout => Code::Unavailable,
             ChatError::Contended => Code::Aborted,
@@ -43,9 +44,18 @@ impl ChatError {
     }
 }
 
+/// The metadata key naming the first number history still holds, on an OUT_OF_RANGE answer.
+pub const FIRST_SEQ_METADATA: &str = "x-first-seq";
+
 impl From<ChatError> for Status {
     fn from(e: ChatError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.to_string());
+        if let ChatError::Store(StoreError::Expired { first_available }) = &e
+            && let Ok(v) = first_available.to_string().parse()
+        {
+            status.metadata_mut().insert(FIRST_SEQ_METADATA, v);
+        }
+        status
     }
 }
 

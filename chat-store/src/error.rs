@@ -1,6 +1,6 @@
 //! The store's one error type.
 
-/// What went wrong talking to the store. Every variant but `Corrupt` may succeed when tried again.
+/// What went wrong talking to the store. `Unavailable` may succeed when tried again; the others will not.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -8,6 +8,9 @@ pub enum StoreError {
     /// A row that the platform wrote cannot be read back as a domain value.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    /// The numbers asked for are past history's retention; history holds them from `first_available` on.
+    #[error("history before {first_available} is beyond retention")]
+    Expired { first_available: u64 },
     #[error("schema migration failed: {0}")]
     Migration(String),
 }

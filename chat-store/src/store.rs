@@ -33,6 +33,8 @@ pub struct StoreConfig {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub request_timeout: Duration,
+    /// How long history keeps a message, in seconds; 0 keeps it forever.
+    pub message_ttl_secs: i32,
 }
 
 /// A conversation to create.
@@ -85,6 +87,10 @@ pub enum ClaimOutcome {
 pub struct CassandraStore {
     session: Arc<Session>,
     st: Arc<Statements>,
+    /// TTL of history rows (0: none).
+    message_ttl: i32,
+    /// TTL of claim rows: they only need to outlive publication, and must not outlive the history they repair.
+    claim_ttl: i32,
 }
 
 struct Statements {
@@ -105,6 +111,7 @@ struct Statements {
     select_claim: PreparedStatement,
     insert_message: PreparedStatement,
     select_messages: PreparedStatement,
+    select_first_after: PreparedStatement,
     insert_device: PreparedStatement,
     select_devices: PreparedStatement,
     insert_inbox: PreparedStatement,
@@ -153,7 +160,9 @@ impl CassandraStore {
         crate::migrate::check_keyspace_name(&config.keyspace)?;
         session.use_keyspace(&config.keyspace, false).await?;
         let st = Statements::prepare(&session).await?;
-        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st) })
+        let message_ttl = config.message_ttl_secs.max(0);
+        let claim_ttl = if message_ttl > 0 { message_ttl.min(IDEMPOTENCY_TTL_SECS) } else { IDEMPOTENCY_TTL_SECS };
+        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st), message_ttl, claim_ttl })
     }
 
     pub fn session(&self) -> &Session {
@@ -284,7 +293,7 @@ impl CassandraStore {
                 message.client_msg_id.as_str(),
                 message.body.as_str(),
                 sent_at,
-                IDEMPOTENCY_TTL_SECS,
+                self.claim_ttl,
             ),
         );
         let result = self.session.batch(&self.st.claim_batch, values).await?;
@@ -379,6 +388,7 @@ impl CassandraStore {
                     m.client_msg_id.as_str(),
                     m.body.as_str(),
                     CqlTimestamp(m.sent_at_ms),
+                    self.message_ttl,
                 ),
             )
             .await?;
@@ -432,17 +442,35 @@ impl CassandraStore {
                         self.write_message(&m).await?;
                         filled.push(m);
                     }
+                    // Neither a history row nor a claim: the number has expired (history retention).
                     None => {
-                        return Err(StoreError::Corrupt {
-                            table: "messages",
-                            reason: format!("{id} has neither a history row nor a claim for {seq}"),
-                        });
+                        let first_available = self.first_retained_after(id, seq, up_to).await?;
+                        return Err(StoreError::Expired { first_available });
                     }
                 }
             }
             n += 1;
         }
         Ok(filled)
+    }
+
+    /// The first number above `seq` that history still holds, or `up_to + 1` when none up to `up_to` is.
+    async fn first_retained_after(&self, id: ConversationId, seq: Seq, up_to: u64) -> Result<u64, StoreError> {
+        let mut bucket = bucket_of(seq);
+        let last_bucket = Seq::new(up_to).map(bucket_of).unwrap_or(bucket);
+        while bucket <= last_bucket {
+            let row = self
+                .session
+                .execute_unpaged(&self.st.select_first_after, (id.as_uuid(), bucket, to_i64(seq.get())))
+                .await?
+                .into_rows_result()?
+                .maybe_first_row::<(i64,)>()?;
+            if let Some((n,)) = row {
+                return Ok(u64::try_from(n).unwrap_or(0));
+            }
+            bucket += 1;
+        }
+        Ok(up_to + 1)
     }
 
     /// Remembers a device of a user, so that the delivery worker keeps an inbox for it while it is offline.
@@ -704,13 +732,17 @@ impl Statements {
                 .await?,
             insert_message: s
                 .prepare(format!(
-                    "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     USING TTL ?"
                 ))
                 .await?,
             select_messages: s
                 .prepare(format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND bucket = ? AND seq > ? AND seq <= ?"
                 ))
+                .await?,
+            select_first_after: s
+                .prepare("SELECT seq FROM messages WHERE conversation_id = ? AND bucket = ? AND seq > ? LIMIT 1")
                 .await?,
             insert_device: s
                 .prepare("INSERT INTO devices (user_id, device_id, registered_at) VALUES (?, ?, ?)")

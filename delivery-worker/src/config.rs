@@ -28,6 +28,9 @@ pub struct Config {
     /// Deadline of one push to a gateway; past it the device counts as offline (its inbox gets the message).
     #[arg(long, env = "WORKER_PUSH_TIMEOUT_MS", default_value_t = 2_000)]
     pub push_timeout_ms: u64,
+    /// History's retention, as the chat service's CHAT_MESSAGE_TTL_SECS (the worker repairs history rows).
+    #[arg(long, env = "WORKER_MESSAGE_TTL_SECS", default_value_t = 0)]
+    pub message_ttl_secs: i32,
     /// How long a conversation's member list is reused before it is read again.
     #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
     pub members_cache_ms: u64,
@@ -54,6 +57,7 @@ impl Config {
             nodes: self.cassandra_nodes.clone(),
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_secs(5),
+            message_ttl_secs: self.message_ttl_secs,
         }
     }
 }

@@ -114,7 +114,18 @@ impl Deliverer {
         if let Some(from) = fill_from {
             let mut after = from - 1;
             while after + 1 < seq {
-                let page = self.store.messages_between(conv, after, seq - 1, FILL_PAGE).await?;
+                let page = match self.store.messages_between(conv, after, seq - 1, FILL_PAGE).await {
+                    Ok(page) => page,
+                    // Numbers past history's retention cannot be delivered any more: go on from what is held.
+                    Err(StoreError::Expired { first_available }) => {
+                        tracing::warn!(conversation_id = %conv, from = after + 1, to = first_available - 1,
+                            "numbers beyond retention skipped");
+                        after = first_available - 1;
+                        cursors.delivered(conv, after);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let Some(last) = page.last().map(|p| p.seq.get()) else {
                     break;
                 };

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     NotMember,
     /// The request breaks a rule of the conversation.
     FailedPrecondition,
+    /// History no longer holds the numbers asked for; `first_seq` is the first it holds.
+    BeyondRetention,
     /// Temporary: retry (a send retried with the same id is never stored twice).
     Unavailable,
     Internal,
@@ -277,6 +279,9 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
         retryable: bool,
+        /// With `beyond_retention`: the first number history still holds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        first_seq: Option<u64>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,7 +298,13 @@ struct Versioned<'a> {
 
 impl ServerFrame {
     pub fn error(e: FrameError) -> ServerFrame {
-        ServerFrame::Error { id: e.id, code: e.code, retryable: e.code.retryable(), message: e.message }
+        ServerFrame::Error {
+            id: e.id,
+            code: e.code,
+            retryable: e.code.retryable(),
+            message: e.message,
+            first_seq: None,
+        }
     }
 
     /// The frame's JSON text, with `v`.

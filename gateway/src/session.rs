@@ -337,7 +337,8 @@ pub fn code_for_status(status: &tonic::Status) -> ErrorCode {
         return ErrorCode::Unavailable;
     }
     match status.code() {
-        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidField,
+        Code::InvalidArgument => ErrorCode::InvalidField,
+        Code::OutOfRange => ErrorCode::BeyondRetention,
         Code::NotFound => ErrorCode::ConversationNotFound,
         Code::PermissionDenied | Code::Unauthenticated => ErrorCode::NotMember,
         Code::FailedPrecondition | Code::AlreadyExists => ErrorCode::FailedPrecondition,
@@ -348,8 +349,17 @@ pub fn code_for_status(status: &tonic::Status) -> ErrorCode {
     }
 }
 
+/// The metadata key of the first number history holds, on an OUT_OF_RANGE answer (set by the chat service).
+const FIRST_SEQ_METADATA: &str = "x-first-seq";
+
 fn status_frame(id: Option<String>, status: &tonic::Status) -> ServerFrame {
-    ServerFrame::error(FrameError { id, code: code_for_status(status), message: status.message().to_owned() })
+    let mut frame =
+        ServerFrame::error(FrameError { id, code: code_for_status(status), message: status.message().to_owned() });
+    if let ServerFrame::Error { code: ErrorCode::BeyondRetention, first_seq, .. } = &mut frame {
+        *first_seq =
+            status.metadata().get(FIRST_SEQ_METADATA).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    }
+    frame
 }
 
 async fn request_loop(

@@ -53,11 +53,13 @@ pub struct PlatformOptions {
     pub workers: usize,
     pub partitions: i32,
     pub inbox_recheck_ms: u64,
+    /// History retention of the chat service and workers (0: forever).
+    pub message_ttl_secs: i32,
 }
 
 impl Default for PlatformOptions {
     fn default() -> Self {
-        PlatformOptions { gateways: 2, workers: 1, partitions: 4, inbox_recheck_ms: 3_000 }
+        PlatformOptions { gateways: 2, workers: 1, partitions: 4, inbox_recheck_ms: 3_000, message_ttl_secs: 0 }
     }
 }
 
@@ -114,6 +116,7 @@ impl Platform {
             cassandra_keyspace: KEYSPACE.into(),
             send_timeout_ms: 10_000,
             store_timeout_ms: 5_000,
+            message_ttl_secs: opts.message_ttl_secs,
         };
         let chat_app = chat_service::App::build(&chat_config).await?;
         let chat_addr = chat_app.local_addr();
@@ -169,6 +172,7 @@ impl Platform {
                 redis_prefix: redis_prefix.clone(),
                 push_timeout_ms: 2_000,
                 members_cache_ms: 0,
+                message_ttl_secs: opts.message_ttl_secs,
             };
             let app = delivery_worker::App::build(&config).await?;
             let (stop, task) = stoppable(|rx| {
@@ -183,6 +187,7 @@ impl Platform {
             nodes: vec![cassandra_node()],
             keyspace: KEYSPACE.into(),
             request_timeout: Duration::from_secs(10),
+            message_ttl_secs: 0,
         })
         .await?;
         Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers })

@@ -527,3 +527,59 @@ async fn typing_reaches_online_members_and_is_stored_nowhere() -> anyhow::Result
     }
     p.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
+    // History keeps messages 4 seconds here, so that the test can see them expire.
+    let p = Platform::start(PlatformOptions { message_ttl_secs: 4, ..PlatformOptions::default() }).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut chat = p.chat_client().await?;
+    let send = |i: u64| v1::SendMessageRequest {
+        conversation_id: conv.clone(),
+        sender_id: a.clone(),
+        sender_device_id: "bot".into(),
+        client_msg_id: format!("t-{i}"),
+        body: format!("m{i}"),
+    };
+    for i in 1..=3 {
+        chat.send_message(send(i)).await?;
+    }
+    let read = |after: u64| v1::GetHistoryRequest {
+        conversation_id: conv.clone(),
+        user_id: b.clone(),
+        after_seq: after,
+        limit: 10,
+    };
+    let expired = eventually("messages 1 to 3 to expire", || {
+        let mut chat = chat.clone();
+        let req = read(0);
+        async move {
+            match chat.get_history(req).await {
+                Err(s) if s.code() == tonic::Code::OutOfRange => Ok(Some(s)),
+                _ => Ok(None),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(expired.metadata().get("x-first-seq").and_then(|v| v.to_str().ok()), Some("4"), "{expired:?}");
+    for i in 4..=5 {
+        assert_eq!(chat.send_message(send(i)).await?.into_inner().seq, i);
+    }
+    // A client resuming from before what is kept is told so, with where history starts; from there it reads.
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    let _inbox = cb.sync().await?;
+    cb.send_json(json!({"v": 1, "type": "history", "id": "h0", "conversation_id": conv, "after_seq": 0})).await?;
+    let e = next_of(&mut cb, "error").await?;
+    assert_eq!(
+        (e["code"].as_str(), e["first_seq"].as_u64(), e["id"].as_str()),
+        (Some("beyond_retention"), Some(4), Some("h0"))
+    );
+    cb.send_json(json!({"v": 1, "type": "history", "id": "h3", "conversation_id": conv, "after_seq": 3})).await?;
+    let h = next_of(&mut cb, "history").await?;
+    let seqs: Vec<u64> =
+        h["messages"].as_array().map(|m| m.iter().filter_map(|x| x["seq"].as_u64()).collect()).unwrap_or_default();
+    assert_eq!(seqs, vec![4, 5]);
+    cb.close().await?;
+    p.stop().await
+}
