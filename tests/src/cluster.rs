@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -77,9 +78,31 @@ pub struct Cluster {
     options: ClusterOptions,
 }
 
-/// A free port on loopback (bound then released; the child binds it right after).
+/// Next candidate for [`free_port`]; starts at a place that depends on the process, so that test binaries
+/// running one after the other do not walk the same ports.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Ports handed to child processes come from here: below the kernel's ephemeral range (32768 and up by
+/// default), so that no outgoing connection can take one between our check and the child's bind.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on loopback that is free now (checked by binding it), for a child process to bind.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let span = PORTS.end - PORTS.start;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span)) as u16 + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + n % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {PORTS:?}")
 }
 
 fn bin_dir() -> PathBuf {
