@@ -5,13 +5,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test faults servers servers-down status lint clean-data
+.PHONY: help up down test faults fuzz servers servers-down status lint clean-data
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
 	@echo "make down      stop everything make up started"
 	@echo "make test      install what is missing, start the servers, run every test"
 	@echo "make faults    the fault scenarios at their large size, with counts"
+	@echo "make fuzz      the decoders' fuzz targets with a long budget (FUZZ_CASES, default 200000 each)"
 	@echo "make lint      rustfmt check and clippy"
 	@echo "make status    what is running"
 	@echo "make clean-data  stop everything and delete local data and logs (.local/data, .local/logs)"
@@ -44,6 +45,12 @@ test: servers
 faults: servers
 	$(CARGO) build --bins
 	FAULTS_SCALE=large $(CARGO) test -p tests --test faults -- --nocapture --test-threads=1
+
+# The client-frame and log-event decoders' property tests (make test runs them at 2000 cases each).
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gateway --test fuzz_frames
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p chat-model --test fuzz_events
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -265,6 +265,7 @@ impl ChatService for ChatGrpc {
         let d = device("device_id", &r.device_id)?;
         let id = conversation(&r.conversation_id)?;
         let up_to = Seq::new(r.up_to_seq).ok_or_else(|| ChatError::Invalid("up_to_seq must be at least 1".into()))?;
+        self.check_position(id, &u, up_to).await?;
         self.store.ack_inbox(&u, &d, id, up_to).await.map_err(ChatError::from)?;
         let receipt = Receipt { conversation_id: id, user_id: u, device_id: d, kind: ReceiptKind::Delivered, up_to };
         self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
@@ -277,7 +278,20 @@ impl ChatService for ChatGrpc {
         let u = user("user_id", &r.user_id)?;
         let d = device("device_id", &r.device_id)?;
         let up_to = Seq::new(r.up_to_seq).ok_or_else(|| ChatError::Invalid("up_to_seq must be at least 1".into()))?;
-        if !self.store.is_member(id, &u).await.map_err(ChatError::from)? {
+        self.check_position(id, &u, up_to).await?;
+        // The log first (the source of truth), then its projection.
+        let receipt = Receipt { conversation_id: id, user_id: u.clone(), device_id: d, kind: ReceiptKind::Read, up_to };
+        self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
+        let read_seq = self.store.raise_read_position(id, &u, up_to).await.map_err(ChatError::from)?;
+        Ok(Response::new(v1::MarkReadResponse { read_seq }))
+    }
+}
+
+impl ChatGrpc {
+    /// A receipt's checks: the user is a member, and the position is within the conversation. Nothing is
+    /// written (store or log) for a receipt that fails them.
+    async fn check_position(&self, id: ConversationId, u: &UserId, up_to: Seq) -> Result<(), Status> {
+        if !self.store.is_member(id, u).await.map_err(ChatError::from)? {
             let missing = self.store.head(id).await.map_err(ChatError::from)?.is_none();
             return Err(if missing { ChatError::ConversationNotFound } else { ChatError::NotMember }.into());
         }
@@ -285,10 +299,6 @@ impl ChatService for ChatGrpc {
         if up_to.get() > last {
             return Err(ChatError::Invalid(format!("up_to_seq {up_to} is past the conversation's last {last}")).into());
         }
-        // The log first (the source of truth), then its projection.
-        let receipt = Receipt { conversation_id: id, user_id: u.clone(), device_id: d, kind: ReceiptKind::Read, up_to };
-        self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
-        let read_seq = self.store.raise_read_position(id, &u, up_to).await.map_err(ChatError::from)?;
-        Ok(Response::new(v1::MarkReadResponse { read_seq }))
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::Config;
 use crate::consumer::{Loop, WorkerConsumer, WorkerContext};
 use crate::deliver::Deliverer;
+use crate::repair::LogRepair;
 
 pub struct App {
     worker: Loop,
@@ -41,18 +42,26 @@ impl App {
             .create_with_context(WorkerContext::default())
             .context("creating the kafka consumer")?;
         consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
+        // Appends dead letters, and messages whose sender never published them (`repair`).
         let dead_letters: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()
             .context("creating the dead-letter producer")?;
+        let repair = LogRepair::new(
+            store.clone(),
+            dead_letters.clone(),
+            &config.events_topic,
+            Duration::from_millis(config.log_repair_delay_ms),
+        );
         let deliverer = Deliverer::new(
             store,
             presence,
             Duration::from_millis(config.push_timeout_ms),
             Duration::from_millis(config.members_cache_ms),
-        );
+        )
+        .with_log_repair(repair);
         Ok(App {
             worker: Loop { consumer, deliverer, dead_letters, dead_letter_topic: config.dead_letter_topic.clone() },
         })

@@ -12,6 +12,7 @@ use proto::v1;
 use routing::{Presence, Pushers};
 
 use crate::cursor::{Cursors, Plan};
+use crate::repair::LogRepair;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -42,6 +43,7 @@ pub struct Deliverer {
     pushers: Pushers,
     members: TtlCache<ConversationId, Vec<UserId>>,
     devices: TtlCache<UserId, Vec<DeviceId>>,
+    repair: Option<LogRepair>,
 }
 
 /// Values reused for a short time. Bounded: when full it is cleared, which only costs reads.
@@ -89,7 +91,13 @@ impl Deliverer {
             pushers: Pushers::new(push_timeout),
             members: TtlCache::new(members_ttl),
             devices: TtlCache::new(members_ttl),
+            repair: None,
         }
+    }
+
+    /// Checks every number delivered ahead of its record with `repair` (see [`LogRepair`]).
+    pub fn with_log_repair(self, repair: LogRepair) -> Deliverer {
+        Deliverer { repair: Some(repair), ..self }
     }
 
     /// Handles the record of `m`: delivers it, after any numbers before it that were not delivered yet.
@@ -132,6 +140,9 @@ impl Deliverer {
                 for missed in &page {
                     tracing::debug!(conversation_id = %conv, seq = %missed.seq, "delivering a number ahead of its record");
                     add(&mut outcome, self.deliver(missed).await?);
+                    if let Some(r) = &self.repair {
+                        r.check_later(missed);
+                    }
                 }
                 after = last;
                 cursors.delivered(conv, after);
@@ -162,27 +173,21 @@ impl Deliverer {
         }
         targets.retain(|(u, d)| !(u == &m.sender_id && d == &m.sender_device_id));
 
-        // One push per gateway, all at once; each bounded by the push deadline.
-        let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
-        for t in &targets {
-            if let Some(addr) = online.get(t) {
-                by_gateway
-                    .entry(addr.as_str())
-                    .or_default()
-                    .push(v1::DeviceRef { user_id: t.0.to_string(), device_id: t.1.to_string() });
-            }
-        }
-        let message = chat_model::event::message_to_proto(m);
-        let pushes = by_gateway.into_iter().map(|(addr, devices)| {
-            self.pushers
-                .push(addr, v1::PushRequest { message: Some(message.clone()), devices, receipt: None, typing: None })
-        });
-        let mut delivered: HashSet<(String, String)> = HashSet::new();
-        for refs in join_all(pushes).await {
-            for d in refs {
-                delivered.insert((d.user_id, d.device_id));
-            }
-        }
+        // One push per gateway, all at once; each bounded by the push deadline (a gateway that missed it is
+        // marked down and asked to resync these devices' inbox when it answers again).
+        let request = v1::PushRequest {
+            message: Some(chat_model::event::message_to_proto(m)),
+            devices: Vec::new(),
+            receipt: None,
+            typing: None,
+        };
+        let delivered: HashSet<(String, String)> = self
+            .pushers
+            .fan_out(&online, Some((&m.sender_id, &m.sender_device_id)), request)
+            .await
+            .into_iter()
+            .map(|d| (d.user_id, d.device_id))
+            .collect();
         let offline: Vec<&Target> =
             targets.iter().filter(|(u, d)| !delivered.contains(&(u.to_string(), d.to_string()))).collect();
         let writes = offline.iter().map(|(u, d)| self.store.put_inbox(u, d, m));
@@ -197,16 +202,6 @@ impl Deliverer {
     pub async fn deliver_receipt(&self, r: &Receipt) -> Result<Outcome, DeliverError> {
         let members = self.members(r.conversation_id).await?;
         let online = self.presence.online(&members).await;
-        let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
-        for ((u, d), addr) in &online {
-            if u == &r.user_id && d == &r.device_id {
-                continue;
-            }
-            by_gateway
-                .entry(addr.as_str())
-                .or_default()
-                .push(v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() });
-        }
         let receipt = v1::Receipt {
             conversation_id: r.conversation_id.to_string(),
             user_id: r.user_id.to_string(),
@@ -214,11 +209,8 @@ impl Deliverer {
             kind: chat_model::event::receipt_kind_to_proto(r.kind) as i32,
             up_to_seq: r.up_to.get(),
         };
-        let pushes = by_gateway.into_iter().map(|(addr, devices)| {
-            self.pushers
-                .push(addr, v1::PushRequest { message: None, devices, receipt: Some(receipt.clone()), typing: None })
-        });
-        let pushed = join_all(pushes).await.iter().map(Vec::len).sum();
+        let request = v1::PushRequest { message: None, devices: Vec::new(), receipt: Some(receipt), typing: None };
+        let pushed = self.pushers.fan_out(&online, Some((&r.user_id, &r.device_id)), request).await.len();
         Ok(Outcome { messages: 0, pushed, inboxed: 0, skipped: false })
     }
 

@@ -67,13 +67,10 @@ impl App {
             shutdown: shutdown_rx,
             pushers: routing::Pushers::new(TYPING_DEADLINE),
             members: std::sync::Mutex::new(std::collections::HashMap::new()),
+            limits: crate::limits::Limits::new(config.limits()),
         });
         let upgrader = Arc::new(Upgrader {
-            verifier: Verifier::hs256(
-                config.jwt_secret.as_bytes(),
-                config.jwt_issuer.as_deref(),
-                config.jwt_audience.as_deref(),
-            ),
+            verifier: Verifier::new(&config.token_policy().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?,
             allowed_origins: config.allowed_origins.clone(),
             ws_config: http::ws_config(config.max_message_bytes),
             shared,

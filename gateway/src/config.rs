@@ -26,9 +26,18 @@ pub struct Config {
     /// Prefix of every Redis key (lets several deployments or tests share one Redis).
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "chat:")]
     pub redis_prefix: String,
-    /// HMAC secret for HS256 tokens (at least 32 bytes). Never logged.
+    /// HMAC secret for HS256/384/512 tokens (at least 32 bytes). Never logged.
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+    /// PEM file of the public key (RSA, EC or Ed25519) that checks RS*/PS*/ES*/EdDSA tokens.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Accepted token algorithms, comma separated; default: HS256 with a secret, else RS256, ES256 and EdDSA.
+    #[arg(long, env = "GATEWAY_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Vec<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, in seconds.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
     /// Required `iss` claim, if set.
     #[arg(long, env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -58,6 +67,26 @@ pub struct Config {
     /// as too slow (4008), and a close frame waits as long before the socket is dropped.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// Frames per second one connection may send (every data frame counts), and the burst above it.
+    #[arg(long, env = "GATEWAY_RATE_PER_CONNECTION", default_value_t = 50)]
+    pub rate_per_connection: u32,
+    #[arg(long, env = "GATEWAY_BURST_PER_CONNECTION", default_value_t = 100)]
+    pub burst_per_connection: u32,
+    /// Frames per second all of one user's connections may send together, and the burst above it.
+    #[arg(long, env = "GATEWAY_RATE_PER_USER", default_value_t = 100)]
+    pub rate_per_user: u32,
+    #[arg(long, env = "GATEWAY_BURST_PER_USER", default_value_t = 200)]
+    pub burst_per_user: u32,
+    /// Open sessions per user (over it the upgrade gets 429 `too_many_connections`).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+    /// Open TCP connections per client address (over it the socket is closed at once). Behind a load
+    /// balancer that is the balancer's address: raise it there.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 4096)]
+    pub max_connections_per_address: usize,
+    /// Open TCP connections in all; default: the process's open-file limit less 512 (for everything else).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Time allowed for a client to send its HTTP request headers.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -77,9 +106,29 @@ impl std::fmt::Debug for Config {
 
 impl lifecycle::Config for Config {
     fn validate(&self) -> Result<(), String> {
-        if self.jwt_secret.len() < 32 {
+        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_none() {
+            return Err("set GATEWAY_JWT_SECRET or GATEWAY_JWT_PUBLIC_KEY_FILE".into());
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return Err("GATEWAY_JWT_SECRET must be at least 32 bytes".into());
         }
+        if self.rate_per_connection == 0
+            || self.burst_per_connection == 0
+            || self.rate_per_user == 0
+            || self.burst_per_user == 0
+        {
+            return Err("GATEWAY_RATE_* and GATEWAY_BURST_* must be at least 1".into());
+        }
+        if self.max_connections_per_user == 0
+            || self.max_connections_per_address == 0
+            || self.max_connections == Some(0)
+        {
+            return Err("GATEWAY_MAX_CONNECTIONS* must be at least 1".into());
+        }
+        if self.jwt_leeway_secs > 300 {
+            return Err("GATEWAY_JWT_LEEWAY_SECS must be at most 300".into());
+        }
+        crate::auth::Verifier::new(&self.token_policy()?).map_err(|e| format!("GATEWAY_JWT_*: {e}"))?;
         if self.chat_service_urls.is_empty() || self.chat_service_urls.iter().any(|u| !u.starts_with("http")) {
             return Err("GATEWAY_CHAT_SERVICE_URLS must list http:// or https:// URLs".into());
         }
@@ -100,6 +149,57 @@ impl lifecycle::Config for Config {
 }
 
 impl Config {
+    /// The token policy these settings describe (reads the public key file).
+    pub fn token_policy(&self) -> Result<crate::auth::TokenPolicy, String> {
+        let public_key_pem = match &self.jwt_public_key_file {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("GATEWAY_JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        let algorithms = if self.jwt_algorithms.is_empty() {
+            let mut default = Vec::new();
+            if self.jwt_secret.is_some() {
+                default.push(jsonwebtoken::Algorithm::HS256);
+            }
+            if public_key_pem.is_some() {
+                default.extend([
+                    jsonwebtoken::Algorithm::RS256,
+                    jsonwebtoken::Algorithm::ES256,
+                    jsonwebtoken::Algorithm::EdDSA,
+                ]);
+            }
+            default
+        } else {
+            self.jwt_algorithms
+                .iter()
+                .map(|a| crate::auth::parse_algorithm(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("GATEWAY_JWT_ALGORITHMS: {e}"))?
+        };
+        Ok(crate::auth::TokenPolicy {
+            secret: self.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            public_key_pem,
+            algorithms,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+        })
+    }
+
+    pub fn limits(&self) -> crate::limits::LimitConfig {
+        let from_files = crate::limits::open_file_limit().map(|n| n.saturating_sub(512).max(64));
+        crate::limits::LimitConfig {
+            connection_rate: self.rate_per_connection,
+            connection_burst: self.burst_per_connection,
+            user_rate: self.rate_per_user,
+            user_burst: self.burst_per_user,
+            max_per_user: self.max_connections_per_user,
+            max_per_address: self.max_connections_per_address,
+            max_connections: self.max_connections.or(from_files).unwrap_or(10_000),
+        }
+    }
+
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_millis(self.presence_ttl_ms)
     }

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::Filter;
 
 use crate::auth::{AuthError, Verifier};
+use crate::limits::AddressGuard;
 use crate::session::{self, Shared};
 
 /// What the upgrade needs besides the session's shared state.
@@ -53,6 +54,7 @@ pub async fn serve(
     handshake_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = upgrader.shared.limits.clone();
     let routes = routes(upgrader);
     let service = warp::service(routes);
     loop {
@@ -68,11 +70,20 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => return,
         };
+        // Over a connection cap the socket is closed at once: nothing is read from it.
+        let slot = match limits.admit_address(peer.ip()) {
+            Ok(g) => Arc::new(g),
+            Err(refusal) => {
+                tracing::debug!(%peer, ?refusal, "connection refused by a cap");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
+                req.extensions_mut().insert(Slot(slot.clone()));
                 let mut s = service.clone();
                 async move { tower_service::Service::call(&mut s, req).await }
             });
@@ -97,6 +108,11 @@ pub async fn stopped(flag: &mut watch::Receiver<bool>) {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The connection's place in the address and total caps, held by the accept loop's task and, after an
+/// upgrade, by the session: the place is given back when both are done.
+#[derive(Clone)]
+pub struct Slot(pub Arc<AddressGuard>);
+
 type Reply = warp::reply::Response;
 
 fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
@@ -115,9 +131,13 @@ fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = wa
         .and(warp::header::headers_cloned())
         .and(query)
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(move |headers: HeaderMap, query: HashMap<String, String>, on_upgrade: Option<OnUpgrade>| {
-            upgrade(&upgrader, &headers, &query, on_upgrade)
-        });
+        .and(warp::ext::optional::<Slot>())
+        .map(
+            move |headers: HeaderMap,
+                  query: HashMap<String, String>,
+                  on_upgrade: Option<OnUpgrade>,
+                  slot: Option<Slot>| { upgrade(&upgrader, &headers, &query, on_upgrade, slot) },
+        );
     live.or(ready).unify().or(ws).unify()
 }
 
@@ -147,6 +167,7 @@ fn upgrade(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     on_upgrade: Option<OnUpgrade>,
+    slot: Option<Slot>,
 ) -> Reply {
     let is_upgrade = header_has_token(headers, header::CONNECTION, "upgrade")
         && header_has_token(headers, header::UPGRADE, "websocket");
@@ -175,9 +196,20 @@ fn upgrade(
         }
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
     };
+    let user_slot = match up.shared.limits.admit_user(&identity.user) {
+        Ok(g) => g,
+        Err(_) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "this user has too many connections open",
+            );
+        }
+    };
     let accept = derive_accept_key(key.as_bytes());
     let up = up.clone();
     tokio::spawn(async move {
+        let _slots = (slot, user_slot);
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod chat_pool;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod protocol;
 pub mod push;
 pub mod registry;

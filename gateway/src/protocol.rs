@@ -23,6 +23,8 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client did not read fast enough and its send queue filled: reconnect and resume by cursor.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client went on sending far past its rate limit after being told (`rate_limited`).
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 /// Stable error codes of `error` frames.
@@ -45,12 +47,26 @@ pub enum ErrorCode {
     BeyondRetention,
     /// Temporary: retry (a send retried with the same id is never stored twice).
     Unavailable,
+    /// Too many frames from this connection or user: the frame was not handled; retry after the time given.
+    RateLimited,
     Internal,
 }
 
 impl ErrorCode {
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable)
+        matches!(self, ErrorCode::Unavailable | ErrorCode::RateLimited)
+    }
+}
+
+impl ClientFrame {
+    /// The request id the client gave, if the frame has one.
+    pub fn request_id(&self) -> Option<String> {
+        match self {
+            ClientFrame::Send { id, .. } => Some(id.to_string()),
+            ClientFrame::History { id, .. } | ClientFrame::Conversation { id, .. } => Some(id.clone()),
+            ClientFrame::Ping { id } => id.clone(),
+            ClientFrame::Delivered { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => None,
+        }
     }
 }
 

@@ -73,4 +73,18 @@ impl GatewayService for PushGrpc {
         }
         Ok(Response::new(v1::PushResponse { delivered }))
     }
+
+    async fn resync(&self, request: Request<v1::ResyncRequest>) -> Result<Response<v1::ResyncResponse>, Status> {
+        let mut held = 0;
+        for d in request.into_inner().devices {
+            let (Ok(user), Ok(device)) = (UserId::parse(&d.user_id), DeviceId::parse(&d.device_id)) else {
+                continue;
+            };
+            if let Some(conn) = self.shared.registry.get(&user, &device) {
+                conn.resync.notify_one();
+                held += 1;
+            }
+        }
+        Ok(Response::new(v1::ResyncResponse { held }))
+    }
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
+use crate::limits::{Bucket, Limits};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close};
 use crate::registry::{CloseReason, ConnHandle, Registry};
 use routing::{Holder, Presence};
@@ -40,6 +41,8 @@ pub struct Shared {
     pub pushers: routing::Pushers,
     /// Members of recently used conversations, for typing indicators.
     pub members: std::sync::Mutex<HashMap<ConversationId, (Instant, Vec<UserId>)>>,
+    /// Rate and connection limits.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
@@ -104,7 +107,15 @@ where
     let (req_tx, req_rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
     let worker = tokio::spawn(request_loop(req_rx, identity.clone(), shared.clone(), out_tx.clone()));
 
-    read_loop(stream, &handle, &req_tx, &out_tx, close_rx).await;
+    let limits = shared.limits.config();
+    let mut limiter = Limiter {
+        limits: &shared.limits,
+        user: &identity.user,
+        bucket: Bucket::new(limits.connection_rate, limits.connection_burst),
+        refused: 0,
+        patience: limits.connection_burst.max(10),
+    };
+    read_loop(stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter).await;
 
     handle.close_with((1000, ""));
     drop(req_tx);
@@ -120,12 +131,46 @@ where
     }
 }
 
+/// A connection's rate limit: its own bucket and its user's shared one.
+struct Limiter<'a> {
+    limits: &'a Limits,
+    user: &'a UserId,
+    bucket: Bucket,
+    /// Frames refused since the last one taken.
+    refused: u32,
+    /// Refused frames in a row after which the connection is closed (4029).
+    patience: u32,
+}
+
+impl Limiter<'_> {
+    /// Takes one frame, or answers the refusal to send (`None`: close the connection).
+    fn take(&mut self, id: Option<String>) -> Result<(), Option<ServerFrame>> {
+        let now = Instant::now();
+        match self.bucket.take(now).and_then(|()| self.limits.take_user(self.user, now)) {
+            Ok(()) => {
+                self.refused = 0;
+                Ok(())
+            }
+            Err(_) if self.refused >= self.patience => Err(None),
+            Err(wait) => {
+                self.refused += 1;
+                Err(Some(ServerFrame::error(FrameError {
+                    id,
+                    code: ErrorCode::RateLimited,
+                    message: format!("too many frames; retry in {} ms", wait.as_millis().max(1)),
+                })))
+            }
+        }
+    }
+}
+
 async fn read_loop<S>(
     mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
     handle: &ConnHandle,
     req_tx: &mpsc::Sender<ClientFrame>,
     out_tx: &mpsc::Sender<Utf8Bytes>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
+    limiter: &mut Limiter<'_>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -149,9 +194,35 @@ async fn read_loop<S>(
                 return;
             }
         };
+        // Every data frame counts against the rate limits, answered or not; a refused one is not handled.
+        let parsed = match &frame {
+            WsMessage::Text(text) => Some(protocol::parse(text.as_str())),
+            _ => None,
+        };
+        if let WsMessage::Text(_) | WsMessage::Binary(_) = &frame {
+            let id = match &parsed {
+                Some(Ok(f)) => f.request_id(),
+                Some(Err(e)) => e.id.clone(),
+                None => None,
+            };
+            match limiter.take(id) {
+                Ok(()) => {}
+                Err(None) => {
+                    handle.close_with((close::RATE_LIMITED, "rate limit exceeded"));
+                    continue;
+                }
+                Err(Some(refusal)) => {
+                    if out_tx.send(refusal.to_text().into()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         match frame {
-            WsMessage::Text(text) => {
-                let reply = match protocol::parse(text.as_str()) {
+            WsMessage::Text(_) => {
+                let Some(parsed) = parsed else { continue };
+                let reply = match parsed {
                     // Pings are answered at once; everything else goes to the connection's request worker.
                     Ok(ClientFrame::Ping { id }) => Some(ServerFrame::Pong { id }),
                     Ok(request) => enqueue(req_tx, request).await,
@@ -232,6 +303,17 @@ async fn write_loop<S>(
             }
         }
     };
+    // What was queued before the close still goes out (the answers to a client's last frames, such as its
+    // `rate_limited` refusals), within one write timeout in all; not to a client closed for not reading.
+    if reason.0 != close::SLOW_CONSUMER {
+        let deadline = tokio::time::Instant::now() + write_timeout;
+        while let Ok(text) = out_rx.try_recv() {
+            match tokio::time::timeout_at(deadline, sink.send(WsMessage::Text(text))).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    }
     let frame = CloseFrame { code: CloseCode::from(reason.0), reason: reason.1.into() };
     let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
@@ -265,12 +347,17 @@ async fn sync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, 
     send_inbox(&id, &shared, &out_tx, &mut sent).await;
 }
 
-/// Sends the inbox again each time the device's presence is found to have been lost.
+/// Sends the inbox again each time the device's presence is found to have been lost, or a worker that could
+/// not reach this gateway asks for it; and once more after a delay, as at connect: a worker that read
+/// presence just before it came back writes its inbox row just after the first read.
 async fn resync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
     loop {
         handle.resync.notified().await;
-        tracing::info!(user = %id.user, device = %id.device, "presence had been lost: sending the inbox again");
-        send_inbox(&id, &shared, &out_tx, &mut HashSet::new()).await;
+        tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
+        let mut sent = HashSet::new();
+        send_inbox(&id, &shared, &out_tx, &mut sent).await;
+        tokio::time::sleep(shared.inbox_recheck).await;
+        send_inbox(&id, &shared, &out_tx, &mut sent).await;
     }
 }
 
@@ -501,28 +588,14 @@ async fn route_typing(
 ) -> Result<(), tonic::Status> {
     let members = shared.members_of(conversation, &id.user).await?;
     let online = shared.presence.online(&members).await;
-    let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
-    for ((u, d), addr) in &online {
-        if u == &id.user && d == &id.device {
-            continue;
-        }
-        by_gateway
-            .entry(addr.as_str())
-            .or_default()
-            .push(v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() });
-    }
     let indicator = v1::Typing {
         conversation_id: conversation.to_string(),
         user_id: id.user.to_string(),
         device_id: id.device.to_string(),
         typing,
     };
-    let pushes = by_gateway.into_iter().map(|(addr, devices)| {
-        shared
-            .pushers
-            .push(addr, v1::PushRequest { message: None, devices, receipt: None, typing: Some(indicator.clone()) })
-    });
-    futures::future::join_all(pushes).await;
+    let request = v1::PushRequest { message: None, devices: Vec::new(), receipt: None, typing: Some(indicator) };
+    shared.pushers.fan_out(&online, Some((&id.user, &id.device)), request).await;
     Ok(())
 }
 

@@ -3,11 +3,13 @@
 //! inbox and resume by cursor; a failed read means nobody is online.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chat_model::presence::{self, Entry};
 use chat_model::{DeviceId, UserId, now_ms};
-use redis::aio::ConnectionManager;
+
+use redis::aio::MultiplexedConnection;
 
 /// Deletes a device's field only if this connection still owns it (another gateway may hold the device now).
 const REMOVE_IF_OWNED: &str = r"
@@ -20,7 +22,7 @@ return 0
 
 #[derive(Clone)]
 pub struct Presence {
-    conn: ConnectionManager,
+    link: Link,
     prefix: String,
     push_addr: String,
     ttl: Duration,
@@ -36,13 +38,10 @@ pub struct Holder<'a> {
 impl Presence {
     /// `push_addr` is what this process writes as its address (a gateway's push address; empty for a reader).
     pub async fn connect(url: &str, prefix: &str, push_addr: &str, ttl: Duration) -> redis::RedisResult<Presence> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Presence { conn, prefix: prefix.to_owned(), push_addr: push_addr.to_owned(), ttl })
+        let link = Link::new(redis::Client::open(url)?);
+        // Fail at start on a wrong address rather than at the first delivery.
+        link.get().await?;
+        Ok(Presence { link, prefix: prefix.to_owned(), push_addr: push_addr.to_owned(), ttl })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -65,21 +64,18 @@ impl Presence {
             pipe.hset(&key, h.device.as_str(), entry.encode());
             pipe.pexpire(&key, ttl_ms).ignore();
         }
-        let mut conn = self.conn.clone();
-        let added: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let added: Vec<i64> = self.link.query(&pipe).await?;
         Ok(added.into_iter().map(|n| n == 1).collect())
     }
 
     /// Removes a connection's entry, unless the device has connected again since.
     pub async fn remove(&self, user: &UserId, device: &DeviceId, conn_id: u64) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        redis::Script::new(REMOVE_IF_OWNED)
-            .key(presence::key(&self.prefix, user))
-            .arg(device.as_str())
-            .arg(Entry::owner_prefix(&self.push_addr, conn_id))
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
+        let mut conn = self.link.get().await?;
+        let script = redis::Script::new(REMOVE_IF_OWNED);
+        let mut invocation = script.key(presence::key(&self.prefix, user));
+        invocation.arg(device.as_str()).arg(Entry::owner_prefix(&self.push_addr, conn_id));
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+        self.link.settle(result).map(|_| ())
     }
 
     /// The live presence of `users`' devices: (user, device) to the push address of the gateway holding it.
@@ -89,8 +85,7 @@ impl Presence {
         for u in users {
             pipe.hgetall(presence::key(&self.prefix, u));
         }
-        let mut conn = self.conn.clone();
-        let hashes: Vec<Vec<(String, String)>> = match pipe.query_async(&mut conn).await {
+        let hashes: Vec<Vec<(String, String)>> = match self.link.query(&pipe).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "presence unreadable; nobody counts as online");
@@ -109,7 +104,95 @@ impl Presence {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+        self.link.query::<String>(redis::pipe().cmd("PING")).await.is_ok()
     }
+}
+
+/// How long one Redis command (or connecting) may take. Presence is soft state: past this, the caller goes
+/// on as if nobody were online rather than stall a partition or a connect.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed connect, commands fail at once for this long instead of each waiting to connect.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// One multiplexed connection, replaced after any connection error or timeout. (Redis's own reconnecting
+/// manager was seen to leave every caller waiting about two minutes after a server restart.)
+#[derive(Clone)]
+struct Link {
+    client: redis::Client,
+    state: Arc<std::sync::Mutex<LinkState>>,
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    conn: Option<MultiplexedConnection>,
+    failed_at: Option<Instant>,
+}
+
+impl Link {
+    fn new(client: redis::Client) -> Link {
+        Link { client, state: Arc::default(), connecting: Arc::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current connection, or a new one (one caller connects; the others wait for it).
+    async fn get(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.lock().conn.clone() {
+            return Ok(c);
+        }
+        let _connecting = self.connecting.lock().await;
+        {
+            let state = self.lock();
+            if let Some(c) = state.conn.clone() {
+                return Ok(c);
+            }
+            if state.failed_at.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
+                return Err(unavailable("redis unreachable; retrying shortly"));
+            }
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(COMMAND_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT);
+        let made =
+            tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_multiplexed_async_connection_with_config(&config))
+                .await
+                .unwrap_or_else(|_| Err(unavailable("connecting to redis timed out")));
+        let mut state = self.lock();
+        match made {
+            Ok(c) => {
+                state.conn = Some(c.clone());
+                state.failed_at = None;
+                Ok(c)
+            }
+            Err(e) => {
+                state.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> redis::RedisResult<T> {
+        let mut conn = self.get().await?;
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
+        self.settle(result)
+    }
+
+    /// The result of a command under [`COMMAND_TIMEOUT`]; a timeout or a broken connection drops the
+    /// connection, so that the next command makes a new one.
+    fn settle<T>(&self, result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>) -> redis::RedisResult<T> {
+        let result = result.unwrap_or_else(|_| Err(unavailable("redis command timed out")));
+        if let Err(e) = &result
+            && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error())
+        {
+            self.lock().conn = None;
+        }
+        result
+    }
+}
+
+fn unavailable(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }

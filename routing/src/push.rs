@@ -1,55 +1,375 @@
-//! Clients of the gateways' push service, one per address, made on first use.
+//! Clients of the gateways' push service, one per address, made on first use, each behind a breaker.
+//!
+//! A gateway that does not answer (killed, hung, partitioned) would otherwise cost every message routed to
+//! it a whole push deadline, one after the other, and stall the worker's partitions behind it. So the first
+//! push that fails marks the gateway down: later pushes to it are refused at once (their devices get the
+//! inbox), and a background probe asks the gateway, with growing pauses, to resend the inbox of every device
+//! whose message it missed. The probe's first success marks it up again. A dead gateway costs one deadline.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use chat_model::{DeviceId, UserId};
 use proto::v1::{self, gateway_service_client::GatewayServiceClient};
 use tonic::transport::{Channel, Endpoint};
 
+/// The first pause of a down gateway's probe; it doubles after each failure, up to [`MAX_PROBE_PAUSE`].
+const FIRST_PROBE_PAUSE: Duration = Duration::from_millis(500);
+const MAX_PROBE_PAUSE: Duration = Duration::from_secs(5);
+/// Devices remembered per down gateway for a resync; past that they rely on the client's gap rule.
+const MAX_MISSED: usize = 100_000;
+
+#[derive(Clone)]
 pub struct Pushers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     deadline: Duration,
-    clients: Mutex<HashMap<String, GatewayServiceClient<Channel>>>,
+    gateways: Mutex<HashMap<String, Gateway>>,
+}
+
+struct Gateway {
+    client: GatewayServiceClient<Channel>,
+    /// Set while the gateway is down: the devices whose message went to the inbox instead.
+    down: Option<HashSet<v1::DeviceRef>>,
 }
 
 impl Pushers {
     /// Every push (connecting included) must finish within `deadline`, or counts as not delivered.
     pub fn new(deadline: Duration) -> Pushers {
-        Pushers { deadline, clients: Mutex::new(HashMap::new()) }
+        Pushers { inner: Arc::new(Inner { deadline, gateways: Mutex::new(HashMap::new()) }) }
     }
 
-    /// Pushes to the gateway at `addr`; answers the devices it took. A failure or a missed deadline takes none.
+    /// Pushes to the gateway at `addr`; answers the devices it took. A failure, a missed deadline or a gateway
+    /// marked down takes none.
     pub async fn push(&self, addr: &str, request: v1::PushRequest) -> Vec<v1::DeviceRef> {
-        let Some(mut client) = self.client(addr) else {
-            return Vec::new();
-        };
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(self.deadline);
-        match tokio::time::timeout(self.deadline, client.push(req)).await {
-            Ok(Ok(r)) => r.into_inner().delivered,
-            Ok(Err(status)) => {
-                tracing::debug!(gateway = addr, %status, "push failed");
-                Vec::new()
+        // Only a missed message makes a device's inbox worth resending; receipts and typing are not kept.
+        let carries_message = request.message.is_some();
+        let mut client = {
+            let mut gateways = self.inner.lock();
+            let Some(gw) = self.inner.gateway(&mut gateways, addr) else {
+                return Vec::new();
+            };
+            if let Some(missed) = gw.down.as_mut() {
+                if carries_message {
+                    remember(missed, &request.devices);
+                }
+                return Vec::new();
             }
-            Err(_) => {
-                tracing::debug!(gateway = addr, "push deadline passed");
-                Vec::new()
+            gw.client.clone()
+        };
+        let devices = if carries_message { request.devices.clone() } else { Vec::new() };
+        let mut req = tonic::Request::new(request);
+        req.set_timeout(self.inner.deadline);
+        let failure = match tokio::time::timeout(self.inner.deadline, client.push(req)).await {
+            Ok(Ok(r)) => return r.into_inner().delivered,
+            Ok(Err(status)) if !means_unreachable(status.code()) => {
+                tracing::warn!(gateway = addr, %status, "push refused");
+                return Vec::new();
+            }
+            Ok(Err(status)) => status.to_string(),
+            Err(_) => "push deadline passed".to_owned(),
+        };
+        self.mark_down(addr, &devices, &failure);
+        Vec::new()
+    }
+
+    /// Pushes one request to every device in `online` (device → gateway address) but `except`, one call per
+    /// gateway, all at once; answers the devices that took it.
+    pub async fn fan_out(
+        &self,
+        online: &HashMap<(UserId, DeviceId), String>,
+        except: Option<(&UserId, &DeviceId)>,
+        request: v1::PushRequest,
+    ) -> Vec<v1::DeviceRef> {
+        let mut by_gateway: HashMap<&str, Vec<v1::DeviceRef>> = HashMap::new();
+        for ((u, d), addr) in online {
+            if except.is_some_and(|(eu, ed)| eu == u && ed == d) {
+                continue;
+            }
+            by_gateway
+                .entry(addr.as_str())
+                .or_default()
+                .push(v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() });
+        }
+        let pushes = by_gateway
+            .into_iter()
+            .map(|(addr, devices)| self.push(addr, v1::PushRequest { devices, ..request.clone() }));
+        futures::future::join_all(pushes).await.into_iter().flatten().collect()
+    }
+
+    /// Whether pushes to `addr` are currently refused without trying.
+    pub fn is_down(&self, addr: &str) -> bool {
+        self.inner.lock().get(addr).is_some_and(|g| g.down.is_some())
+    }
+
+    fn mark_down(&self, addr: &str, devices: &[v1::DeviceRef], failure: &str) {
+        let mut gateways = self.inner.lock();
+        let Some(gw) = gateways.get_mut(addr) else { return };
+        match gw.down.as_mut() {
+            Some(missed) => remember(missed, devices),
+            None => {
+                tracing::warn!(
+                    gateway = addr,
+                    failure,
+                    "gateway unreachable: its devices get the inbox until it answers"
+                );
+                let mut missed = HashSet::new();
+                remember(&mut missed, devices);
+                gw.down = Some(missed);
+                tokio::spawn(self.clone().probe(addr.to_owned(), gw.client.clone()));
             }
         }
     }
 
-    fn client(&self, addr: &str) -> Option<GatewayServiceClient<Channel>> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(addr) {
-            return Some(c.clone());
+    /// Until the gateway answers: pause, then ask it to resync the devices that missed a message. On an
+    /// answer, devices added meanwhile are resynced too before the gateway is marked up.
+    async fn probe(self, addr: String, mut client: GatewayServiceClient<Channel>) {
+        let mut pause = FIRST_PROBE_PAUSE;
+        let mut resynced: HashSet<v1::DeviceRef> = HashSet::new();
+        loop {
+            tokio::time::sleep(pause).await;
+            let devices: Vec<v1::DeviceRef> = match self.inner.lock().get(&addr).and_then(|g| g.down.as_ref()) {
+                Some(missed) => missed.iter().cloned().collect(),
+                None => return,
+            };
+            let mut req = tonic::Request::new(v1::ResyncRequest { devices: devices.clone() });
+            req.set_timeout(self.inner.deadline);
+            match tokio::time::timeout(self.inner.deadline, client.resync(req)).await {
+                Ok(Ok(r)) => {
+                    resynced.extend(devices.iter().cloned());
+                    let up = {
+                        let mut gateways = self.inner.lock();
+                        let Some(gw) = gateways.get_mut(&addr) else { return };
+                        let missed = gw.down.get_or_insert_default();
+                        for d in &devices {
+                            missed.remove(d);
+                        }
+                        let up = missed.is_empty();
+                        if up {
+                            gw.down = None;
+                        }
+                        up
+                    };
+                    if up {
+                        tracing::info!(gateway = %addr, held = r.into_inner().held, "gateway answers again");
+                        // An inbox row is written just after its push was refused, so the last rows may have
+                        // landed after the resync read the inbox: once more, a little later.
+                        tokio::time::sleep(self.inner.deadline.max(FIRST_PROBE_PAUSE)).await;
+                        let devices = resynced.into_iter().collect();
+                        let mut req = tonic::Request::new(v1::ResyncRequest { devices });
+                        req.set_timeout(self.inner.deadline);
+                        let _ = tokio::time::timeout(self.inner.deadline, client.resync(req)).await;
+                        return;
+                    }
+                    // Messages missed while this probe ran: resync those after their inbox rows are written.
+                    pause = self.inner.deadline;
+                }
+                Ok(Err(status)) if !means_unreachable(status.code()) => {
+                    // It answers, but refuses (an older gateway): up again; its devices rely on resume.
+                    tracing::warn!(gateway = %addr, %status, "resync refused; marking the gateway up");
+                    if let Some(gw) = self.inner.lock().get_mut(&addr) {
+                        gw.down = None;
+                    }
+                    return;
+                }
+                _ => pause = (pause * 2).min(MAX_PROBE_PAUSE),
+            }
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(self.deadline)
-            .timeout(self.deadline)
-            .tcp_nodelay(true);
-        let client = GatewayServiceClient::new(endpoint.connect_lazy());
-        clients.insert(addr.to_owned(), client.clone());
-        Some(client)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Gateway>> {
+        self.gateways.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gateway<'a>(&self, gateways: &'a mut HashMap<String, Gateway>, addr: &str) -> Option<&'a mut Gateway> {
+        if !gateways.contains_key(addr) {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect_timeout(self.deadline)
+                .timeout(self.deadline)
+                .tcp_nodelay(true);
+            let client = GatewayServiceClient::new(endpoint.connect_lazy());
+            gateways.insert(addr.to_owned(), Gateway { client, down: None });
+        }
+        gateways.get_mut(addr)
+    }
+}
+
+fn remember(missed: &mut HashSet<v1::DeviceRef>, devices: &[v1::DeviceRef]) {
+    for d in devices {
+        if missed.len() >= MAX_MISSED {
+            tracing::warn!("too many devices to resync; the rest rely on the client's gap rule");
+            return;
+        }
+        missed.insert(d.clone());
+    }
+}
+
+/// Statuses that say the gateway could not be reached (rather than that it refused the request).
+fn means_unreachable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    use proto::v1::gateway_service_server::{GatewayService, GatewayServiceServer};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_millis(300);
+
+    /// A gateway that takes every device and counts the devices it is asked to resync.
+    #[derive(Clone, Default)]
+    struct Answering {
+        resynced: Arc<AtomicU32>,
+    }
+
+    #[tonic::async_trait]
+    impl GatewayService for Answering {
+        async fn push(
+            &self,
+            r: tonic::Request<v1::PushRequest>,
+        ) -> Result<tonic::Response<v1::PushResponse>, tonic::Status> {
+            Ok(tonic::Response::new(v1::PushResponse { delivered: r.into_inner().devices }))
+        }
+
+        async fn resync(
+            &self,
+            r: tonic::Request<v1::ResyncRequest>,
+        ) -> Result<tonic::Response<v1::ResyncResponse>, tonic::Status> {
+            let n = r.into_inner().devices.len() as u32;
+            self.resynced.fetch_add(n, Ordering::SeqCst);
+            Ok(tonic::Response::new(v1::ResyncResponse { held: n }))
+        }
+    }
+
+    fn message_to(device: &str) -> v1::PushRequest {
+        v1::PushRequest {
+            message: Some(v1::Message::default()),
+            devices: vec![v1::DeviceRef { user_id: "u".into(), device_id: device.into() }],
+            receipt: None,
+            typing: None,
+        }
+    }
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn a_hung_gateway_costs_one_deadline_then_resyncs_what_it_missed() -> TestResult {
+        // Hung: the kernel accepts connections, nobody ever answers.
+        let hung = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = hung.local_addr()?.to_string();
+        let pushers = Pushers::new(DEADLINE);
+
+        let started = Instant::now();
+        assert!(pushers.push(&addr, message_to("a")).await.is_empty());
+        assert!(started.elapsed() >= DEADLINE, "the first push waits for its deadline");
+        assert!(pushers.is_down(&addr));
+        let started = Instant::now();
+        for device in ["b", "c"] {
+            assert!(pushers.push(&addr, message_to(device)).await.is_empty());
+        }
+        assert!(started.elapsed() < DEADLINE / 2, "later pushes are refused at once: {:?}", started.elapsed());
+
+        // The gateway comes back at the same address: the probe finds it and asks for a, b and c to resync.
+        let port = hung.local_addr()?.port();
+        drop(hung);
+        let gateway = Answering::default();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServiceServer::new(gateway.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        while pushers.is_down(&addr) {
+            assert!(Instant::now() < until, "the gateway was never marked up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(gateway.resynced.load(Ordering::SeqCst), 3);
+        assert_eq!(pushers.push(&addr, message_to("d")).await.len(), 1);
+        // And once more a little later, for inbox rows written just after the first resync read the inbox.
+        while gateway.resynced.load(Ordering::SeqCst) < 6 {
+            assert!(Instant::now() < until, "no trailing resync");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_an_outage() -> TestResult {
+        struct Refusing;
+        #[tonic::async_trait]
+        impl GatewayService for Refusing {
+            async fn push(
+                &self,
+                _: tonic::Request<v1::PushRequest>,
+            ) -> Result<tonic::Response<v1::PushResponse>, tonic::Status> {
+                Err(tonic::Status::invalid_argument("no"))
+            }
+            async fn resync(
+                &self,
+                _: tonic::Request<v1::ResyncRequest>,
+            ) -> Result<tonic::Response<v1::ResyncResponse>, tonic::Status> {
+                Err(tonic::Status::invalid_argument("no"))
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServiceServer::new(Refusing))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let pushers = Pushers::new(DEADLINE);
+        for _ in 0..2 {
+            assert!(pushers.push(&addr, message_to("a")).await.is_empty());
+        }
+        assert!(!pushers.is_down(&addr), "a gateway that answers is not down, even when it refuses");
+        server.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn fan_out_skips_the_acting_device_and_groups_by_gateway() -> TestResult {
+        let gateway = Answering::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServiceServer::new(gateway))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (alice, bob) = (UserId::parse("alice")?, UserId::parse("bob")?);
+        let (phone, laptop) = (DeviceId::parse("phone")?, DeviceId::parse("laptop")?);
+        let online: HashMap<(UserId, DeviceId), String> = [
+            ((alice.clone(), phone.clone()), addr.clone()),
+            ((alice.clone(), laptop.clone()), addr.clone()),
+            ((bob.clone(), phone.clone()), addr.clone()),
+        ]
+        .into();
+        let mut took: Vec<(String, String)> = Pushers::new(DEADLINE)
+            .fan_out(&online, Some((&alice, &phone)), message_to("ignored"))
+            .await
+            .into_iter()
+            .map(|d| (d.user_id, d.device_id))
+            .collect();
+        took.sort();
+        assert_eq!(took, vec![("alice".into(), "laptop".into()), ("bob".into(), "phone".into())]);
+        server.abort();
+        Ok(())
     }
 }

@@ -60,12 +60,28 @@ impl WsClient {
         device: &str,
         token: Option<&str>,
     ) -> Result<WsClient, Refused> {
-        let url = format!("ws://{gateway}/v1/ws?device_id={device}");
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        Self::connect_request(gateway, user, &format!("device_id={device}"), device, &headers).await
+    }
+
+    /// Connects with the given query string and extra request headers (name, value), as any client could.
+    pub async fn connect_request(
+        gateway: SocketAddr,
+        user: &str,
+        query: &str,
+        device: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, Refused> {
+        let url = format!("ws://{gateway}/v1/ws?{query}");
         let mut request = url.into_client_request().map_err(|e| Refused { status: 0, body: e.to_string() })?;
-        if let Some(t) = token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            request.headers_mut().insert(http::header::AUTHORIZATION, v);
+        for (name, value) in headers {
+            let (Ok(name), Ok(value)) =
+                (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
+            else {
+                return Err(Refused { status: 0, body: format!("bad header {name}") });
+            };
+            request.headers_mut().append(name, value);
         }
         match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => {

@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     pub send_queue: usize,
     /// How long a gateway's write may wait for a client that does not read.
     pub write_timeout_ms: u64,
+    /// The workers' push deadline.
+    pub push_timeout_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             partitions: 8,
             send_queue: 256,
             write_timeout_ms: 10_000,
+            push_timeout_ms: 1_000,
         }
     }
 }
@@ -180,13 +183,19 @@ impl Cluster {
                 ("GATEWAY_SEND_QUEUE".into(), options.send_queue.to_string()),
                 ("GATEWAY_RPC_TIMEOUT_MS".into(), "5000".into()),
                 ("GATEWAY_WRITE_TIMEOUT_MS".into(), options.write_timeout_ms.to_string()),
+                // The scenarios' clients send as fast as they are answered, and 1,000 share one address.
+                ("GATEWAY_RATE_PER_CONNECTION".into(), "10000".into()),
+                ("GATEWAY_BURST_PER_CONNECTION".into(), "20000".into()),
+                ("GATEWAY_RATE_PER_USER".into(), "10000".into()),
+                ("GATEWAY_BURST_PER_USER".into(), "20000".into()),
+                ("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS".into(), "100000".into()),
             ];
             procs.insert((Kind::Gateway, i), Proc::new(Kind::Gateway, i, &id, env, Some(ws)));
         }
         for i in 0..options.workers {
             procs.insert(
                 (Kind::Worker, i),
-                Proc::new(Kind::Worker, i, &id, worker_env(&topic, &id, &redis_prefix), None),
+                Proc::new(Kind::Worker, i, &id, worker_env(&topic, &id, &redis_prefix, &options), None),
             );
         }
         let mut cluster = Cluster { id, topic, redis_prefix, gateway_ws, chat_addrs, procs, options };
@@ -196,6 +205,11 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The delivery workers' consumer group.
+    pub fn worker_group(&self) -> String {
+        format!("faults.{}.workers", self.id)
     }
 
     pub fn count(&self, kind: Kind) -> usize {
@@ -232,7 +246,7 @@ impl Cluster {
     /// Adds a delivery worker to the group; returns its index.
     pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
         let i = self.count(Kind::Worker);
-        let env = worker_env(&self.topic, &self.id, &self.redis_prefix);
+        let env = worker_env(&self.topic, &self.id, &self.redis_prefix, &self.options);
         self.procs.insert((Kind::Worker, i), Proc::new(Kind::Worker, i, &self.id, env, None));
         self.start_proc(Kind::Worker, i).await?;
         Ok(i)
@@ -260,6 +274,25 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         c.wait()?;
+        Ok(())
+    }
+
+    /// SIGSTOP: the process hangs (its sockets still accept connections, nothing answers) until [`Self::resume`].
+    pub fn pause(&self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        self.signal(kind, i, "-STOP")
+    }
+
+    /// SIGCONT: a paused process goes on.
+    pub fn resume(&self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        self.signal(kind, i, "-CONT")
+    }
+
+    fn signal(&self, kind: Kind, i: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(kind, i).with_context(|| format!("{kind:?} {i} is not running"))?;
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed");
+        }
         Ok(())
     }
 
@@ -311,17 +344,18 @@ impl Proc {
     }
 }
 
-fn worker_env(topic: &str, id: &str, redis_prefix: &str) -> Vec<(String, String)> {
+fn worker_env(topic: &str, id: &str, redis_prefix: &str, options: &ClusterOptions) -> Vec<(String, String)> {
     vec![
         ("WORKER_KAFKA_BROKERS".into(), kafka_brokers()),
         ("WORKER_EVENTS_TOPIC".into(), topic.into()),
         ("WORKER_DEAD_LETTER_TOPIC".into(), format!("{topic}.dlq")),
-        ("WORKER_GROUP_ID".into(), format!("faults.{id}.workers")),
+        ("WORKER_GROUP_ID".into(), format!("faults.{id}.workers")), // = Cluster::worker_group
         ("WORKER_CASSANDRA_NODES".into(), cassandra_node()),
         ("WORKER_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
         ("WORKER_REDIS_URL".into(), redis_url()),
         ("WORKER_REDIS_PREFIX".into(), redis_prefix.into()),
         ("WORKER_MEMBERS_CACHE_MS".into(), "500".into()),
+        ("WORKER_PUSH_TIMEOUT_MS".into(), options.push_timeout_ms.to_string()),
     ]
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use futures::{SinkExt, StreamExt};
@@ -40,6 +40,8 @@ pub struct Report {
     pub reconnects: u64,
     /// Close codes the gateway sent.
     pub close_codes: Vec<u16>,
+    /// Per conversation, when each number was shown.
+    pub shown_at: HashMap<String, HashMap<u64, Instant>>,
 }
 
 enum Cmd {
@@ -63,8 +65,12 @@ struct Conv {
     last: u64,
     /// Received above `last + 1`, waiting for the gap to close.
     pending: BTreeMap<u64, String>,
-    /// A history request is in flight.
-    asking: bool,
+    /// A history request is in flight, since then.
+    asking: Option<Instant>,
+    /// Reading history after a (re)connect until caught up with the conversation's last number.
+    resuming: bool,
+    /// Since when a gap has been open (numbers held above a missing one).
+    gap_since: Option<Instant>,
     /// The last number acknowledged with `delivered`.
     acked: u64,
 }
@@ -81,6 +87,12 @@ struct Outgoing {
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 
 const HISTORY_PAGE: u64 = 200;
+
+/// How long a history request may stay unanswered before it is asked again.
+const HISTORY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a gap may stay open before the client asks for the missing numbers (protocol rule 2).
+const GAP_GRACE: Duration = Duration::from_millis(500);
 
 impl Device {
     /// Starts the device on `gateways[first]`; it knows `conversations` (and any it receives a message of).
@@ -234,7 +246,8 @@ impl Runner {
     async fn session(&mut self, mut ws: Ws, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> End {
         // Resume every known conversation by cursor, and send again what is unanswered.
         for c in self.convs.values_mut() {
-            c.asking = false;
+            c.asking = None;
+            c.resuming = true;
         }
         let names: Vec<String> = self.convs.keys().cloned().collect();
         for conv in names {
@@ -322,14 +335,17 @@ impl Runner {
                     self.lock().raw_messages += 1;
                     self.receive(&conv, m["seq"].as_u64().unwrap_or(0), m["message_id"].as_str().unwrap_or_default());
                 }
-                if let Some(c) = self.convs.get_mut(&conv) {
-                    c.asking = false;
-                }
-                // More to read while the conversation's last number is ahead of what is shown; a gap still open
-                // means ask again.
+                // While resuming, more to read as long as the conversation's last number is ahead of what is
+                // shown; a gap still open means ask again (for the missing range only).
                 let last_seq = f["last_seq"].as_u64().unwrap_or(0);
-                let more = !messages.is_empty() && self.convs.get(&conv).is_some_and(|c| c.last < last_seq);
-                let gap = self.convs.get(&conv).is_some_and(|c| !c.pending.is_empty());
+                let (more, gap) = match self.convs.get_mut(&conv) {
+                    Some(c) => {
+                        c.asking = None;
+                        c.resuming &= !messages.is_empty() && c.last < last_seq;
+                        (c.resuming, !c.pending.is_empty())
+                    }
+                    None => (false, false),
+                };
                 if more || gap {
                     self.ask_history(ws, &conv).await?;
                 }
@@ -340,7 +356,7 @@ impl Runner {
                 if let Some(conv) = id.strip_prefix("h:").and_then(|r| r.split(':').next()) {
                     // A failed history request is asked again at the next tick.
                     if let Some(c) = self.convs.get_mut(conv) {
-                        c.asking = false;
+                        c.asking = None;
                     }
                 } else if !retryable {
                     if let Some(o) = self.outbox.remove(&id)
@@ -360,8 +376,18 @@ impl Runner {
 
     /// Every 200 ms: ask for open gaps, send unanswered sends again, acknowledge what was shown.
     async fn on_tick(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
-        let gaps: Vec<String> =
-            self.convs.iter().filter(|(_, c)| !c.pending.is_empty() && !c.asking).map(|(k, _)| k.clone()).collect();
+        let gaps: Vec<String> = self
+            .convs
+            .iter()
+            .filter(|(_, c)| {
+                // A request unanswered for long is asked again (the gateway may have lost it).
+                let free = c.asking.is_none_or(|at| at.elapsed() >= HISTORY_PATIENCE);
+                let gap = c.gap_since.is_some_and(|at| at.elapsed() >= GAP_GRACE);
+                // A resume whose history request failed is asked again too.
+                free && (gap || c.resuming)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
         for conv in gaps {
             self.ask_history(ws, &conv).await?;
         }
@@ -395,13 +421,18 @@ impl Runner {
 
     async fn ask_history(&mut self, ws: &mut Ws, conv: &str) -> anyhow::Result<()> {
         let c = self.convs.entry(conv.to_owned()).or_default();
-        if c.asking {
+        if c.asking.is_some_and(|at| at.elapsed() < HISTORY_PATIENCE) {
             return Ok(());
         }
-        c.asking = true;
+        c.asking = Some(Instant::now());
         let after = c.last;
+        // With numbers held above a gap, only the missing ones.
+        let limit = match c.pending.keys().next() {
+            Some(first_held) => (first_held - after - 1).clamp(1, HISTORY_PAGE),
+            None => HISTORY_PAGE,
+        };
         let frame = json!({"v": 1, "type": "history", "id": format!("h:{conv}:{after}"), "conversation_id": conv,
-            "after_seq": after, "limit": HISTORY_PAGE});
+            "after_seq": after, "limit": limit});
         ws.send(Message::text(frame.to_string())).await?;
         Ok(())
     }
@@ -429,15 +460,21 @@ impl Runner {
             c.last += 1;
             shown.push((c.last, id));
         }
+        c.gap_since = match (c.pending.is_empty(), c.gap_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
         let last = c.last;
         if !shown.is_empty() {
-            self.report
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .shown
-                .entry(conv.to_owned())
-                .or_default()
-                .extend(shown);
+            let now = Instant::now();
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            let at = report.shown_at.entry(conv.to_owned()).or_default();
+            for (seq, _) in &shown {
+                at.insert(*seq, now);
+            }
+            report.shown.entry(conv.to_owned()).or_default().extend(shown);
+            drop(report);
             self.progress.send_modify(|p| {
                 p.insert(conv.to_owned(), last);
             });

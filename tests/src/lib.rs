@@ -7,6 +7,7 @@
 pub mod client;
 pub mod cluster;
 pub mod device;
+pub mod group;
 pub mod platform;
 
 pub use client::{WsClient, token};

@@ -55,11 +55,38 @@ pub struct PlatformOptions {
     pub inbox_recheck_ms: u64,
     /// History retention of the chat service and workers (0: forever).
     pub message_ttl_secs: i32,
+    /// The gateways' origin allow-list (empty: not checked).
+    pub allowed_origins: Vec<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Besides the shared secret, a public key for asymmetric tokens, and the accepted algorithms.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    pub jwt_algorithms: Vec<String>,
+    /// Frames per second per connection and per user (bursts of twice as many).
+    pub rate_per_connection: u32,
+    pub rate_per_user: u32,
+    pub max_connections_per_user: usize,
+    pub max_connections_per_address: usize,
 }
 
 impl Default for PlatformOptions {
     fn default() -> Self {
-        PlatformOptions { gateways: 2, workers: 1, partitions: 4, inbox_recheck_ms: 3_000, message_ttl_secs: 0 }
+        PlatformOptions {
+            gateways: 2,
+            workers: 1,
+            partitions: 4,
+            inbox_recheck_ms: 3_000,
+            message_ttl_secs: 0,
+            allowed_origins: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_public_key_file: None,
+            jwt_algorithms: Vec::new(),
+            rate_per_connection: 10_000,
+            rate_per_user: 10_000,
+            max_connections_per_user: 1_000,
+            max_connections_per_address: 100_000,
+        }
     }
 }
 
@@ -136,16 +163,26 @@ impl Platform {
                 chat_service_urls: vec![format!("http://{chat_addr}")],
                 redis_url: redis_url(),
                 redis_prefix: redis_prefix.clone(),
-                jwt_secret: JWT_SECRET.into(),
-                jwt_issuer: None,
-                jwt_audience: None,
-                allowed_origins: vec![],
+                jwt_secret: Some(JWT_SECRET.into()),
+                jwt_public_key_file: opts.jwt_public_key_file.clone(),
+                jwt_algorithms: opts.jwt_algorithms.clone(),
+                jwt_leeway_secs: 30,
+                jwt_issuer: opts.jwt_issuer.clone(),
+                jwt_audience: opts.jwt_audience.clone(),
+                allowed_origins: opts.allowed_origins.clone(),
                 send_queue: 256,
                 max_message_bytes: 64 * 1024,
                 presence_ttl_ms: 30_000,
                 inbox_recheck_ms: opts.inbox_recheck_ms,
                 rpc_timeout_ms: 10_000,
                 handshake_timeout_ms: 10_000,
+                rate_per_connection: opts.rate_per_connection,
+                burst_per_connection: opts.rate_per_connection * 2,
+                rate_per_user: opts.rate_per_user,
+                burst_per_user: opts.rate_per_user * 2,
+                max_connections_per_user: opts.max_connections_per_user,
+                max_connections_per_address: opts.max_connections_per_address,
+                max_connections: None,
                 write_timeout_ms: 10_000,
             };
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
@@ -172,6 +209,7 @@ impl Platform {
                 redis_prefix: redis_prefix.clone(),
                 push_timeout_ms: 2_000,
                 members_cache_ms: 0,
+                log_repair_delay_ms: 1_000,
                 message_ttl_secs: opts.message_ttl_secs,
             };
             let app = delivery_worker::App::build(&config).await?;

@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use futures::future::join_all;
@@ -38,7 +38,10 @@ fn user(name: &str) -> String {
 }
 
 async fn chat(cluster: &Cluster, i: usize) -> anyhow::Result<ChatServiceClient<Channel>> {
-    Ok(ChatServiceClient::connect(format!("http://{}", cluster.chat_addrs[i])).await?)
+    // A history page holds up to 4 MiB of bodies, plus their framing.
+    Ok(ChatServiceClient::connect(format!("http://{}", cluster.chat_addrs[i]))
+        .await?
+        .max_decoding_message_size(16 << 20))
 }
 
 async fn create(chat: &mut ChatServiceClient<Channel>, creator: &str, others: &[String]) -> anyhow::Result<String> {
@@ -150,6 +153,26 @@ fn check_view(
     Ok(())
 }
 
+/// Checks that a conversation's history holds exactly the acknowledged messages (seq → message id), which
+/// every device was checked to show: the history equals what was delivered.
+async fn check_history(
+    cluster: &Cluster,
+    conv: &str,
+    reader: &str,
+    acked: &HashMap<u64, String>,
+) -> anyhow::Result<()> {
+    let h = history(&mut chat(cluster, 0).await?, conv, reader).await?;
+    let stored: HashMap<u64, String> = h.iter().map(|m| (m.0, m.1.clone())).collect();
+    ensure!(stored.len() == h.len(), "the history of {conv} repeats a number");
+    ensure!(
+        &stored == acked,
+        "the history of {conv} ({} messages) differs from what was delivered ({})",
+        stored.len(),
+        acked.len()
+    );
+    Ok(())
+}
+
 fn print(scenario: &str, t: &Tally) {
     println!(
         "[faults] {scenario}: sent {} acknowledged {} delivered {} raw-duplicates {} user-duplicates {} reconnects {} (scale: {})",
@@ -203,12 +226,7 @@ async fn s1_concurrent_senders_share_one_order() -> anyhow::Result<()> {
         tally.raw_duplicates += r.raw_duplicates;
         check_view(&name, &r, &conv, &acked, &mut tally)?;
     }
-    let h = history(&mut chat(&cluster, 1).await?, &conv, &users[0]).await?;
-    ensure!(
-        h.iter().map(|m| (m.0, m.1.clone())).collect::<HashMap<_, _>>() == acked,
-        "history differs from what was delivered"
-    );
-    ensure!(h.len() == n, "history holds {} messages, not {n}", h.len());
+    check_history(&cluster, &conv, &users[0], &acked).await?;
     print("1 concurrent senders", &tally);
     cluster.shutdown().await
 }
@@ -277,6 +295,9 @@ async fn s2_a_killed_worker_loses_nothing() -> anyhow::Result<()> {
         check_view(&name, &r, &pairs[i].2, &acked_by_conv[i], &mut tally)?;
     }
     ensure!(tally.acknowledged == n, "{} acknowledged of {n}", tally.acknowledged);
+    for (i, (_, r, conv)) in pairs.iter().enumerate() {
+        check_history(&cluster, conv, r, &acked_by_conv[i]).await?;
+    }
     print("2 kill -9 a delivery worker", &tally);
     cluster.shutdown().await
 }
@@ -351,6 +372,7 @@ async fn s4_a_killed_chat_service_stores_each_send_once() -> anyhow::Result<()> 
         tally.reconnects += r.reconnects;
         check_view(&name, &r, &conv, &acked, &mut tally)?;
     }
+    check_history(&cluster, &conv, &users[0], &acked).await?;
     print("4 kill -9 a chat-service replica", &tally);
     cluster.shutdown().await
 }
@@ -385,6 +407,7 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     tally.raw_duplicates = r.raw_duplicates;
     for (j, name) in names.iter().enumerate() {
         check_view("reader", &r, name, &acked[j], &mut tally)?;
+        check_history(&cluster, name, &reader, &acked[j]).await?;
     }
     print("8 offline device catches up", &tally);
     cluster.shutdown().await
@@ -419,9 +442,13 @@ async fn s9_every_device_of_a_user_gets_every_message() -> anyhow::Result<()> {
         check_view(&name, &r, &conv, &acked, &mut tally)?;
     }
     alice_phone.stop().await;
+    check_history(&cluster, &conv, &alice, &acked).await?;
     print("9 three devices of one user", &tally);
     cluster.shutdown().await
 }
+
+/// One sender's acknowledgements: number → (message id, when acknowledged).
+type Acks = HashMap<u64, (String, Instant)>;
 
 /// Senders of a steady load: `conversations` direct conversations, each fed by its own task through the
 /// chat service's gRPC API until `stop` is set; returns, per conversation, the acknowledged messages.
@@ -429,7 +456,18 @@ struct Load {
     pairs: Vec<(String, String, String)>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     acked: Arc<AtomicUsize>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<HashMap<u64, String>>>>,
+    /// Per conversation, the last number acknowledged.
+    latest: Arc<Vec<AtomicU64>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Acks>>>,
+}
+
+/// What a load's readers showed, checked: counts, and per conversation (as in `pairs`) the reader's report
+/// and when each number was acknowledged.
+struct Checked {
+    tally: Tally,
+    pairs: Vec<(String, String, String)>,
+    reports: Vec<Report>,
+    acked_at: Vec<HashMap<u64, Instant>>,
 }
 
 impl Load {
@@ -443,17 +481,20 @@ impl Load {
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
+        let latest: Arc<Vec<AtomicU64>> = Arc::new((0..conversations).map(|_| AtomicU64::new(0)).collect());
         let mut tasks = Vec::new();
         let pause = Duration::from_millis(1000 * conversations as u64 / per_second.max(1));
         for (i, (s, _, conv)) in pairs.iter().enumerate() {
             let mut chat = chat(cluster, i % cluster.chat_addrs.len()).await?;
             let (s, conv, stop, acked, tag) = (s.clone(), conv.clone(), stop.clone(), acked.clone(), tag.to_owned());
+            let latest = latest.clone();
             tasks.push(tokio::spawn(async move {
                 let mut acks = HashMap::new();
                 let mut k = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let a = send_grpc(&mut chat, &conv, &s, &format!("{tag}-{i}-{k}")).await?;
-                    acks.insert(a.seq, a.message_id);
+                    acks.insert(a.seq, (a.message_id, Instant::now()));
+                    latest[i].fetch_max(a.seq, Ordering::Relaxed);
                     acked.fetch_add(1, Ordering::Relaxed);
                     k += 1;
                     tokio::time::sleep(pause).await;
@@ -461,23 +502,56 @@ impl Load {
                 anyhow::Ok(acks)
             }));
         }
-        Ok(Load { pairs, stop, acked, tasks })
+        Ok(Load { pairs, stop, acked, latest, tasks })
     }
 
-    async fn wait_acked(&self, n: usize) {
-        while self.acked.load(Ordering::Relaxed) < n {
+    /// Waits until every reader (as in `pairs`) has shown what was acknowledged so far.
+    async fn wait_caught_up(&self, readers: &mut [Device]) -> anyhow::Result<()> {
+        for (i, d) in readers.iter_mut().enumerate() {
+            d.wait_shown(&self.pairs[i].2, self.latest[i].load(Ordering::Relaxed), CATCH_UP).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `n` sends in all were acknowledged. Fails at once with a sender's error if one stops, and
+    /// after [`CATCH_UP`] without progress.
+    async fn wait_acked(&mut self, n: usize) -> anyhow::Result<()> {
+        let mut last = (self.acked.load(Ordering::Relaxed), Instant::now());
+        loop {
+            let acked = self.acked.load(Ordering::Relaxed);
+            if acked >= n {
+                return Ok(());
+            }
+            if let Some(t) = self.tasks.iter_mut().find(|t| t.is_finished()) {
+                t.await??;
+                anyhow::bail!("a sender stopped without an error");
+            }
+            if acked > last.0 {
+                last = (acked, Instant::now());
+            }
+            ensure!(last.1.elapsed() < CATCH_UP, "no send acknowledged for {CATCH_UP:?} ({acked} of {n})");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Stops sending; answers each conversation's acknowledged messages.
-    async fn finish(self) -> anyhow::Result<(Vec<(String, String, String)>, Vec<HashMap<u64, String>>)> {
+    /// Stops sending, waits for every reader to show everything acknowledged, and checks each reader's view
+    /// and each conversation's history.
+    async fn finish_and_check(self, cluster: &Cluster, readers: Vec<Device>) -> anyhow::Result<Checked> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Vec::new();
+        let (mut acked, mut acked_at) = (Vec::new(), Vec::new());
         for t in self.tasks {
-            acked.push(t.await??);
+            let acks = t.await??;
+            acked.push(acks.iter().map(|(seq, (id, _))| (*seq, id.clone())).collect::<HashMap<u64, String>>());
+            acked_at.push(acks.into_iter().map(|(seq, (_, at))| (seq, at)).collect());
         }
-        Ok((self.pairs, acked))
+        let mut tally = Tally::default();
+        tally.acknowledged = acked.iter().map(|a| a.len()).sum();
+        tally.sent = tally.acknowledged;
+        let reports = check_readers(readers, &self.pairs, &acked, &mut tally).await?;
+        for (i, (_, reader, conv)) in self.pairs.iter().enumerate() {
+            check_history(cluster, conv, reader, &acked[i]).await?;
+        }
+        Ok(Checked { tally, pairs: self.pairs, reports, acked_at })
     }
 }
 
@@ -498,29 +572,37 @@ async fn check_readers(
     pairs: &[(String, String, String)],
     acked: &[HashMap<u64, String>],
     tally: &mut Tally,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Report>> {
     for (i, d) in devices.iter_mut().enumerate() {
         d.wait_shown(&pairs[i].2, acked[i].len() as u64, CATCH_UP).await?;
     }
+    let mut reports = Vec::new();
     for (i, d) in devices.into_iter().enumerate() {
         let name = format!("{}/{}", d.user, d.device);
         let r = d.stop().await;
         tally.raw_duplicates += r.raw_duplicates;
         tally.reconnects += r.reconnects;
         check_view(&name, &r, &pairs[i].2, &acked[i], tally)?;
+        reports.push(r);
     }
-    Ok(())
+    Ok(reports)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_worker_churn_loses_nothing() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let (period, changes) = if large() { (Duration::from_secs(10), 12) } else { (Duration::from_secs(3), 4) };
-    let mut cluster = Cluster::start(ClusterOptions { workers: 1, ..ClusterOptions::default() }).await?;
+    let options = ClusterOptions { workers: 1, ..ClusterOptions::default() };
+    let partitions = options.partitions;
+    let mut cluster = Cluster::start(options).await?;
+    let (group, topic) = (cluster.worker_group(), cluster.topic.clone());
+    tests::group::wait_settled(&group, &topic, 1, partitions).await?;
     let load = Load::start(&cluster, 10, 200, "s3").await?;
     let devices = readers(&cluster, &load.pairs);
-    // Alternately add a worker and stop the oldest running one.
+    // Alternately add a worker and stop the oldest running one; after each change the group must settle:
+    // stable, one member per running worker, each partition held by exactly one of them.
     let mut running: Vec<usize> = vec![0];
+    let mut settle_times = Vec::new();
     for change in 0..changes {
         tokio::time::sleep(period).await;
         if change % 2 == 0 {
@@ -529,12 +611,14 @@ async fn s3_worker_churn_loses_nothing() -> anyhow::Result<()> {
             let oldest = running.remove(0);
             cluster.stop(Kind::Worker, oldest).await?;
         }
+        settle_times.push(tests::group::wait_settled(&group, &topic, running.len(), partitions).await?);
     }
-    let (pairs, acked) = load.finish().await?;
-    let mut tally = Tally::default();
-    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
-    tally.sent = tally.acknowledged;
-    check_readers(devices, &pairs, &acked, &mut tally).await?;
+    let checked = load.finish_and_check(&cluster, devices).await?;
+    let tally = checked.tally;
+    println!(
+        "[faults] 3 worker churn: the group settled after each of {changes} changes, within {:?} at most",
+        settle_times.iter().max().copied().unwrap_or_default()
+    );
     print("3 worker churn", &tally);
     cluster.shutdown().await
 }
@@ -543,20 +627,16 @@ async fn s3_worker_churn_loses_nothing() -> anyhow::Result<()> {
 async fn s5_kafka_outage_fails_sends_retryably_and_loses_nothing() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let load = Load::start(&cluster, 10, 200, "s5").await?;
+    let mut load = Load::start(&cluster, 10, 200, "s5").await?;
     let devices = readers(&cluster, &load.pairs);
-    load.wait_acked(scale(100, 1000)).await;
+    load.wait_acked(scale(100, 1000)).await?;
     // Sends block and fail as UNAVAILABLE while Kafka is down; the senders retry with the same ids.
     tests::cluster::server("down", "kafka")?;
     tokio::time::sleep(Duration::from_secs(if large() { 20 } else { 5 })).await;
     tests::cluster::server("up", "kafka")?;
     let resumed = load.acked.load(Ordering::Relaxed) + scale(100, 1000);
-    load.wait_acked(resumed).await;
-    let (pairs, acked) = load.finish().await?;
-    let mut tally = Tally::default();
-    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
-    tally.sent = tally.acknowledged;
-    check_readers(devices, &pairs, &acked, &mut tally).await?;
+    load.wait_acked(resumed).await?;
+    let tally = load.finish_and_check(&cluster, devices).await?.tally;
     print("5 kafka stopped and restarted", &tally);
     cluster.shutdown().await
 }
@@ -602,6 +682,9 @@ async fn s7_a_killed_gateway_loses_no_client_message() -> anyhow::Result<()> {
         check_view(&name, &r, &convs[g].1, &acked[g], &mut tally)?;
     }
     ensure!(tally.reconnects >= clients as u64, "{} reconnects for {clients} clients", tally.reconnects);
+    for (g, (sender, conv)) in convs.iter().enumerate() {
+        check_history(&cluster, conv, sender, &acked[g]).await?;
+    }
     print("7 kill -9 a gateway holding the clients", &tally);
     cluster.shutdown().await
 }
@@ -661,35 +744,101 @@ async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
     tally.raw_duplicates = r.raw_duplicates;
     check_view("bob", &r, &conv, &acked, &mut tally)?;
+    check_history(&cluster, &conv, &bob, &acked).await?;
     print("10 slow client", &tally);
     cluster.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_a_store_outage_and_lost_presence_lose_nothing() -> anyhow::Result<()> {
+async fn s6_a_store_outage_lost_presence_and_a_hung_gateway_lose_nothing() -> anyhow::Result<()> {
     let _serial = SERIAL.lock().await;
+    let started = Instant::now();
     let cluster = Cluster::start(ClusterOptions::default()).await?;
-    let load = Load::start(&cluster, 10, 200, "s6").await?;
-    let devices = readers(&cluster, &load.pairs);
+    // 100 messages a second: well within what two workers of a debug build deliver on a loaded machine, so
+    // that the hang's cost is not hidden in a backlog.
+    let mut load = Load::start(&cluster, 10, 100, "s6").await?;
+    let mut devices = readers(&cluster, &load.pairs);
     let step = scale(100, 1000);
-    load.wait_acked(step).await;
+    load.wait_acked(step).await?;
     // Cassandra down: claims fail as UNAVAILABLE and are retried; workers retry their records.
     tests::cluster::server("down", "cassandra")?;
     tokio::time::sleep(Duration::from_secs(if large() { 20 } else { 5 })).await;
     tests::cluster::server("up", "cassandra")?;
     let after_store = load.acked.load(Ordering::Relaxed) + step;
-    load.wait_acked(after_store).await;
+    load.wait_acked(after_store).await?;
+    load.wait_caught_up(&mut devices).await?;
+    // A few seconds of steady delivery, the baseline of the hang's cost.
+    let baseline_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Presence pointing at a gateway that does not answer: gateway 1 hangs (SIGSTOP: its ports still accept
+    // connections, nothing answers). A worker's first push to it costs one push deadline; then its devices'
+    // messages go to their inbox at once, and the readers on gateway 0 keep getting theirs without waiting.
+    let hung_from = Instant::now();
+    cluster.pause(Kind::Gateway, 1)?;
+    let while_hung = load.acked.load(Ordering::Relaxed) + step;
+    load.wait_acked(while_hung).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hung_until = Instant::now();
+    // When it answers again, the workers' probe asks it to send the inbox to its devices.
+    cluster.resume(Kind::Gateway, 1)?;
+    let after_hang = load.acked.load(Ordering::Relaxed) + step;
+    load.wait_acked(after_hang).await?;
     // Redis restarted empty: presence is gone until the gateways refresh it; meanwhile messages go to inboxes,
     // which the gateways send again when they find their entries missing.
+    let redis_at = Instant::now();
     tests::cluster::server("down", "redis")?;
     tests::cluster::server("up", "redis")?;
     let after_presence = load.acked.load(Ordering::Relaxed) + step;
-    load.wait_acked(after_presence).await;
-    let (pairs, acked) = load.finish().await?;
-    let mut tally = Tally::default();
-    tally.acknowledged = acked.iter().map(|a| a.len()).sum();
-    tally.sent = tally.acknowledged;
-    check_readers(devices, &pairs, &acked, &mut tally).await?;
-    print("6 cassandra stopped and restarted, redis restarted empty", &tally);
+    load.wait_acked(after_presence).await?;
+    let checked = load.finish_and_check(&cluster, devices).await?;
+    // Readers with an even index are on gateway 0 (see `readers`).
+    // The slowest delivery to a reader on gateway 0 (even index, see `readers`) of a message acknowledged in
+    // a window: (slowest, how many).
+    let slowest_in = |window: std::ops::Range<Instant>| {
+        let mut worst = (Duration::ZERO, 0);
+        for (i, (_, _, conv)) in checked.pairs.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            let shown_at = &checked.reports[i].shown_at[conv];
+            for (seq, acked_at) in &checked.acked_at[i] {
+                if window.contains(acked_at) {
+                    worst = (worst.0.max(shown_at[seq].saturating_duration_since(*acked_at)), worst.1 + 1);
+                }
+            }
+        }
+        worst
+    };
+    let (baseline, _) = slowest_in(baseline_from..hung_from);
+    let (worst, measured) = slowest_in(hung_from..hung_until);
+    // The slowest delivery of the whole run, whatever phase it fell in (for the report).
+    let mut slowest = (Duration::ZERO, String::new());
+    for (i, (_, _, conv)) in checked.pairs.iter().enumerate() {
+        let shown_at = &checked.reports[i].shown_at[conv];
+        for (seq, acked_at) in &checked.acked_at[i] {
+            let waited = shown_at[seq].saturating_duration_since(*acked_at);
+            if waited > slowest.0 {
+                let at = acked_at.duration_since(started);
+                slowest = (waited, format!("reader {i}, number {seq}, acknowledged {at:?} into the scenario"));
+            }
+        }
+    }
+    let deadline = Duration::from_millis(cluster.options().push_timeout_ms);
+    println!(
+        "[faults] 6 hung gateway: {measured} messages to readers on the other gateway while it hung, acknowledgement to \
+         shown at most {worst:?} (push deadline {deadline:?}; at most {baseline:?} in the 5 s before); slowest delivery of the run {:?} ({})",
+        slowest.0, slowest.1
+    );
+    println!(
+        "[faults] 6 phases: the gateway hung {:?} and redis restarted {:?} into the scenario",
+        hung_from - started,
+        redis_at - started
+    );
+    ensure!(measured > 0, "no message was sent while the gateway hung");
+    // One deadline over the steady state just before, plus room for a loaded machine; a deadline paid per
+    // message would pass this within seconds.
+    ensure!(
+        worst < baseline + deadline + Duration::from_secs(2),
+        "readers on a live gateway waited {worst:?} (before the hang: {baseline:?})"
+    );
+    let tally = checked.tally;
+    print("6 cassandra stopped and restarted, redis restarted empty, a gateway hung", &tally);
     cluster.shutdown().await
 }

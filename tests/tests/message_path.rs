@@ -583,3 +583,50 @@ async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
     cb.close().await?;
     p.stop().await
 }
+
+/// A sender that claimed a number and died before publishing it (P9): the worker delivers the number from the
+/// store when the next message reveals the gap, and later appends it to the log, so that the log holds every
+/// number and a rebuild from it would find this one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_claimed_by_a_dead_sender_reaches_the_reader_and_the_log() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    cb.sync().await?;
+    // What a chat service does up to its death: the claim of number 1, and nothing after it.
+    let orphan = chat_model::Message {
+        conversation_id: ConversationId::parse(&conv)?,
+        seq: chat_model::Seq::FIRST,
+        message_id: chat_model::MessageId::generate(),
+        sender_id: UserId::parse(&a)?,
+        sender_device_id: DeviceId::parse("phone")?,
+        client_msg_id: chat_model::ClientMsgId::parse("orphan")?,
+        body: chat_model::Body::parse("claimed, never published".into())?,
+        sent_at_ms: chat_model::now_ms(),
+    };
+    ensure!(p.store.claim(&orphan).await? == chat_store::ClaimOutcome::Claimed, "the claim was not taken");
+
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    ca.sync().await?;
+    let next = ca.send_message(&conv, "next", "the next message").await?;
+    ensure!(next["seq"] == 2, "the next send took {} rather than 2", next["seq"]);
+    let first = cb.expect("message").await?;
+    ensure!(first["seq"] == 1 && first["message_id"] == orphan.message_id.to_string(), "bob got {first}");
+    ensure!(cb.expect("message").await?["seq"] == 2, "bob did not get number 2 next");
+
+    // The worker's repair (1 s after the gap fill in tests) appends number 1; the log then holds both.
+    let logged = events_in_topic(&p.topic, &conv, 2).await?;
+    let mut seqs: Vec<u64> = logged.iter().map(|m| m.seq.get()).collect();
+    seqs.sort();
+    ensure!(seqs == vec![1, 2], "the log holds {seqs:?}");
+    ensure!(logged.iter().any(|m| m.message_id == orphan.message_id), "the log's number 1 is another message");
+    let record = p.store.idempotency_record(orphan.conversation_id, &orphan.sender_id, &orphan.client_msg_id).await?;
+    ensure!(record.is_some_and(|e| e.published), "the orphan is not marked published");
+    // A late retry of the orphan's send answers the original and changes nothing.
+    let retry = ca.send_message(&conv, "orphan", "claimed, never published").await?;
+    ensure!(retry["seq"] == 1 && retry["duplicate"] == true, "the retry answered {retry}");
+    ca.close().await?;
+    cb.close().await?;
+    p.stop().await
+}

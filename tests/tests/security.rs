@@ -1,0 +1,411 @@
+//! The doors of the platform (promise P10), against the running services and the real servers: who may
+//! upgrade, with which token and from which origin, what a non-member can do, and what an undecodable record
+//! on the log does. Each refusal must change nothing else.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use chat_model::{UserId, presence};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use proto::v1;
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use tests::platform::{JWT_SECRET, kafka_brokers};
+use tests::{Platform, PlatformOptions, WsClient};
+
+fn user(name: &str) -> String {
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn now() -> i64 {
+    chat_model::now_ms() / 1000
+}
+
+async fn conversation(p: &Platform, creator: &str, other: &str) -> anyhow::Result<String> {
+    let r = p
+        .chat_client()
+        .await?
+        .create_conversation(v1::CreateConversationRequest {
+            kind: v1::ConversationKind::Direct as i32,
+            created_by: creator.into(),
+            member_ids: vec![other.into()],
+            title: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.conversation.context("no conversation")?.conversation_id)
+}
+
+/// Whether the user has any presence entry (a refused upgrade must write none).
+async fn present(p: &Platform, user: &str) -> anyhow::Result<bool> {
+    let mut redis = p.redis().await?;
+    let key = presence::key(&p.redis_prefix, &UserId::parse(user)?);
+    Ok(redis::cmd("EXISTS").arg(key).query_async(&mut redis).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_the_allow_list_are_refused_before_the_upgrade() -> anyhow::Result<()> {
+    let allowed = "https://chat.example.com";
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        allowed_origins: vec![allowed.into()],
+        ..PlatformOptions::default()
+    })
+    .await?;
+    let gw = p.gateways[0].ws_addr;
+    let alice = user("alice");
+    let token = format!("Bearer {}", tests::token(&alice, JWT_SECRET));
+    let refused_origins = [
+        Some("https://evil.example.com"),
+        // Look-alikes that contain or extend the listed one.
+        Some("https://chat.example.com.evil.com"),
+        Some("https://evil-chat.example.com"),
+        Some("http://chat.example.com"),
+        Some("https://chat.example.com:8443"),
+        Some("HTTPS://CHAT.EXAMPLE.COM"),
+        Some("null"),
+        None,
+    ];
+    for origin in refused_origins {
+        let mut headers = vec![("authorization", token.as_str())];
+        headers.extend(origin.map(|o| ("origin", o)));
+        let r = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers)
+            .await
+            .err()
+            .with_context(|| format!("upgraded from origin {origin:?}"))?;
+        ensure!(r.status == 403, "origin {origin:?}: status {}", r.status);
+        ensure!(r.body.contains("\"code\":\"origin_not_allowed\""), "origin {origin:?}: {}", r.body);
+    }
+    ensure!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
+    let headers = [("authorization", token.as_str()), ("origin", allowed)];
+    let mut c = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers)
+        .await
+        .map_err(|r| anyhow::anyhow!("the listed origin was refused: {r:?}"))?;
+    ensure!(c.recv().await?["type"] == "welcome", "no welcome");
+    c.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_at_the_upgrade_and_an_expiring_one_closes_with_4001() -> anyhow::Result<()> {
+    let (issuer, audience) = ("https://auth.example", "chat");
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        jwt_issuer: Some(issuer.into()),
+        jwt_audience: Some(audience.into()),
+        ..PlatformOptions::default()
+    })
+    .await?;
+    let gw = p.gateways[0].ws_addr;
+    let alice = user("alice");
+    let key = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let claims = |extra: Value| {
+        let mut c = json!({"sub": alice, "exp": now() + 600, "iss": issuer, "aud": audience});
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        c
+    };
+    let sign = |alg: Algorithm, key: &EncodingKey, c: &Value| encode(&Header::new(alg), c, key).unwrap_or_default();
+    let unsigned = {
+        use std::fmt::Write;
+        let b64 = |bytes: &[u8]| {
+            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    let _ = out.write_char(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+                }
+            }
+            out
+        };
+        format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims(json!({})).to_string().as_bytes()))
+    };
+    let other_key = EncodingKey::from_secret(b"another-secret-another-secret-another");
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("expired past the leeway", Some(sign(Algorithm::HS256, &key, &claims(json!({"exp": now() - 120}))))),
+        ("not valid yet", Some(sign(Algorithm::HS256, &key, &claims(json!({"nbf": now() + 120}))))),
+        ("alg none", Some(unsigned)),
+        ("wrong key", Some(sign(Algorithm::HS256, &other_key, &claims(json!({}))))),
+        ("wrong algorithm", Some(sign(Algorithm::HS512, &key, &claims(json!({}))))),
+        ("wrong audience", Some(sign(Algorithm::HS256, &key, &claims(json!({"aud": "billing"}))))),
+        ("wrong issuer", Some(sign(Algorithm::HS256, &key, &claims(json!({"iss": "https://evil.example"}))))),
+        ("garbage", Some("x.y.z".into())),
+    ];
+    for (what, token) in cases {
+        let r = WsClient::connect_with(gw, &alice, "phone", token.as_deref())
+            .await
+            .err()
+            .with_context(|| format!("upgraded with a token that is {what}"))?;
+        ensure!(r.status == 401, "{what}: status {}", r.status);
+        ensure!(r.body.contains("\"code\":\"unauthorized\""), "{what}: {}", r.body);
+    }
+    ensure!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
+
+    // Browsers cannot set headers on a WebSocket: the token also works as `access_token` in the query.
+    let short = sign(Algorithm::HS256, &key, &claims(json!({"exp": now() + 2})));
+    let mut c = WsClient::connect_request(gw, &alice, &format!("device_id=phone&access_token={short}"), "phone", &[])
+        .await
+        .map_err(|r| anyhow::anyhow!("refused a valid token in the query: {r:?}"))?;
+    ensure!(c.recv().await?["type"] == "welcome", "no welcome");
+    // It expires two seconds later: the gateway closes the connection with 4001.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.recv().await {
+                Ok(_) => continue,
+                Err(e) => break e.to_string(),
+            }
+        }
+    })
+    .await
+    .context("the connection outlived its token")?;
+    ensure!(closed.contains("4001"), "closed otherwise: {closed}");
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let (alice, bob, mallory) = (user("alice"), user("bob"), user("mallory"));
+    let conv = conversation(&p, &alice, &bob).await?;
+    let mut a = WsClient::connect(gw, &alice, "phone").await?;
+    a.sync().await?;
+    let first = a.send_message(&conv, "m1", "for bob only").await?;
+    ensure!(first["seq"] == 1, "first message at {}", first["seq"]);
+    let log_before = log_size(&p.topic).await?;
+
+    let mut m = WsClient::connect(gw, &mallory, "laptop").await?;
+    m.sync().await?;
+    let frames = [
+        json!({"v": 1, "type": "send", "id": "intrude", "conversation_id": conv, "body": "hi"}),
+        json!({"v": 1, "type": "history", "id": "peek", "conversation_id": conv, "after_seq": 0}),
+        json!({"v": 1, "type": "conversation", "id": "look", "conversation_id": conv}),
+        json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 1}),
+        json!({"v": 1, "type": "delivered", "conversation_id": conv, "seq": 1}),
+        json!({"v": 1, "type": "typing", "conversation_id": conv}),
+    ];
+    for f in &frames {
+        m.send_json(f.clone()).await?;
+    }
+    // Requests are handled in order: the answer to one about Mallory's own conversation comes after them all.
+    let own = conversation(&p, &mallory, &bob).await?;
+    m.send_json(json!({"v": 1, "type": "conversation", "id": "sentinel", "conversation_id": own})).await?;
+    // Every refusal says `not_member`; the requests with an id are answered with it.
+    let mut refused = Vec::new();
+    loop {
+        let f = m.recv().await?;
+        match f["type"].as_str() {
+            Some("conversation") if f["id"] == "sentinel" => break,
+            Some("error") => {
+                ensure!(f["code"] == "not_member", "answered {f}");
+                refused.extend(f["id"].as_str().map(str::to_owned));
+            }
+            _ => anyhow::bail!("the non-member got {f}"),
+        }
+    }
+    refused.sort();
+    ensure!(refused == ["intrude", "look", "peek"], "refused {refused:?}");
+    // Nothing reached the others, nothing was stored or logged.
+    let page = p
+        .chat_client()
+        .await?
+        .get_history(v1::GetHistoryRequest {
+            conversation_id: conv.clone(),
+            user_id: alice.clone(),
+            after_seq: 0,
+            limit: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(page.messages.len() == 1, "history holds {} messages", page.messages.len());
+    let positions = p.store.read_positions(chat_model::ConversationId::parse(&conv)?).await?;
+    ensure!(positions.iter().all(|(u, _)| u.as_str() != mallory), "a read position for the non-member");
+    ensure!(log_size(&p.topic).await? == log_before, "the log grew");
+    m.close().await?;
+    a.close().await?;
+    p.stop().await
+}
+
+/// Records in the topic (all partitions), from the watermarks.
+async fn log_size(topic: &str) -> anyhow::Result<i64> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let mut total = 0;
+        for t in metadata.topics() {
+            for part in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(&topic, part.id(), Duration::from_secs(10))?;
+                total += high - low;
+            }
+        }
+        anyhow::Ok(total)
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_record_goes_to_the_dead_letter_topic_and_the_partition_goes_on() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, partitions: 1, ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &alice, &bob).await?;
+    let mut b = WsClient::connect(gw, &bob, "phone").await?;
+    b.sync().await?;
+    // One partition: the garbage sits in front of the next message.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let garbage: &[u8] = b"\xff\x00 not a chat.v1.Event \x01\x02";
+    producer
+        .send(FutureRecord::to(&p.topic).key(conv.as_str()).payload(garbage), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing: {e}"))?;
+    let mut a = WsClient::connect(gw, &alice, "phone").await?;
+    a.sync().await?;
+    let ack = a.send_message(&conv, "after-garbage", "still delivered").await?;
+    let got = b.expect("message").await?;
+    ensure!(got["seq"] == ack["seq"] && got["body"] == "still delivered", "bob got {got}");
+
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    dlq.subscribe(&[&format!("{}.dlq", p.topic)])?;
+    let record = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
+        .await
+        .context("nothing in the dead-letter topic")??;
+    ensure!(record.payload() == Some(garbage), "the dead letter is not the garbage record");
+    ensure!(record.key() == Some(conv.as_bytes()), "the dead letter lost its key");
+    let headers: Vec<String> =
+        rdkafka::message::Headers::iter(rdkafka::Message::headers(&record).context("the dead letter has no headers")?)
+            .map(|h| h.key.to_owned())
+            .collect();
+    ensure!(headers.contains(&"error".to_owned()) && headers.contains(&"origin".to_owned()), "headers {headers:?}");
+    a.close().await?;
+    b.close().await?;
+    p.stop().await
+}
+
+/// Sends `n` pings at once, then reads until each has an answer or the connection closes; answers
+/// (pongs, rate_limited refusals, the close reason if it closed).
+async fn ping_flood(c: &mut WsClient, tag: &str, n: usize) -> anyhow::Result<(usize, usize, Option<String>)> {
+    for i in 0..n {
+        if c.send_json(json!({"v": 1, "type": "ping", "id": format!("{tag}-{i}")})).await.is_err() {
+            break;
+        }
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < n {
+        match c.recv().await {
+            Ok(f) if f["type"] == "pong" => pongs += 1,
+            Ok(f) if f["type"] == "error" && f["code"] == "rate_limited" => {
+                ensure!(f["retryable"] == true, "rate_limited is not retryable: {f}");
+                ensure!(f["id"].as_str().is_some_and(|id| id.starts_with(tag)), "refusal without the id: {f}");
+                limited += 1;
+            }
+            Ok(f) => anyhow::bail!("unexpected {f}"),
+            Err(e) => return Ok((pongs, limited, Some(e.to_string()))),
+        }
+    }
+    Ok((pongs, limited, None))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_user_is_throttled_then_closed_and_others_are_not() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        // Per connection 20 a second (bursts of 40); per user 5 a second (bursts of 10).
+        rate_per_connection: 20,
+        rate_per_user: 5,
+        max_connections_per_user: 3,
+        ..PlatformOptions::default()
+    })
+    .await?;
+    let gw = p.gateways[0].ws_addr;
+    let (alice, bob, mallory) = (user("alice"), user("bob"), user("mallory"));
+    let conv = conversation(&p, &alice, &bob).await?;
+    let mut a = WsClient::connect(gw, &alice, "phone").await?;
+    a.sync().await?;
+
+    // One connection far past its bursts: refusals that name each frame, then, after 40 in a row, close 4029.
+    let mut m = WsClient::connect(gw, &mallory, "phone").await?;
+    m.sync().await?;
+    let (pongs, limited, closed) = ping_flood(&mut m, "flood", 400).await?;
+    ensure!(pongs <= 30, "{pongs} pings answered past the user's burst of 10 at 5/s");
+    ensure!(limited >= 1, "no rate_limited refusal ({pongs} pongs, closed: {closed:?})");
+    let closed = closed.context("the flooding connection stayed open")?;
+    ensure!(closed.contains("4029"), "closed otherwise: {closed}");
+
+    // Alice, meanwhile, is unaffected: her pings and her send (within her own bursts) are answered.
+    let (pongs, limited, closed) = ping_flood(&mut a, "alice", 8).await?;
+    ensure!((pongs, limited, closed.is_none()) == (8, 0, true), "alice: {pongs} pongs, {limited} refused");
+    let ack = a.send_message(&conv, "after-flood", "hello").await?;
+    ensure!(ack["seq"] == 1, "alice's send answered {ack}");
+
+    // Two connections each within their own burst (15 < 40) but past the user's (10) together.
+    let mut m1 = WsClient::connect(gw, &mallory, "tablet").await?;
+    let mut m2 = WsClient::connect(gw, &mallory, "laptop").await?;
+    m1.sync().await?;
+    m2.sync().await?;
+    let (r1, r2) = tokio::join!(ping_flood(&mut m1, "t", 15), ping_flood(&mut m2, "l", 15));
+    let ((p1, l1, _), (p2, l2, _)) = (r1?, r2?);
+    ensure!(l1 + l2 >= 1, "the user's shared limit refused nothing ({p1} + {p2} answered)");
+    ensure!(p1 + p2 <= 25, "{} pings answered past the user's burst of 10", p1 + p2);
+
+    // Connections per user: a fourth session of Mallory is refused with 429. (The flooding connection's place
+    // is given back once its session has ended, which takes a moment after the close.)
+    let mut m3 = None;
+    for _ in 0..100 {
+        if let Ok(c) = WsClient::connect(gw, &mallory, "watch").await {
+            m3 = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _m3 = m3.context("the closed connection's place was never given back")?;
+    let r = WsClient::connect_with(gw, &mallory, "desktop", Some(&tests::token(&mallory, JWT_SECRET)))
+        .await
+        .err()
+        .context("a fourth session was admitted")?;
+    ensure!(r.status == 429 && r.body.contains("too_many_connections"), "refused with {r:?}");
+    a.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_and_given_back() -> anyhow::Result<()> {
+    let p =
+        Platform::start(PlatformOptions { gateways: 1, max_connections_per_address: 5, ..PlatformOptions::default() })
+            .await?;
+    let gw = p.gateways[0].ws_addr;
+    let mut open = Vec::new();
+    for i in 0..5 {
+        open.push(WsClient::connect(gw, &user(&format!("u{i}")), "phone").await?);
+    }
+    // The sixth from the same address is closed before anything is read.
+    let sixth = user("sixth");
+    let r = WsClient::connect_with(gw, &sixth, "phone", Some(&tests::token(&sixth, JWT_SECRET))).await;
+    ensure!(r.is_err(), "a sixth connection from one address was admitted");
+    ensure!(!present(&p, &sixth).await?, "the refused connection wrote presence");
+    // One closes: its place is given back.
+    if let Some(c) = open.pop() {
+        c.close().await?;
+    }
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = WsClient::connect_with(gw, &sixth, "phone", Some(&tests::token(&sixth, JWT_SECRET))).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(again.is_some(), "the freed place was not given back");
+    p.stop().await
+}
