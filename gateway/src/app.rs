@@ -33,10 +33,15 @@ pub struct App {
     upgrader: Arc<Upgrader>,
     shutdown_tx: watch::Sender<bool>,
     handshake_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
+            _ => None,
+        };
         let ws_listener =
             TcpListener::bind(config.ws_addr).await.with_context(|| format!("binding {}", config.ws_addr))?;
         let grpc_listener =
@@ -81,6 +86,7 @@ impl App {
             upgrader,
             shutdown_tx,
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            tls,
         })
     }
 
@@ -121,6 +127,7 @@ impl App {
             self.ws_listener,
             self.upgrader.clone(),
             self.handshake_timeout,
+            self.tls.clone(),
             shared.shutdown.clone(),
         ));
 

@@ -87,7 +87,14 @@ pub struct Config {
     /// Open TCP connections in all; default: the process's open-file limit less 512 (for everything else).
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Time allowed for a client to send its HTTP request headers.
+    /// PEM certificate chain for `wss://` (with GATEWAY_TLS_KEY_FILE); unset: plain `ws://`, e.g. behind a
+    /// load balancer that ends TLS.
+    #[arg(long, env = "GATEWAY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "GATEWAY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Time allowed for a client's TLS handshake, and then for its HTTP request headers.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 }
@@ -129,6 +136,16 @@ impl lifecycle::Config for Config {
             return Err("GATEWAY_JWT_LEEWAY_SECS must be at most 300".into());
         }
         crate::auth::Verifier::new(&self.token_policy()?).map_err(|e| format!("GATEWAY_JWT_*: {e}"))?;
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                crate::tls::acceptor(cert, key).map_err(|e| format!("GATEWAY_TLS_*: {e}"))?;
+            }
+            (None, None) => {}
+            _ => return Err("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither".into()),
+        }
+        if !(100..=120_000).contains(&self.handshake_timeout_ms) {
+            return Err("GATEWAY_HANDSHAKE_TIMEOUT_MS must be between 100 and 120000".into());
+        }
         if self.chat_service_urls.is_empty() || self.chat_service_urls.iter().any(|u| !u.starts_with("http")) {
             return Err("GATEWAY_CHAT_SERVICE_URLS must list http:// or https:// URLs".into());
         }

@@ -13,6 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -47,11 +48,13 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
         .accept_unmasked_frames(false)
 }
 
-/// Accepts connections until `shutdown` becomes true.
+/// Accepts connections until `shutdown` becomes true. With `tls`, each connection's TLS handshake must
+/// finish within `handshake_timeout`, and then, as without TLS, its request headers within as long again.
 pub async fn serve(
     listener: TcpListener,
     upgrader: Arc<Upgrader>,
     handshake_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = upgrader.shared.limits.clone();
@@ -72,7 +75,7 @@ pub async fn serve(
         };
         // Over a connection cap the socket is closed at once: nothing is read from it.
         let slot = match limits.admit_address(peer.ip()) {
-            Ok(g) => Arc::new(g),
+            Ok(g) => Slot(Arc::new(g)),
             Err(refusal) => {
                 tracing::debug!(%peer, ?refusal, "connection refused by a cap");
                 continue;
@@ -80,22 +83,43 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                req.extensions_mut().insert(Slot(slot.clone()));
-                let mut s = service.clone();
-                async move { tower_service::Service::call(&mut s, req).await }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            match tls {
+                None => serve_http(stream, peer, slot, service, handshake_timeout).await,
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_http(stream, peer, slot, service, handshake_timeout).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (and the upgrade) on one connection, plain or TLS.
+async fn serve_http<I, S>(io: I, peer: SocketAddr, slot: Slot, service: S, handshake_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<http::Request<Incoming>, Response = Reply, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(slot.clone());
+        let mut s = service.clone();
+        async move { tower_service::Service::call(&mut s, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
 }
 

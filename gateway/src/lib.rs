@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod push;
 pub mod registry;
 pub mod session;
+pub mod tls;
 
 pub use app::App;
 pub use config::Config;

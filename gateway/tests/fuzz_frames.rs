@@ -86,7 +86,12 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         Err(e) => {
             prop_assert!(!e.message.is_empty());
             if let Some(id) = &e.id {
-                prop_assert!(text.contains(id.as_str()), "the refusal names an id the frame did not hold");
+                let sent = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("id").cloned());
+                prop_assert_eq!(
+                    sent.as_ref().and_then(|v| v.as_str()),
+                    Some(id.as_str()),
+                    "the refusal names another id"
+                );
             }
             // The refusal itself always encodes.
             let _ = protocol::ServerFrame::error(e).to_text();

@@ -67,6 +67,10 @@ pub struct PlatformOptions {
     pub rate_per_user: u32,
     pub max_connections_per_user: usize,
     pub max_connections_per_address: usize,
+    /// Time for a TLS handshake and for the request headers.
+    pub handshake_timeout_ms: u64,
+    /// The gateways' certificate and key files: `wss://` when set.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for PlatformOptions {
@@ -86,6 +90,8 @@ impl Default for PlatformOptions {
             rate_per_user: 10_000,
             max_connections_per_user: 1_000,
             max_connections_per_address: 100_000,
+            handshake_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -175,7 +181,9 @@ impl Platform {
                 presence_ttl_ms: 30_000,
                 inbox_recheck_ms: opts.inbox_recheck_ms,
                 rpc_timeout_ms: 10_000,
-                handshake_timeout_ms: 10_000,
+                handshake_timeout_ms: opts.handshake_timeout_ms,
+                tls_cert_file: opts.tls.as_ref().map(|t| t.0.clone()),
+                tls_key_file: opts.tls.as_ref().map(|t| t.1.clone()),
                 rate_per_connection: opts.rate_per_connection,
                 burst_per_connection: opts.rate_per_connection * 2,
                 rate_per_user: opts.rate_per_user,

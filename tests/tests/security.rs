@@ -409,3 +409,136 @@ async fn connections_per_address_are_capped_and_given_back() -> anyhow::Result<(
     ensure!(again.is_some(), "the freed place was not given back");
     p.stop().await
 }
+
+/// A certificate for `localhost` and 127.0.0.1, written to files for the gateway: (cert file, key file,
+/// cert PEM).
+fn self_signed() -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let dir = std::env::temp_dir().join(format!("chat-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem())?;
+    std::fs::write(&key, c.signing_key.serialize_pem())?;
+    Ok((cert, key, c.cert.pem()))
+}
+
+type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A `wss://` connection trusting `ca_pem` only, with at most TLS `version`; answers the first frame too.
+async fn wss(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    version: &'static tokio_rustls::rustls::SupportedProtocolVersion,
+    user: &str,
+) -> anyhow::Result<(Wss, Value)> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp).await?;
+    let mut request = "wss://localhost/v1/ws?device_id=phone".into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {}", tests::token(user, JWT_SECRET)).parse()?);
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut ws))
+        .await?
+        .context("closed before the first frame")??;
+    Ok((ws, serde_json::from_str(first.to_text()?)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_tls_1_2_and_1_3_and_stalled_handshakes_are_cut() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    use tokio_rustls::rustls::version::{TLS12, TLS13};
+    let (cert, key, pem) = self_signed()?;
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        handshake_timeout_ms: 2_000,
+        tls: Some((cert, key)),
+        ..PlatformOptions::default()
+    })
+    .await?;
+    let gw = p.gateways[0].ws_addr;
+    for version in [&TLS13, &TLS12] {
+        let (mut ws, welcome) = wss(gw, &pem, version, &user("alice")).await?;
+        ensure!(welcome["type"] == "welcome", "over {version:?}: {welcome}");
+        ws.close(None).await?;
+    }
+    // A client that does not trust the certificate, and a plain ws:// client, get no session.
+    let (other, ..) = self_signed()?;
+    let other_pem = std::fs::read_to_string(other)?;
+    ensure!(wss(gw, &other_pem, &TLS13, &user("eve")).await.is_err(), "a client trusting another CA connected");
+    let plain = user("plain");
+    ensure!(WsClient::connect(gw, &plain, "phone").await.is_err(), "plain ws:// got through to a TLS port");
+
+    // A thousand connections stalled in the TLS handshake (half sent part of a ClientHello, half nothing):
+    // each is cut within the handshake timeout, while a normal client still connects.
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(gw).await?;
+        if i % 2 == 0 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+        }
+        stalled.push(s);
+    }
+    let (mut ws, welcome) = wss(gw, &pem, &TLS13, &user("bob")).await?;
+    ensure!(welcome["type"] == "welcome", "a normal client among stalled ones: {welcome}");
+    ws.close(None).await?;
+    let mut cut = 0;
+    for mut s in stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+        // Closed: end of stream (or a reset); anything but still waiting.
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            cut += 1;
+        }
+    }
+    let took = started.elapsed();
+    ensure!(cut == 1000, "{cut} of 1000 stalled handshakes were cut");
+    ensure!(took < Duration::from_secs(10), "cutting them took {took:?}");
+    println!("[security] 1000 stalled TLS handshakes cut within {took:?} (timeout 2 s)");
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_headers_are_cut_while_others_connect() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let p = Platform::start(PlatformOptions { gateways: 1, handshake_timeout_ms: 2_000, ..PlatformOptions::default() })
+        .await?;
+    let gw = p.gateways[0].ws_addr;
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(gw).await?;
+        if i % 2 == 0 {
+            // Half a request: the headers never end.
+            s.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n").await?;
+        }
+        stalled.push(s);
+    }
+    let mut c = WsClient::connect(gw, &user("alice"), "phone").await?;
+    c.sync().await?;
+    let mut cut = 0;
+    for mut s in stalled {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+        // hyper may answer 408 before closing; either way the connection ends.
+        if matches!(read, Ok(Ok(_)) | Ok(Err(_))) {
+            cut += 1;
+        }
+    }
+    let took = started.elapsed();
+    ensure!(cut == 1000, "{cut} of 1000 stalled requests were cut");
+    ensure!(took < Duration::from_secs(10), "cutting them took {took:?}");
+    println!("[security] 1000 stalled HTTP requests cut within {took:?} (timeout 2 s)");
+    c.close().await?;
+    p.stop().await
+}
