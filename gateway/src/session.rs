@@ -115,20 +115,44 @@ where
         refused: 0,
         patience: limits.connection_burst.max(10),
     };
-    read_loop(stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter).await;
+    let mut stream = stream;
+    read_loop(&mut stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter).await;
 
     handle.close_with((1000, ""));
     drop(req_tx);
     drop(out_tx);
     sync.abort();
     resync.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let sink = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(Result::ok);
     worker.abort();
     if shared.registry.remove(&identity.user, &identity.device, conn_id)
         && let Err(e) = shared.presence.remove(&identity.user, &identity.device, conn_id).await
     {
         tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
     }
+    if let Some(sink) = sink
+        && let Ok(mut ws) = stream.reunite(sink)
+    {
+        linger(ws.get_mut()).await;
+    }
+}
+
+/// Reads and drops what the client still sends, for a moment (at most 1 s and 1 MiB), so that closing the
+/// socket does not reset the connection: a reset would discard our close frame on its way to the client
+/// (a client closed for an oversized message is typically still sending it).
+async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let mut left: usize = 1 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// A connection's rate limit: its own bucket and its user's shared one.
@@ -165,7 +189,7 @@ impl Limiter<'_> {
 }
 
 async fn read_loop<S>(
-    mut stream: futures::stream::SplitStream<WebSocketStream<S>>,
+    stream: &mut futures::stream::SplitStream<WebSocketStream<S>>,
     handle: &ConnHandle,
     req_tx: &mpsc::Sender<ClientFrame>,
     out_tx: &mpsc::Sender<Utf8Bytes>,
@@ -179,7 +203,7 @@ async fn read_loop<S>(
             next = stream.next() => next,
             _ = async { let _ = close_rx.wait_for(|c| c.is_some()).await; } => {
                 // We are closing: give the client a moment to answer our close frame, then stop reading.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async { while stream.next().await.is_some() {} }).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} }).await;
                 return;
             }
         };
@@ -272,6 +296,7 @@ fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
     }
 }
 
+/// Writes queued frames until a close; answers the sink (for the session to linger on the socket).
 async fn write_loop<S>(
     mut sink: futures::stream::SplitSink<WebSocketStream<S>, WsMessage>,
     mut out_rx: mpsc::Receiver<Utf8Bytes>,
@@ -279,7 +304,8 @@ async fn write_loop<S>(
     mut shutdown: watch::Receiver<bool>,
     token_left: Duration,
     write_timeout: Duration,
-) where
+) -> futures::stream::SplitSink<WebSocketStream<S>, WsMessage>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let token_expiry = tokio::time::sleep(token_left);
@@ -296,7 +322,7 @@ async fn write_loop<S>(
                 let Some(text) = frame else { break (1000, "") };
                 match tokio::time::timeout(write_timeout, sink.send(WsMessage::Text(text))).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
+                    Ok(Err(_)) => return sink,
                     // The client has not read for the whole timeout: too slow, like a full queue.
                     Err(_) => break (close::SLOW_CONSUMER, "client not reading"),
                 }
@@ -317,6 +343,7 @@ async fn write_loop<S>(
     let frame = CloseFrame { code: CloseCode::from(reason.0), reason: reason.1.into() };
     let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    sink
 }
 
 fn wire(m: &v1::Message) -> WireMessage {

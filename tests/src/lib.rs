@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod device;
 pub mod group;
 pub mod platform;
+pub mod raw;
 
 pub use client::{WsClient, token};
 pub use platform::{Platform, PlatformOptions};

@@ -542,3 +542,197 @@ async fn stalled_request_headers_are_cut_while_others_connect() -> anyhow::Resul
     c.close().await?;
     p.stop().await
 }
+
+/// One kind of malformed frame, and the close codes the gateway may answer it with.
+struct Malformed {
+    what: &'static str,
+    bytes: fn() -> Vec<Vec<u8>>,
+    codes: &'static [u16],
+    /// The client is still writing when the gateway closes: TCP may then reset the connection, and the reset
+    /// discards the close frame on its way. Ending without a close frame is accepted for these.
+    reset_allowed: bool,
+}
+
+fn malformed_kinds() -> Vec<Malformed> {
+    use tests::raw::{frame, text};
+    vec![
+        Malformed {
+            what: "reserved opcode",
+            bytes: || vec![frame(true, 0, 0x3, true, b"x")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "reserved control opcode",
+            bytes: || vec![frame(true, 0, 0xb, true, b"")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "reserved bits",
+            bytes: || vec![frame(true, 4, 0x1, true, b"{}")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "unmasked client frame",
+            bytes: || vec![frame(true, 0, 0x1, false, b"{}")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "invalid UTF-8",
+            bytes: || vec![text(&[b'{', 0xff, 0xfe, b'}'])],
+            codes: &[1007],
+            reset_allowed: false,
+        },
+        Malformed {
+            // tungstenite answers an invalid close code itself and ends the connection; now and then (about
+            // one time in forty here) its close frame was not read by the client before the end.
+            what: "close code 999",
+            bytes: || vec![frame(true, 0, 0x8, true, &[0x03, 0xe7])],
+            codes: &[1002],
+            reset_allowed: true,
+        },
+        Malformed {
+            what: "close code 1005",
+            bytes: || vec![frame(true, 0, 0x8, true, &[0x03, 0xed])],
+            codes: &[1002],
+            reset_allowed: true,
+        },
+        Malformed {
+            what: "control frame of 126 bytes",
+            bytes: || vec![frame(true, 0, 0x9, true, &[0; 126])],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "fragmented ping",
+            bytes: || vec![frame(false, 0, 0x9, true, b"")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "continuation first",
+            bytes: || vec![frame(true, 0, 0x0, true, b"x")],
+            codes: &[1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "absurd length",
+            bytes: || {
+                let mut f = vec![0x81, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 62).to_be_bytes());
+                f.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+                vec![f]
+            },
+            codes: &[1009, 1002],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "message over the limit",
+            bytes: || vec![text(&[b'a'; 70 * 1024])],
+            codes: &[1009],
+            reset_allowed: false,
+        },
+        Malformed {
+            what: "fragments over the limit",
+            bytes: || {
+                let mut frames = vec![frame(false, 0, 0x1, true, &[b'a'; 1024])];
+                frames.extend((0..70).map(|_| frame(false, 0, 0x0, true, &[b'a'; 1024])));
+                vec![frames.concat()]
+            },
+            codes: &[1009],
+            reset_allowed: false,
+        },
+    ]
+}
+
+/// Text frames of the protocol with a few bytes changed (still UTF-8): each answered with an error or handled.
+fn mutated_frames(n: usize, seed: u64) -> Vec<u8> {
+    let valid = br#"{"v":1,"type":"history","id":"h-1","conversation_id":"01900000-0000-7000-8000-000000000001","after_seq":0}"#;
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut payload = valid.to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let at = (next() % payload.len() as u64) as usize;
+            let alphabet = b" {}[]\":,0123456789abcxyz";
+            payload[at] = alphabet[(next() % alphabet.len() as u64) as usize];
+        }
+        if next() % 5 == 0 {
+            payload.truncate((next() % payload.len() as u64) as usize);
+        }
+        out.extend(tests::raw::text(&payload));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_closed_with_their_code_and_the_gateway_stays_up() -> anyhow::Result<()> {
+    use tests::cluster::{Cluster, ClusterOptions, Kind};
+    let options = ClusterOptions { chat_services: 1, gateways: 1, workers: 1, ..ClusterOptions::default() };
+    let cluster = Cluster::start(options).await?;
+    let gw = cluster.gateway_ws[0];
+    // Warm the gateway up (allocator, pools) before taking its memory.
+    for i in 0..50 {
+        let mut c = WsClient::connect(gw, &user(&format!("warm{i}")), "phone").await?;
+        c.sync().await?;
+        c.close().await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cluster.rss_kib(Kind::Gateway, 0).context("gateway memory")?;
+    let kinds = malformed_kinds();
+    let per_kind = 16;
+    let frames_each = 490;
+    let mut frames_sent = 0;
+    let mut closes: std::collections::BTreeMap<&str, Vec<Option<u16>>> = Default::default();
+    for round in 0..per_kind {
+        let attempts = kinds.iter().enumerate().map(|(k, kind)| async move {
+            let mut ws = tests::raw::RawWs::connect(gw, &user(&format!("raw{k}r{round}")), "phone").await?;
+            ws.send(&mutated_frames(frames_each, (round * 100 + k) as u64)).await?;
+            for bytes in (kind.bytes)() {
+                // The gateway may close before all of an oversized frame is written.
+                let _ = ws.send(&bytes).await;
+            }
+            anyhow::Ok((kind.what, ws.close_code(Duration::from_secs(30)).await?))
+        });
+        for r in futures::future::join_all(attempts).await {
+            let (what, code) = r?;
+            closes.entry(what).or_default().push(code);
+            frames_sent += frames_each + 1;
+        }
+    }
+    for kind in &kinds {
+        let seen = &closes[kind.what];
+        ensure!(
+            seen.iter().all(|c| c.map_or(kind.reset_allowed, |c| kind.codes.contains(&c))),
+            "{}: closed with {seen:?}, expected one of {:?}",
+            kind.what,
+            kind.codes
+        );
+    }
+    // Still up and serving, and its memory back near where it was.
+    let mut c = WsClient::connect(gw, &user("after"), "phone").await?;
+    c.sync().await?;
+    c.send_json(json!({"v": 1, "type": "ping", "id": "after"})).await?;
+    ensure!(c.expect("pong").await?["id"] == "after", "no pong after the flood");
+    c.close().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = cluster.rss_kib(Kind::Gateway, 0).context("gateway memory")?;
+    let ended_without_close = closes.values().flatten().filter(|c| c.is_none()).count();
+    println!(
+        "[security] {frames_sent} malformed or mutated frames over {} connections: each closed with its code \
+         ({ended_without_close} ended without a close frame, where allowed); gateway resident memory {before} KiB \
+         before, {after} KiB after",
+        kinds.len() * per_kind
+    );
+    ensure!(after < before + 16 * 1024, "gateway memory grew from {before} to {after} KiB");
+    cluster.shutdown().await
+}
