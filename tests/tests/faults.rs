@@ -193,7 +193,7 @@ async fn s1_concurrent_senders_share_one_order() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let users: Vec<String> = (0..4).map(|i| user(&format!("s1u{i}"))).collect();
     let conv = create(&mut chat(&cluster, 0).await?, &users[0], &users[1..]).await?;
-    let mut devices: Vec<Device> = users
+    let devices: Vec<Device> = users
         .iter()
         .enumerate()
         .map(|(i, u)| Device::spawn(u, "phone", cluster.gateway_ws.clone(), i % 2, std::slice::from_ref(&conv)))
@@ -217,15 +217,7 @@ async fn s1_concurrent_senders_share_one_order() -> anyhow::Result<()> {
     }
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
     ensure!(acked.len() == n, "{} acknowledged of {n}", acked.len());
-    for d in devices.iter_mut() {
-        d.wait_shown(&conv, n as u64, CATCH_UP).await?;
-    }
-    for d in devices {
-        let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
-        tally.raw_duplicates += r.raw_duplicates;
-        check_view(&name, &r, &conv, &acked, &mut tally)?;
-    }
+    check_devices(devices.into_iter().map(|d| (d, conv.as_str(), &acked)), &mut tally).await?;
     check_history(&cluster, &conv, &users[0], &acked).await?;
     print("1 concurrent senders", &tally);
     cluster.shutdown().await
@@ -244,7 +236,7 @@ async fn s2_a_killed_worker_loses_nothing() -> anyhow::Result<()> {
         let conv = create(&mut grpc[0], &s, std::slice::from_ref(&r)).await?;
         pairs.push((s, r, conv));
     }
-    let mut readers: Vec<Device> = pairs
+    let readers: Vec<Device> = pairs
         .iter()
         .enumerate()
         .map(|(i, (_, r, conv))| {
@@ -285,15 +277,7 @@ async fn s2_a_killed_worker_loses_nothing() -> anyhow::Result<()> {
         tally.acknowledged += acks.len();
         acked_by_conv.push(acks);
     }
-    for (i, d) in readers.iter_mut().enumerate() {
-        d.wait_shown(&pairs[i].2, acked_by_conv[i].len() as u64, CATCH_UP).await?;
-    }
-    for (i, d) in readers.into_iter().enumerate() {
-        let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
-        tally.raw_duplicates += r.raw_duplicates;
-        check_view(&name, &r, &pairs[i].2, &acked_by_conv[i], &mut tally)?;
-    }
+    check_readers(readers, &pairs, &acked_by_conv, &mut tally).await?;
     ensure!(tally.acknowledged == n, "{} acknowledged of {n}", tally.acknowledged);
     for (i, (_, r, conv)) in pairs.iter().enumerate() {
         check_history(&cluster, conv, r, &acked_by_conv[i]).await?;
@@ -309,7 +293,7 @@ async fn s4_a_killed_chat_service_stores_each_send_once() -> anyhow::Result<()> 
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     let users: Vec<String> = (0..4).map(|i| user(&format!("s4u{i}"))).collect();
     let conv = create(&mut chat(&cluster, 0).await?, &users[0], &users[1..]).await?;
-    let mut devices: Vec<Device> = users
+    let devices: Vec<Device> = users
         .iter()
         .enumerate()
         .map(|(i, u)| Device::spawn(u, "phone", cluster.gateway_ws.clone(), i % 2, std::slice::from_ref(&conv)))
@@ -362,16 +346,7 @@ async fn s4_a_killed_chat_service_stores_each_send_once() -> anyhow::Result<()> 
             "send {cid} stored as {seq} but acknowledged otherwise"
         );
     }
-    for d in devices.iter_mut() {
-        d.wait_shown(&conv, total as u64, CATCH_UP).await?;
-    }
-    for d in devices {
-        let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
-        tally.raw_duplicates += r.raw_duplicates;
-        tally.reconnects += r.reconnects;
-        check_view(&name, &r, &conv, &acked, &mut tally)?;
-    }
+    check_devices(devices.into_iter().map(|d| (d, conv.as_str(), &acked)), &mut tally).await?;
     check_history(&cluster, &conv, &users[0], &acked).await?;
     print("4 kill -9 a chat-service replica", &tally);
     cluster.shutdown().await
@@ -420,7 +395,7 @@ async fn s9_every_device_of_a_user_gets_every_message() -> anyhow::Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let (alice, bob) = (user("s9a"), user("s9b"));
     let conv = create(&mut chat(&cluster, 0).await?, &alice, std::slice::from_ref(&bob)).await?;
-    let mut bobs: Vec<Device> = ["phone", "laptop", "tablet"]
+    let bobs: Vec<Device> = ["phone", "laptop", "tablet"]
         .iter()
         .enumerate()
         .map(|(i, dev)| Device::spawn(&bob, dev, cluster.gateway_ws.clone(), i % 2, std::slice::from_ref(&conv)))
@@ -432,15 +407,7 @@ async fn s9_every_device_of_a_user_gets_every_message() -> anyhow::Result<()> {
         acked.insert(a.seq, a.message_id);
     }
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
-    for d in bobs.iter_mut() {
-        d.wait_shown(&conv, n as u64, CATCH_UP).await?;
-    }
-    for d in bobs {
-        let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
-        tally.raw_duplicates += r.raw_duplicates;
-        check_view(&name, &r, &conv, &acked, &mut tally)?;
-    }
+    check_devices(bobs.into_iter().map(|d| (d, conv.as_str(), &acked)), &mut tally).await?;
     alice_phone.stop().await;
     check_history(&cluster, &conv, &alice, &acked).await?;
     print("9 three devices of one user", &tally);
@@ -566,23 +533,34 @@ fn readers(cluster: &Cluster, pairs: &[(String, String, String)]) -> Vec<Device>
         .collect()
 }
 
-/// Waits for every reader to show everything acknowledged, then checks each view.
+/// Readers of a load's conversations (one each, as in `pairs`): see [`check_devices`].
 async fn check_readers(
-    mut devices: Vec<Device>,
+    devices: Vec<Device>,
     pairs: &[(String, String, String)],
     acked: &[HashMap<u64, String>],
     tally: &mut Tally,
 ) -> anyhow::Result<Vec<Report>> {
-    for (i, d) in devices.iter_mut().enumerate() {
-        d.wait_shown(&pairs[i].2, acked[i].len() as u64, CATCH_UP).await?;
+    let each = devices.into_iter().zip(pairs).zip(acked).map(|((d, (_, _, conv)), a)| (d, conv.as_str(), a));
+    check_devices(each, tally).await
+}
+
+/// Waits for each device to show everything acknowledged in its conversation, then stops it, checks its
+/// view and adds its counts to `tally`; answers the reports, in order.
+async fn check_devices<'a>(
+    devices: impl IntoIterator<Item = (Device, &'a str, &'a HashMap<u64, String>)>,
+    tally: &mut Tally,
+) -> anyhow::Result<Vec<Report>> {
+    let mut devices: Vec<_> = devices.into_iter().collect();
+    for (d, conv, acked) in devices.iter_mut() {
+        d.wait_shown(conv, acked.len() as u64, CATCH_UP).await?;
     }
     let mut reports = Vec::new();
-    for (i, d) in devices.into_iter().enumerate() {
+    for (d, conv, acked) in devices {
         let name = format!("{}/{}", d.user, d.device);
         let r = d.stop().await;
         tally.raw_duplicates += r.raw_duplicates;
         tally.reconnects += r.reconnects;
-        check_view(&name, &r, &pairs[i].2, &acked[i], tally)?;
+        check_view(&name, &r, conv, acked, tally)?;
         reports.push(r);
     }
     Ok(reports)
@@ -671,16 +649,7 @@ async fn s7_a_killed_gateway_loses_no_client_message() -> anyhow::Result<()> {
         }
     }
     let mut tally = Tally { sent: rounds * groups, acknowledged: rounds * groups, ..Tally::default() };
-    for (g, d) in devices.iter_mut() {
-        d.wait_shown(&convs[*g].1, rounds as u64, CATCH_UP).await?;
-    }
-    for (g, d) in devices {
-        let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
-        tally.raw_duplicates += r.raw_duplicates;
-        tally.reconnects += r.reconnects;
-        check_view(&name, &r, &convs[g].1, &acked[g], &mut tally)?;
-    }
+    check_devices(devices.into_iter().map(|(g, d)| (d, convs[g].1.as_str(), &acked[g])), &mut tally).await?;
     ensure!(tally.reconnects >= clients as u64, "{} reconnects for {clients} clients", tally.reconnects);
     for (g, (sender, conv)) in convs.iter().enumerate() {
         check_history(&cluster, conv, sender, &acked[g]).await?;
