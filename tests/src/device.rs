@@ -154,10 +154,15 @@ impl Device {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub async fn stop(self) -> Report {
+    /// Stops the device and answers what it showed. Fails if the device does not stop within 30 s (a
+    /// socket write that never completes), rather than waiting on it.
+    pub async fn stop(mut self) -> anyhow::Result<Report> {
         let _ = self.cmds.send(Cmd::Stop);
-        let _ = self.task.await;
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        if tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.is_err() {
+            self.task.abort();
+            bail!("{}/{}: did not stop within 30 s", self.user, self.device);
+        }
+        Ok(self.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 

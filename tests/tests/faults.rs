@@ -32,6 +32,8 @@ fn scale(small: usize, big: usize) -> usize {
 
 /// How long a device may take to show everything after the traffic (and the faults) end.
 const CATCH_UP: Duration = Duration::from_secs(120);
+/// The deadline of one gRPC call made by the harness (the chat service's own send deadline is 10 s).
+const CALL_DEADLINE: Duration = Duration::from_secs(15);
 
 fn user(name: &str) -> String {
     format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -39,9 +41,13 @@ fn user(name: &str) -> String {
 
 async fn chat(cluster: &Cluster, i: usize) -> anyhow::Result<ChatServiceClient<Channel>> {
     // A history page holds up to 4 MiB of bodies, plus their framing.
-    Ok(ChatServiceClient::connect(format!("http://{}", cluster.chat_addrs[i]))
-        .await?
-        .max_decoding_message_size(16 << 20))
+    // Every call has a deadline (a send sets a shorter one of its own).
+    let channel = Channel::from_shared(format!("http://{}", cluster.chat_addrs[i]))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    Ok(ChatServiceClient::new(channel).max_decoding_message_size(16 << 20))
 }
 
 async fn create(chat: &mut ChatServiceClient<Channel>, creator: &str, others: &[String]) -> anyhow::Result<String> {
@@ -84,18 +90,24 @@ async fn history(
 }
 
 /// Sends through the chat service's gRPC API (an internal service), retrying retryable failures with the
-/// same client id, as the protocol asks.
+/// same client id, as the protocol asks. Each call has a deadline, and the send gives up after
+/// [`CATCH_UP`] of failures, so that a scenario never waits on a call that does not return.
 async fn send_grpc(chat: &mut ChatServiceClient<Channel>, conv: &str, sender: &str, id: &str) -> anyhow::Result<Ack> {
-    let mut attempts = 0;
+    let first = Instant::now();
     loop {
-        let req = v1::SendMessageRequest {
+        let mut req = tonic::Request::new(v1::SendMessageRequest {
             conversation_id: conv.into(),
             sender_id: sender.into(),
             sender_device_id: "service".into(),
             client_msg_id: id.into(),
             body: format!("body of {id}"),
-        };
-        match chat.send_message(req).await {
+        });
+        req.set_timeout(CALL_DEADLINE);
+        // The deadline travels to the server; the local one also covers a connection that never answers.
+        let answer = tokio::time::timeout(CALL_DEADLINE + Duration::from_secs(1), chat.send_message(req))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within the call's deadline")));
+        match answer {
             Ok(r) => {
                 let r = r.into_inner();
                 return Ok(Ack { seq: r.seq, message_id: r.message_id, duplicate: r.duplicate });
@@ -106,8 +118,7 @@ async fn send_grpc(chat: &mut ChatServiceClient<Channel>, conv: &str, sender: &s
                     tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
                 ) =>
             {
-                attempts += 1;
-                ensure!(attempts < 600, "send {id} still failing after {attempts} attempts: {s}");
+                ensure!(first.elapsed() < CATCH_UP, "send {id} still failing after {:?}: {s}", first.elapsed());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => anyhow::bail!("send {id} refused: {s}"),
@@ -366,7 +377,7 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     }
     let names: Vec<String> = convs.iter().map(|c| c.1.clone()).collect();
     // The device connects once, so the platform knows it, then goes offline.
-    Device::spawn(&reader, "tablet", cluster.gateway_ws.clone(), 0, &names).stop().await;
+    Device::spawn(&reader, "tablet", cluster.gateway_ws.clone(), 0, &names).stop().await?;
     let mut acked: Vec<HashMap<u64, String>> = vec![HashMap::new(); m];
     for k in 0..n {
         let j = k % m;
@@ -377,7 +388,7 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     for (j, name) in names.iter().enumerate() {
         d.wait_shown(name, acked[j].len() as u64, CATCH_UP).await?;
     }
-    let r = d.stop().await;
+    let r = d.stop().await?;
     let mut tally = Tally { sent: n, acknowledged: acked.iter().map(|a| a.len()).sum(), ..Tally::default() };
     tally.raw_duplicates = r.raw_duplicates;
     for (j, name) in names.iter().enumerate() {
@@ -408,7 +419,7 @@ async fn s9_every_device_of_a_user_gets_every_message() -> anyhow::Result<()> {
     }
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
     check_devices(bobs.into_iter().map(|d| (d, conv.as_str(), &acked)), &mut tally).await?;
-    alice_phone.stop().await;
+    alice_phone.stop().await?;
     check_history(&cluster, &conv, &alice, &acked).await?;
     print("9 three devices of one user", &tally);
     cluster.shutdown().await
@@ -507,7 +518,9 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         let (mut acked, mut acked_at) = (Vec::new(), Vec::new());
         for t in self.tasks {
-            let acks = t.await??;
+            // A sender finishes its call in hand: at most `CATCH_UP` of retries.
+            let acks =
+                tokio::time::timeout(CATCH_UP + CALL_DEADLINE, t).await.context("a sender did not stop")???;
             acked.push(acks.iter().map(|(seq, (id, _))| (*seq, id.clone())).collect::<HashMap<u64, String>>());
             acked_at.push(acks.into_iter().map(|(seq, (_, at))| (seq, at)).collect());
         }
@@ -557,7 +570,7 @@ async fn check_devices<'a>(
     let mut reports = Vec::new();
     for (d, conv, acked) in devices {
         let name = format!("{}/{}", d.user, d.device);
-        let r = d.stop().await;
+        let r = d.stop().await?;
         tally.raw_duplicates += r.raw_duplicates;
         tally.reconnects += r.reconnects;
         check_view(&name, &r, conv, acked, tally)?;
@@ -709,7 +722,7 @@ async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow
     // Reconnecting, Bob resumes by cursor and misses nothing.
     let mut d = Device::spawn(&bob, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv));
     d.wait_shown(&conv, n as u64, CATCH_UP).await?;
-    let r = d.stop().await;
+    let r = d.stop().await?;
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };
     tally.raw_duplicates = r.raw_duplicates;
     check_view("bob", &r, &conv, &acked, &mut tally)?;
