@@ -1,10 +1,20 @@
 //! The Kafka event log, as the chat service sees it: append an event, durably.
+//!
+//! A librdkafka producer can stay stuck after its only broker restarts (every record timing out although the
+//! broker is back: confluentinc/librdkafka#3009), and an idempotent producer that hits a fatal error refuses
+//! everything after it. Either way no send would succeed again until the process restarts, so the log
+//! replaces its producer when one has failed for longer than its patience without a single success, or
+//! reports a fatal error. A send in flight on the old producer fails (retryable); its retry is published
+//! by the new one, and a record that both published is one duplicate in the log, which readers drop by
+//! number.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chat_model::event::{self, LogEvent};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -16,34 +26,149 @@ pub enum LogError {
 /// one conversation's events share a partition.
 #[derive(Clone)]
 pub struct KafkaEventLog {
-    producer: FutureProducer,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
     topic: String,
+    /// The producer in use, and its generation (how many were replaced before it).
+    producer: RwLock<(u64, FutureProducer)>,
+    /// When the producer in use last delivered a record, or was created (ms since the epoch).
+    last_success_ms: AtomicI64,
+    /// Failing this long with no success replaces the producer.
+    patience: Duration,
+    replaced: AtomicU64,
 }
 
 impl KafkaEventLog {
+    /// Records not acknowledged within `delivery_timeout` fail (and the send with them: never acknowledged
+    /// and lost); a producer failing for three times as long with no success is replaced.
     pub fn new(brokers: &str, topic: &str, delivery_timeout: Duration) -> Result<Self, LogError> {
-        let producer: FutureProducer = ClientConfig::new()
+        Self::with_patience(brokers, topic, delivery_timeout, delivery_timeout * 3)
+    }
+
+    pub fn with_patience(
+        brokers: &str,
+        topic: &str,
+        delivery_timeout: Duration,
+        patience: Duration,
+    ) -> Result<Self, LogError> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            // A record not acknowledged in time fails, and the send fails with it: never acknowledged and lost.
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
-            .set("client.id", "chat-service")
-            .create()
-            .map_err(|e| LogError::Kafka(e.to_string()))?;
-        Ok(KafkaEventLog { producer, topic: topic.to_owned() })
+            .set("client.id", "chat-service");
+        let producer: FutureProducer = config.create().map_err(|e| LogError::Kafka(e.to_string()))?;
+        Ok(KafkaEventLog {
+            inner: Arc::new(Inner {
+                config,
+                topic: topic.to_owned(),
+                producer: RwLock::new((0, producer)),
+                last_success_ms: AtomicI64::new(chat_model::now_ms()),
+                patience,
+                replaced: AtomicU64::new(0),
+            }),
+        })
     }
 
     /// Appends `event`; returns once the broker has it on every in-sync replica.
     pub async fn append(&self, ev: &LogEvent, created_at_ms: i64) -> Result<(), LogError> {
         let payload = event::encode(ev, created_at_ms);
         let key = ev.conversation_id().to_string();
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        self.producer
-            .send(record, Duration::from_secs(0))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| LogError::Kafka(e.to_string()))
+        let record = FutureRecord::to(&self.inner.topic).key(&key).payload(&payload);
+        let (generation, producer) = self.inner.current();
+        match producer.send(record, Duration::from_secs(0)).await {
+            Ok(_) => {
+                self.inner.last_success_ms.fetch_max(chat_model::now_ms(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.inner.renew_if_stuck(generation, &producer);
+                Err(LogError::Kafka(e.to_string()))
+            }
+        }
+    }
+
+    /// How many times the producer was replaced.
+    pub fn replaced(&self) -> u64 {
+        self.inner.replaced.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn current(&self) -> (u64, FutureProducer) {
+        let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
+        (guard.0, guard.1.clone())
+    }
+
+    /// Replaces the producer of `generation` if it reported a fatal error, or has had no success for longer
+    /// than the patience; once per generation (concurrent failures replace it once).
+    fn renew_if_stuck(&self, generation: u64, producer: &FutureProducer) {
+        let fatal = producer.client().fatal_error();
+        let silent_ms = chat_model::now_ms() - self.last_success_ms.load(Ordering::Relaxed);
+        if fatal.is_none() && silent_ms < i64::try_from(self.patience.as_millis()).unwrap_or(i64::MAX) {
+            return;
+        }
+        let mut guard = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if guard.0 != generation {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(generation, ?fatal, silent_ms, "kafka producer replaced: it was failing");
+                *guard = (generation + 1, fresh);
+                self.last_success_ms.store(chat_model::now_ms(), Ordering::Relaxed);
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "kafka producer could not be replaced; keeping the old one"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_model::{ConversationId, DeviceId, Message, MessageId, Seq, UserId};
+
+    use super::*;
+
+    fn event() -> Result<LogEvent, Box<dyn std::error::Error>> {
+        Ok(LogEvent::MessageSent(Message {
+            conversation_id: ConversationId::generate(),
+            seq: Seq::FIRST,
+            message_id: MessageId::generate(),
+            sender_id: UserId::parse("alice")?,
+            sender_device_id: DeviceId::parse("phone")?,
+            client_msg_id: chat_model::ClientMsgId::parse("c1")?,
+            body: chat_model::Body::parse("hello".into())?,
+            sent_at_ms: chat_model::now_ms(),
+        }))
+    }
+
+    /// No broker listens on the address: every append times out (librdkafka checks timeouts about once a
+    /// second). Replacement is what is checked here; with a real broker, fault scenario 5 restarts Kafka
+    /// under load.
+    #[tokio::test]
+    async fn a_producer_failing_past_its_patience_is_replaced_once_per_patience()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let patience = Duration::from_millis(1_500);
+        let log = KafkaEventLog::with_patience("127.0.0.1:9", "t", Duration::from_millis(200), patience)?;
+        let ev = event()?;
+        let start = std::time::Instant::now();
+        assert!(log.append(&ev, 0).await.is_err());
+        if start.elapsed() < patience {
+            assert_eq!(log.replaced(), 0, "replaced within its patience");
+        }
+        while start.elapsed() < patience * 2 + Duration::from_secs(1) {
+            assert!(log.append(&ev, 0).await.is_err());
+        }
+        // Failing for over twice the patience: replaced, but not on every failure.
+        let n = log.replaced();
+        let most = start.elapsed().as_millis().div_ceil(patience.as_millis()) as u64;
+        assert!((1..=most).contains(&n), "replaced {n} times in {:?}", start.elapsed());
+        Ok(())
     }
 }

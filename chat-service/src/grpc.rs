@@ -110,7 +110,7 @@ impl ChatService for ChatGrpc {
         let conversation_id = req.conversation_id;
         let sent = tokio::time::timeout(self.send_timeout, self.sequencer.send(req))
             .await
-            .map_err(|_| ChatError::Timeout)?
+            .unwrap_or(Err(ChatError::Timeout))
             .inspect_err(|e| tracing::warn!(%conversation_id, error = %e, "send failed"))?;
         Ok(Response::new(v1::SendMessageResponse {
             message_id: sent.message_id.to_string(),
