@@ -16,22 +16,31 @@ use crate::send::Sequencer;
 
 /// Largest gRPC message the service accepts or sends: a page of history at the largest body size, with room.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Added to the longest work a call does, for its own answer to be the one the caller gets.
+const CALL_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct App {
     listener: TcpListener,
     service: ChatGrpc,
+    tls: Option<lifecycle::grpc_tls::GrpcTls>,
+    /// Longest any call may run (a caller's shorter `grpc-timeout` wins).
+    call_timeout: std::time::Duration,
 }
 
 impl App {
     /// Connects to Cassandra and Kafka and binds the gRPC address (port 0 picks a free one).
     pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let tls = config.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
         let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, config.send_timeout())
             .context("creating the kafka producer")?;
         let listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
         let sequencer = Sequencer::new(store.clone(), log.clone());
-        Ok(App { listener, service: ChatGrpc { store, sequencer, log, send_timeout: config.send_timeout() } })
+        let service = ChatGrpc { store, sequencer, log, send_timeout: config.send_timeout() };
+        // A send may take its whole timeout; a history page a few store requests.
+        let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;
+        Ok(App { listener, service, tls, call_timeout })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -51,7 +60,11 @@ impl App {
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         tracing::info!(addr = %self.listener.local_addr()?, "chat service listening");
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder().timeout(self.call_timeout);
+        if let Some(tls) = &self.tls {
+            server = server.tls_config(tls.server()).context("mutual TLS")?;
+        }
+        server
             .add_service(health)
             .add_service(reflection)
             .add_service(chat)

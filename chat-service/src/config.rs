@@ -33,6 +33,9 @@ pub struct Config {
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_timeout_ms: u64,
+    /// Mutual TLS with the gateways (GRPC_TLS_*).
+    #[command(flatten)]
+    pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
 }
 
 impl lifecycle::Config for Config {
@@ -52,6 +55,7 @@ impl lifecycle::Config for Config {
         if !(100..=120_000).contains(&self.send_timeout_ms) {
             return Err("CHAT_SEND_TIMEOUT_MS must be between 100 and 120000".into());
         }
+        self.grpc_tls.load()?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The delivery-worker process: connects to Kafka, Cassandra and Redis, then runs the loop until shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,19 +9,23 @@ use chat_store::CassandraStore;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Config;
 use crate::consumer::{Loop, WorkerConsumer, WorkerContext};
 use crate::deliver::Deliverer;
+use crate::metrics::Metrics;
 use crate::repair::LogRepair;
 
 pub struct App {
     worker: Loop,
+    metrics: Option<TcpListener>,
 }
 
 impl App {
     pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let grpc_tls = config.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
         // The worker only reads presence: it writes no entries, so it has no push address of its own.
         let presence = routing::Presence::connect(&config.redis_url, &config.redis_prefix, "", Duration::from_secs(30))
@@ -58,13 +63,27 @@ impl App {
         let deliverer = Deliverer::new(
             store,
             presence,
-            Duration::from_millis(config.push_timeout_ms),
+            routing::Pushers::with_tls(Duration::from_millis(config.push_timeout_ms), grpc_tls.map(|t| t.client())),
             Duration::from_millis(config.members_cache_ms),
         )
         .with_log_repair(repair);
-        Ok(App {
-            worker: Loop { consumer, deliverer, dead_letters, dead_letter_topic: config.dead_letter_topic.clone() },
-        })
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
+            None => None,
+        };
+        let worker = Loop {
+            consumer,
+            deliverer,
+            dead_letters,
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        Ok(App { worker, metrics })
+    }
+
+    /// Where the counters are served, when they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until `shutdown` resolves, then finishes the record in hand and commits.
@@ -74,7 +93,16 @@ impl App {
             shutdown.await;
             let _ = tx.send(true);
         });
+        let served = self.metrics.map(|listener| {
+            let mut stop = rx.clone();
+            tokio::spawn(crate::metrics::serve(listener, self.worker.metrics.clone(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         self.worker.run(rx).await;
+        if let Some(served) = served {
+            let _ = served.await;
+        }
         Ok(())
     }
 }

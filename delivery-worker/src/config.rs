@@ -38,6 +38,12 @@ pub struct Config {
     /// How long a conversation's member list is reused before it is read again.
     #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
     pub members_cache_ms: u64,
+    /// Where to serve the counters (`GET /metrics`, Prometheus text format); unset: not served.
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Mutual TLS towards the gateways (GRPC_TLS_*).
+    #[command(flatten)]
+    pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
 }
 
 impl lifecycle::Config for Config {
@@ -54,6 +60,7 @@ impl lifecycle::Config for Config {
         if !(50..=60_000).contains(&self.push_timeout_ms) {
             return Err("WORKER_PUSH_TIMEOUT_MS must be between 50 and 60000".into());
         }
+        self.grpc_tls.load()?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::cursor::Cursors;
 use crate::deliver::Deliverer;
+use crate::metrics::Metrics;
 
 /// Conversations whose delivery cursor is kept in memory.
 const CURSOR_CAPACITY: usize = 100_000;
@@ -43,6 +44,7 @@ pub struct Loop {
     pub deliverer: Deliverer,
     pub dead_letters: FutureProducer,
     pub dead_letter_topic: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Loop {
@@ -60,6 +62,7 @@ impl Loop {
             let record = match received {
                 Ok(r) => r,
                 Err(e) => {
+                    Metrics::add(&self.metrics.consumer_errors);
                     tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -68,6 +71,7 @@ impl Loop {
             if !self.handle_record(&record, &mut cursors, &mut shutdown).await {
                 break;
             }
+            Metrics::add(&self.metrics.records);
             if let Err(e) = self.consumer.store_offset_from_message(&record) {
                 tracing::warn!(error = %e, "offset not stored; the record may be handled again");
             }
@@ -105,6 +109,7 @@ impl Loop {
                     return true;
                 }
                 Err(e) => {
+                    Metrics::add(&self.metrics.retries);
                     tracing::warn!(event_id = %event.event_id(), error = %e,
                         retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
                     tokio::select! {
@@ -142,7 +147,10 @@ impl Loop {
                 out = out.key(key);
             }
             match self.dead_letters.send(out, Duration::from_secs(5)).await {
-                Ok(_) => return true,
+                Ok(_) => {
+                    Metrics::add(&self.metrics.dead_letters);
+                    return true;
+                }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "dead-letter write failed; retrying");
                     tokio::select! {

@@ -83,12 +83,13 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
 type Target = (UserId, DeviceId);
 
 impl Deliverer {
-    /// Pushes must finish within `push_timeout`; member and device lists are reused for `members_ttl`.
-    pub fn new(store: CassandraStore, presence: Presence, push_timeout: Duration, members_ttl: Duration) -> Deliverer {
+    /// Pushes go through `pushers` (whose deadline bounds each); member and device lists are reused for
+    /// `members_ttl`.
+    pub fn new(store: CassandraStore, presence: Presence, pushers: Pushers, members_ttl: Duration) -> Deliverer {
         Deliverer {
             store,
             presence,
-            pushers: Pushers::new(push_timeout),
+            pushers,
             members: TtlCache::new(members_ttl),
             devices: TtlCache::new(members_ttl),
             repair: None,

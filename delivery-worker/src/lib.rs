@@ -12,6 +12,7 @@ pub mod config;
 pub mod consumer;
 pub mod cursor;
 pub mod deliver;
+pub mod metrics;
 pub mod repair;
 
 pub use app::App;

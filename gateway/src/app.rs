@@ -24,6 +24,8 @@ use routing::{Holder, Presence};
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Deadline of a typing indicator's push to a gateway: late is useless.
 const TYPING_DEADLINE: Duration = Duration::from_secs(1);
+/// Longest a push or resync call may run here (a worker's own deadline is shorter).
+const PUSH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer taken from the chat service: a page of history (500 messages at the largest body size).
 const MAX_CHAT_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -34,6 +36,8 @@ pub struct App {
     shutdown_tx: watch::Sender<bool>,
     handshake_timeout: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Mutual TLS of the push server (and of the clients, already built into `upgrader`).
+    grpc_tls: Option<lifecycle::grpc_tls::GrpcTls>,
 }
 
 impl App {
@@ -42,6 +46,7 @@ impl App {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key).map_err(anyhow::Error::msg)?),
             _ => None,
         };
+        let grpc_tls = config.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let ws_listener =
             TcpListener::bind(config.ws_addr).await.with_context(|| format!("binding {}", config.ws_addr))?;
         let grpc_listener =
@@ -58,6 +63,7 @@ impl App {
             Duration::from_millis(config.rpc_timeout_ms),
             MAX_CHAT_RESPONSE_BYTES,
             MAX_GRPC_MESSAGE_BYTES,
+            grpc_tls.as_ref().map(|t| t.client()).as_ref(),
         )
         .map_err(anyhow::Error::msg)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -69,8 +75,10 @@ impl App {
             inbox_recheck: Duration::from_millis(config.inbox_recheck_ms),
             rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             shutdown: shutdown_rx,
-            pushers: routing::Pushers::new(TYPING_DEADLINE),
+            pushers: routing::Pushers::with_tls(TYPING_DEADLINE, grpc_tls.as_ref().map(|t| t.client())),
             members: std::sync::Mutex::new(std::collections::HashMap::new()),
             limits: crate::limits::Limits::new(config.limits()),
         });
@@ -87,6 +95,7 @@ impl App {
             shutdown_tx,
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             tls,
+            grpc_tls,
         })
     }
 
@@ -113,13 +122,16 @@ impl App {
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         let mut grpc_stop = shared.shutdown.clone();
-        let grpc = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(push)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), async move {
+        let mut server = tonic::transport::Server::builder().timeout(PUSH_CALL_TIMEOUT);
+        if let Some(tls) = &self.grpc_tls {
+            server = server.tls_config(tls.server()).context("mutual TLS")?;
+        }
+        let grpc = server.add_service(health).add_service(reflection).add_service(push).serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.grpc_listener),
+            async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
-            });
+            },
+        );
         let grpc = tokio::spawn(grpc);
         let refresher = tokio::spawn(refresh_presence(shared.clone()));
         tracing::info!(ws = %self.ws_listener.local_addr()?, "gateway listening");

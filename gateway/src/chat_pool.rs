@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proto::v1::chat_service_client::ChatServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Response, Status};
 
 /// How long a replica that failed to answer is skipped.
@@ -25,20 +25,24 @@ pub struct ChatPool {
 }
 
 impl ChatPool {
-    /// Lazily connected clients of `urls`; calls time out after `timeout`.
+    /// Lazily connected clients of `urls` (over mutual TLS when `tls` is set); calls time out after `timeout`.
     pub fn new(
         urls: &[String],
         timeout: Duration,
         max_response_bytes: usize,
         max_request_bytes: usize,
+        tls: Option<&ClientTlsConfig>,
     ) -> Result<ChatPool, String> {
         let mut replicas = Vec::with_capacity(urls.len());
         for u in urls {
-            let endpoint = Endpoint::from_shared(u.clone())
+            let mut endpoint = Endpoint::from_shared(u.clone())
                 .map_err(|e| format!("chat service url {u}: {e}"))?
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| format!("chat service url {u}: {e}"))?;
+            }
             let client = ChatServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(max_response_bytes)
                 .max_encoding_message_size(max_request_bytes);

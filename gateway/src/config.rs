@@ -67,6 +67,13 @@ pub struct Config {
     /// as too slow (4008), and a close frame waits as long before the socket is dropped.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
+    /// The gateway pings every connection this often (WebSocket ping frames; clients answer them by
+    /// themselves, browsers included).
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_MS", default_value_t = 20_000)]
+    pub ping_interval_ms: u64,
+    /// A connection from which nothing arrives for this long (no frame, no answer to a ping) is closed (4002).
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
     /// Frames per second one connection may send (every data frame counts), and the burst above it.
     #[arg(long, env = "GATEWAY_RATE_PER_CONNECTION", default_value_t = 50)]
     pub rate_per_connection: u32,
@@ -97,6 +104,9 @@ pub struct Config {
     /// Time allowed for a client's TLS handshake, and then for its HTTP request headers.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Mutual TLS with the chat services and the workers (GRPC_TLS_*).
+    #[command(flatten)]
+    pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
 }
 
 impl std::fmt::Debug for Config {
@@ -143,11 +153,20 @@ impl lifecycle::Config for Config {
             (None, None) => {}
             _ => return Err("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither".into()),
         }
+        if !(100..=600_000).contains(&self.ping_interval_ms) {
+            return Err("GATEWAY_PING_INTERVAL_MS must be between 100 and 600000".into());
+        }
+        if self.idle_timeout_ms <= self.ping_interval_ms || self.idle_timeout_ms > 3_600_000 {
+            return Err("GATEWAY_IDLE_TIMEOUT_MS must be over GATEWAY_PING_INTERVAL_MS and at most 3600000".into());
+        }
         if !(100..=120_000).contains(&self.handshake_timeout_ms) {
             return Err("GATEWAY_HANDSHAKE_TIMEOUT_MS must be between 100 and 120000".into());
         }
-        if self.chat_service_urls.is_empty() || self.chat_service_urls.iter().any(|u| !u.starts_with("http")) {
-            return Err("GATEWAY_CHAT_SERVICE_URLS must list http:// or https:// URLs".into());
+        let scheme = lifecycle::grpc_tls::scheme(self.grpc_tls.load()?.as_ref());
+        if self.chat_service_urls.is_empty()
+            || self.chat_service_urls.iter().any(|u| !u.starts_with(&format!("{scheme}://")))
+        {
+            return Err(format!("GATEWAY_CHAT_SERVICE_URLS must list {scheme}:// URLs (https:// with GRPC_TLS_*)"));
         }
         if !(1..=65_536).contains(&self.send_queue) {
             return Err("GATEWAY_SEND_QUEUE must be between 1 and 65536".into());
@@ -219,5 +238,39 @@ impl Config {
 
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_millis(self.presence_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use lifecycle::Config as _;
+
+    use super::Config;
+
+    fn check(args: &[&str]) -> Result<(), String> {
+        let base = ["gateway", "--jwt-secret", "0123456789abcdef0123456789abcdef"];
+        let config = Config::try_parse_from(base.iter().chain(args)).map_err(|e| e.to_string())?;
+        config.validate()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(check(&[]), Ok(()));
+    }
+
+    #[test]
+    fn the_idle_timeout_must_exceed_the_ping_interval() {
+        let e = check(&["--ping-interval-ms", "5000", "--idle-timeout-ms", "5000"]).expect_err("accepted");
+        assert!(e.contains("GATEWAY_IDLE_TIMEOUT_MS"), "{e}");
+        assert!(check(&["--ping-interval-ms", "10"]).is_err());
+    }
+
+    #[test]
+    fn mutual_tls_settings_come_whole_and_ask_for_https_urls() {
+        let e = check(&["--grpc-tls-cert-file", "/nonexistent.pem"]).expect_err("accepted");
+        assert!(e.contains("GRPC_TLS_KEY_FILE"), "{e}");
+        let e = check(&["--chat-service-urls", "ftp://chat:1"]).expect_err("accepted");
+        assert!(e.contains("http://"), "{e}");
     }
 }

@@ -21,6 +21,8 @@ pub mod close {
     pub const REPLACED: u16 = 4000;
     /// The connection's token expired.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Nothing arrived from the client (not even the answer to our pings) within the idle timeout.
+    pub const IDLE: u16 = 4002;
     /// The client did not read fast enough and its send queue filled: reconnect and resume by cursor.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client went on sending far past its rate limit after being told (`rate_limited`).

@@ -35,6 +35,9 @@ pub struct Shared {
     pub rpc_timeout: Duration,
     /// Longest a write to one socket may block before the connection is dropped.
     pub write_timeout: Duration,
+    /// How often each connection is pinged, and how long it may stay silent before it is closed.
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
     /// Becomes true when the process shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Push clients of the gateways (for typing indicators).
@@ -77,6 +80,7 @@ where
         shared.shutdown.clone(),
         token_left,
         shared.write_timeout,
+        shared.ping_interval,
     ));
 
     // The device is known (it gets an inbox) and present before the client hears anything: once a client has
@@ -116,7 +120,7 @@ where
         patience: limits.connection_burst.max(10),
     };
     let mut stream = stream;
-    read_loop(&mut stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter).await;
+    read_loop(&mut stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter, shared.idle_timeout).await;
 
     handle.close_with((1000, ""));
     drop(req_tx);
@@ -195,16 +199,28 @@ async fn read_loop<S>(
     out_tx: &mpsc::Sender<Utf8Bytes>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     limiter: &mut Limiter<'_>,
+    idle_timeout: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         let next = tokio::select! {
-            next = stream.next() => next,
+            // Closing first, then frames, then silence (a frame waiting while the reader was busy is not idle).
+            biased;
             _ = async { let _ = close_rx.wait_for(|c| c.is_some()).await; } => {
                 // We are closing: give the client a moment to answer our close frame, then stop reading.
                 let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} }).await;
                 return;
+            }
+            next = stream.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                next
+            }
+            () = &mut idle => {
+                handle.close_with((close::IDLE, "idle timeout"));
+                continue;
             }
         };
         let frame = match next {
@@ -304,12 +320,15 @@ async fn write_loop<S>(
     mut shutdown: watch::Receiver<bool>,
     token_left: Duration,
     write_timeout: Duration,
+    ping_interval: Duration,
 ) -> futures::stream::SplitSink<WebSocketStream<S>, WsMessage>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let token_expiry = tokio::time::sleep(token_left);
     tokio::pin!(token_expiry);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason: CloseReason = loop {
         tokio::select! {
             biased;
@@ -318,6 +337,13 @@ where
             }
             _ = crate::http::stopped(&mut shutdown) => break (close::GOING_AWAY, "gateway shutting down, reconnect"),
             _ = &mut token_expiry => break (close::TOKEN_EXPIRED, "token expired"),
+            _ = ping.tick() => {
+                match tokio::time::timeout(write_timeout, sink.send(WsMessage::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return sink,
+                    Err(_) => break (close::SLOW_CONSUMER, "client not reading"),
+                }
+            }
             frame = out_rx.recv() => {
                 let Some(text) = frame else { break (1000, "") };
                 match tokio::time::timeout(write_timeout, sink.send(WsMessage::Text(text))).await {

@@ -1,6 +1,8 @@
 //! The process around each service's `App`, the same for all three binaries: configuration from the
 //! environment (exit 64 when invalid), one logging init, one shutdown signal.
 
+pub mod grpc_tls;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chat_model::{DeviceId, UserId};
 use proto::v1::{self, gateway_service_client::GatewayServiceClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The first pause of a down gateway's probe; it doubles after each failure, up to [`MAX_PROBE_PAUSE`].
 const FIRST_PROBE_PAUSE: Duration = Duration::from_millis(500);
@@ -27,6 +27,8 @@ pub struct Pushers {
 
 struct Inner {
     deadline: Duration,
+    /// Mutual TLS towards the gateways (`https`), or none (`http`).
+    tls: Option<ClientTlsConfig>,
     gateways: Mutex<HashMap<String, Gateway>>,
 }
 
@@ -38,8 +40,14 @@ struct Gateway {
 
 impl Pushers {
     /// Every push (connecting included) must finish within `deadline`, or counts as not delivered.
+    /// Push clients with plaintext gRPC.
     pub fn new(deadline: Duration) -> Pushers {
-        Pushers { inner: Arc::new(Inner { deadline, gateways: Mutex::new(HashMap::new()) }) }
+        Pushers::with_tls(deadline, None)
+    }
+
+    /// Push clients that reach the gateways over mutual TLS when `tls` is set.
+    pub fn with_tls(deadline: Duration, tls: Option<ClientTlsConfig>) -> Pushers {
+        Pushers { inner: Arc::new(Inner { deadline, tls, gateways: Mutex::new(HashMap::new()) }) }
     }
 
     /// Pushes to the gateway at `addr`; answers the devices it took. A failure, a missed deadline or a gateway
@@ -188,11 +196,18 @@ impl Inner {
 
     fn gateway<'a>(&self, gateways: &'a mut HashMap<String, Gateway>, addr: &str) -> Option<&'a mut Gateway> {
         if !gateways.contains_key(addr) {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
                 .ok()?
                 .connect_timeout(self.deadline)
                 .timeout(self.deadline)
                 .tcp_nodelay(true);
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .inspect_err(|e| tracing::error!(gateway = %addr, error = %e, "no TLS client for the gateway"))
+                    .ok()?;
+            }
             let client = GatewayServiceClient::new(endpoint.connect_lazy());
             gateways.insert(addr.to_owned(), Gateway { client, down: None });
         }

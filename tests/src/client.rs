@@ -166,6 +166,23 @@ impl WsClient {
         }
     }
 
+    /// Sends nothing for `period`, only reading (the library answers the gateway's pings); answers the
+    /// text frames read meanwhile. Fails if the connection is closed or ends.
+    pub async fn stay_silent(&mut self, period: Duration) -> anyhow::Result<Vec<Value>> {
+        let end = tokio::time::Instant::now() + period;
+        let mut frames = Vec::new();
+        while let Ok(next) = tokio::time::timeout_at(end, self.ws.next()).await {
+            match next {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
+                Some(Ok(Message::Close(c))) => bail!("{}/{}: closed by the gateway: {c:?}", self.user, self.device),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("{}/{}: {e}", self.user, self.device),
+                None => bail!("{}/{}: connection ended", self.user, self.device),
+            }
+        }
+        Ok(frames)
+    }
+
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.ws.close(None).await?;
         // Read until the gateway answers the close.

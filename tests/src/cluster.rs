@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub write_timeout_ms: u64,
     /// The workers' push deadline.
     pub push_timeout_ms: u64,
+    /// The gateways' limit on open files (soft and hard), when not inherited.
+    pub gateway_open_files: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             send_queue: 256,
             write_timeout_ms: 10_000,
             push_timeout_ms: 1_000,
+            gateway_open_files: None,
         }
     }
 }
@@ -229,7 +232,16 @@ impl Cluster {
             return Ok(());
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
-        let mut cmd = Command::new(bin_dir().join(p.kind.binary()));
+        let binary = bin_dir().join(p.kind.binary());
+        let mut cmd = match self.options.gateway_open_files {
+            // prlimit sets the limit and then becomes the service (same process).
+            Some(n) if kind == Kind::Gateway => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&binary);
+                c
+            }
+            _ => Command::new(&binary),
+        };
         cmd.envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
@@ -306,6 +318,11 @@ impl Cluster {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(kind, i)?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// How many files (sockets included) the process has open.
+    pub fn open_files(&self, kind: Kind, i: usize) -> Option<usize> {
+        Some(std::fs::read_dir(format!("/proc/{}/fd", self.pid(kind, i)?)).ok()?.count())
     }
 
     pub fn is_running(&mut self, kind: Kind, i: usize) -> bool {

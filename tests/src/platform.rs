@@ -71,6 +71,11 @@ pub struct PlatformOptions {
     pub handshake_timeout_ms: u64,
     /// The gateways' certificate and key files: `wss://` when set.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// How often the gateways ping each connection, and how long one may stay silent.
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// Mutual TLS between the services (the same files for all of them).
+    pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
 }
 
 impl Default for PlatformOptions {
@@ -91,6 +96,9 @@ impl Default for PlatformOptions {
             max_connections_per_user: 1_000,
             max_connections_per_address: 100_000,
             handshake_timeout_ms: 10_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            grpc_tls: Default::default(),
             tls: None,
         }
     }
@@ -115,8 +123,12 @@ pub struct Platform {
     pub chat_addr: SocketAddr,
     pub gateways: Vec<GatewayHandle>,
     pub store: CassandraStore,
+    /// Where each worker serves its counters.
+    pub worker_metrics: Vec<SocketAddr>,
     chat: Stoppable,
     workers: Vec<Stoppable>,
+    /// The services' mutual TLS, which an internal client must use too.
+    grpc_tls: Option<lifecycle::grpc_tls::GrpcTls>,
 }
 
 fn stoppable<F>(
@@ -150,7 +162,11 @@ impl Platform {
             send_timeout_ms: 10_000,
             store_timeout_ms: 5_000,
             message_ttl_secs: opts.message_ttl_secs,
+            grpc_tls: opts.grpc_tls.clone(),
         };
+        lifecycle::Config::validate(&chat_config).map_err(anyhow::Error::msg)?;
+        let grpc_tls = opts.grpc_tls.load().map_err(anyhow::Error::msg)?;
+        let scheme = lifecycle::grpc_tls::scheme(grpc_tls.as_ref());
         let chat_app = chat_service::App::build(&chat_config).await?;
         let chat_addr = chat_app.local_addr();
         let (stop, task) = stoppable(|rx| {
@@ -166,7 +182,7 @@ impl Platform {
                 ws_addr: "127.0.0.1:0".parse()?,
                 grpc_addr: "127.0.0.1:0".parse()?,
                 advertise_addr: None,
-                chat_service_urls: vec![format!("http://{chat_addr}")],
+                chat_service_urls: vec![format!("{scheme}://{chat_addr}")],
                 redis_url: redis_url(),
                 redis_prefix: redis_prefix.clone(),
                 jwt_secret: Some(JWT_SECRET.into()),
@@ -192,6 +208,9 @@ impl Platform {
                 max_connections_per_address: opts.max_connections_per_address,
                 max_connections: None,
                 write_timeout_ms: 10_000,
+                ping_interval_ms: opts.ping_interval_ms,
+                idle_timeout_ms: opts.idle_timeout_ms,
+                grpc_tls: opts.grpc_tls.clone(),
             };
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = gateway::App::build(&config).await?;
@@ -205,6 +224,7 @@ impl Platform {
         }
 
         let mut workers = Vec::new();
+        let mut worker_metrics = Vec::new();
         for _ in 0..opts.workers {
             let config = delivery_worker::Config {
                 kafka_brokers: kafka_brokers(),
@@ -219,8 +239,12 @@ impl Platform {
                 members_cache_ms: 0,
                 log_repair_delay_ms: 1_000,
                 message_ttl_secs: opts.message_ttl_secs,
+                metrics_addr: Some("127.0.0.1:0".parse()?),
+                grpc_tls: opts.grpc_tls.clone(),
             };
+            lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = delivery_worker::App::build(&config).await?;
+            worker_metrics.extend(app.metrics_addr());
             let (stop, task) = stoppable(|rx| {
                 app.run(async move {
                     let _ = rx.await;
@@ -236,12 +260,29 @@ impl Platform {
             message_ttl_secs: 0,
         })
         .await?;
-        Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers })
+        Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers, worker_metrics, grpc_tls })
     }
 
     /// A gRPC client of the chat service, as an internal service would use it.
     pub async fn chat_client(&self) -> anyhow::Result<ChatServiceClient<Channel>> {
-        Ok(ChatServiceClient::connect(format!("http://{}", self.chat_addr)).await?)
+        let scheme = lifecycle::grpc_tls::scheme(self.grpc_tls.as_ref());
+        let mut endpoint =
+            Channel::from_shared(format!("{scheme}://{}", self.chat_addr))?.timeout(Duration::from_secs(30));
+        if let Some(tls) = &self.grpc_tls {
+            endpoint = endpoint.tls_config(tls.client())?;
+        }
+        Ok(ChatServiceClient::new(endpoint.connect().await?))
+    }
+
+    /// The value of the counter `name` served by worker `i`.
+    pub async fn worker_counter(&self, i: usize, name: &str) -> anyhow::Result<u64> {
+        let addr = *self.worker_metrics.get(i).context("no such worker")?;
+        let body = http_get(addr, "/metrics").await?;
+        let line = body
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .with_context(|| format!("no {name} in the metrics:\n{body}"))?;
+        Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
     }
 
     /// A Redis connection, to look at presence.
@@ -289,4 +330,17 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
         r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
     }
     Ok(())
+}
+
+/// The body of `GET path` at `addr` (HTTP/1.1, one request); fails unless the status is 200.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {}", head.lines().next().unwrap_or_default());
+    Ok(body.to_owned())
 }

@@ -16,6 +16,8 @@ pub struct RawWs {
     stream: TcpStream,
     /// Bytes read past the upgrade's headers.
     buffered: Vec<u8>,
+    /// Ping frames read so far by [`RawWs::close_code`] (never answered).
+    pub pings: usize,
 }
 
 /// A frame as the client sends it (masked unless `mask` is false).
@@ -76,34 +78,48 @@ impl RawWs {
             bail!("upgrade refused: {}", head.lines().next().unwrap_or_default());
         }
         buffered.drain(..end);
-        Ok(RawWs { stream, buffered })
+        Ok(RawWs { stream, buffered, pings: 0 })
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
     }
 
-    /// Reads server frames until a close frame (answers its code; 1005 when it has none) or the end of the
-    /// stream (None), within `within`.
-    pub async fn close_code(&mut self, within: Duration) -> anyhow::Result<Option<u16>> {
+    /// The next server frame (opcode, payload) within `within`; `None` when the stream ends first.
+    pub async fn next_frame(&mut self, within: Duration) -> anyhow::Result<Option<(u8, Vec<u8>)>> {
         tokio::time::timeout(within, async {
             loop {
                 if let Some((opcode, payload, used)) = parse(&self.buffered) {
                     self.buffered.drain(..used);
-                    if opcode == 0x8 {
-                        return Ok(Some(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005)));
-                    }
-                    continue;
+                    return Some((opcode, payload));
                 }
                 let mut chunk = [0u8; 8192];
                 match self.stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(0) | Err(_) => return None,
                     Ok(n) => self.buffered.extend_from_slice(&chunk[..n]),
                 }
             }
         })
         .await
-        .context("the gateway neither closed nor ended the connection")?
+        .context("no frame from the gateway in time")
+    }
+
+    /// Reads server frames until a close frame (answers its code; 1005 when it has none) or the end of the
+    /// stream (None), within `within`; counts the pings skipped on the way in [`Self::pings`].
+    pub async fn close_code(&mut self, within: Duration) -> anyhow::Result<Option<u16>> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await.context("the gateway neither closed nor ended the connection")?;
+            match frame {
+                None => return Ok(None),
+                Some((0x8, payload)) => {
+                    return Ok(Some(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005)));
+                }
+                Some((0x9, _)) => self.pings += 1,
+                Some(_) => {}
+            }
+        }
     }
 }
 

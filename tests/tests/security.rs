@@ -259,6 +259,7 @@ async fn a_garbage_record_goes_to_the_dead_letter_topic_and_the_partition_goes_o
     let conv = conversation(&p, &alice, &bob).await?;
     let mut b = WsClient::connect(gw, &bob, "phone").await?;
     b.sync().await?;
+    ensure!(p.worker_counter(0, "worker_dead_letters_total").await? == 0, "dead letters before any garbage");
     // One partition: the garbage sits in front of the next message.
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
     let garbage: &[u8] = b"\xff\x00 not a chat.v1.Event \x01\x02";
@@ -288,6 +289,17 @@ async fn a_garbage_record_goes_to_the_dead_letter_topic_and_the_partition_goes_o
             .map(|h| h.key.to_owned())
             .collect();
     ensure!(headers.contains(&"error".to_owned()) && headers.contains(&"origin".to_owned()), "headers {headers:?}");
+    // The worker counts a dead letter once the topic has acknowledged it, a moment after it can be read.
+    let mut dead = 0;
+    for _ in 0..50 {
+        dead = p.worker_counter(0, "worker_dead_letters_total").await?;
+        if dead > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(dead == 1, "the worker counts {dead} dead letters, not 1");
+    ensure!(p.worker_counter(0, "worker_records_total").await? >= 2, "the worker counts fewer records than it took");
     a.close().await?;
     b.close().await?;
     p.stop().await
@@ -410,16 +422,210 @@ async fn connections_per_address_are_capped_and_given_back() -> anyhow::Result<(
     p.stop().await
 }
 
-/// A certificate for `localhost` and 127.0.0.1, written to files for the gateway: (cert file, key file,
-/// cert PEM).
-fn self_signed() -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, String)> {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
-    let dir = std::env::temp_dir().join(format!("chat-tls-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, c.cert.pem())?;
-    std::fs::write(&key, c.signing_key.serialize_pem())?;
-    Ok((cert, key, c.cert.pem()))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_pinged_then_closed_with_4002_and_one_that_answers_stays() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        ping_interval_ms: 300,
+        idle_timeout_ms: 1_500,
+        ..PlatformOptions::default()
+    })
+    .await?;
+    let gw = p.gateways[0].ws_addr;
+    // A raw client reads but never answers a ping and sends nothing.
+    let mute = user("mute");
+    let mut raw = tests::raw::RawWs::connect(gw, &mute, "phone").await?;
+    let opened = std::time::Instant::now();
+    let code = raw.close_code(Duration::from_secs(10)).await?;
+    let silent_for = opened.elapsed();
+    ensure!(code == Some(4002), "a silent connection was closed with {code:?}, not 4002");
+    ensure!(raw.pings >= 2, "only {} pings before the idle close", raw.pings);
+    ensure!(silent_for >= Duration::from_millis(1_400), "closed after {silent_for:?}, before the idle timeout");
+    // A client whose library answers the pings stays connected, silent, for several idle timeouts.
+    let mut polite = WsClient::connect(gw, &user("polite"), "phone").await?;
+    polite.sync().await?;
+    polite.stay_silent(Duration::from_secs(5)).await?;
+    polite.send_json(json!({"v": 1, "type": "ping", "id": "still-here"})).await?;
+    let pong = polite.expect("pong").await?;
+    ensure!(pong["id"] == "still-here", "the connection answered {pong} after staying silent");
+    polite.close().await?;
+    p.stop().await
+}
+
+/// Tries one call on the chat service at `chat_addr` (reading `conv` as its member `member`) and one on the
+/// gateway's push server at `gw`, as an internal client with `tls` (`None`: plaintext); answers the two
+/// errors (None: the call was answered).
+async fn internal_calls(
+    chat_addr: std::net::SocketAddr,
+    gw: std::net::SocketAddr,
+    (conv, member): (&str, &str),
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> (Option<String>, Option<String>) {
+    async fn channel(
+        addr: std::net::SocketAddr,
+        tls: &Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut e = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            e = e.tls_config(tls.clone())?;
+        }
+        Ok(e.connect().await?)
+    }
+    let chat = async {
+        let mut c = proto::v1::chat_service_client::ChatServiceClient::new(channel(chat_addr, &tls).await?);
+        c.get_conversation(v1::GetConversationRequest { conversation_id: conv.into(), user_id: member.into() }).await?;
+        anyhow::Ok(())
+    };
+    let push = async {
+        let mut c = proto::v1::gateway_service_client::GatewayServiceClient::new(channel(gw, &tls).await?);
+        c.resync(v1::ResyncRequest { devices: Vec::new() }).await?;
+        anyhow::Ok(())
+    };
+    let (a, b) = tokio::join!(chat, push);
+    (a.err().map(|e| format!("{e:#}")), b.err().map(|e| format!("{e:#}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_certificates() -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let internal = tests::pki::Ca::new("internal")?;
+    let service = internal.leaf("service")?;
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        // The inbox is read only at connect: bob gets the message only by a push from the worker.
+        inbox_recheck_ms: 600_000,
+        grpc_tls: service.grpc_tls(),
+        ..PlatformOptions::default()
+    })
+    .await?;
+    // The whole path over mutual TLS: gateway → chat service, worker → gateway, and an internal client.
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &alice, &bob).await?;
+    let gw = p.gateways[0].ws_addr;
+    let mut a = WsClient::connect(gw, &alice, "phone").await?;
+    let mut b = WsClient::connect(gw, &bob, "phone").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let sent = a.send_message(&conv, "m1", "over mutual TLS").await?;
+    ensure!(sent["type"] == "sent", "the send over mutual TLS was answered {sent}");
+    let got = b.expect("message").await?;
+    ensure!(got["body"] == "over mutual TLS", "bob got {got}");
+
+    let (chat_addr, push_addr) = (p.chat_addr, p.gateways[0].grpc_addr);
+    let ca = Certificate::from_pem(std::fs::read(&service.ca)?);
+    let identity = |leaf: &tests::pki::Leaf| -> anyhow::Result<Identity> {
+        Ok(Identity::from_pem(std::fs::read(&leaf.cert)?, std::fs::read(&leaf.key)?))
+    };
+    let client = internal.leaf("client")?;
+    let ok = ClientTlsConfig::new().ca_certificate(ca.clone()).identity(identity(&client)?);
+    let (chat, push) = internal_calls(chat_addr, push_addr, (&conv, &alice), Some(ok)).await;
+    ensure!(chat.is_none() && push.is_none(), "a client of the internal CA was refused: {chat:?} {push:?}");
+
+    let foreign_ca = tests::pki::Ca::new("foreign")?;
+    let foreign = foreign_ca.leaf("intruder")?;
+    // Each attempt is refused during the handshake. The server's alert names the reason (CertificateRequired,
+    // UnknownCA), but a client still writing when the server closes sees only the socket closed under it,
+    // so the reason is reported, not required; the control above shows the refusals are the certificates'.
+    let attempts = [
+        ("plaintext", None),
+        ("TLS without a client certificate", Some(ClientTlsConfig::new().ca_certificate(ca.clone()))),
+        (
+            "a client certificate from another CA",
+            Some(ClientTlsConfig::new().ca_certificate(ca.clone()).identity(identity(&foreign)?)),
+        ),
+    ];
+    for (what, tls) in attempts {
+        let (chat, push) = internal_calls(chat_addr, push_addr, (&conv, &alice), tls).await;
+        ensure!(chat.is_some(), "the chat service answered {what}");
+        ensure!(push.is_some(), "the gateway's push server answered {what}");
+        println!("[security] internal gRPC, {what}: chat service: {chat:?}; gateway: {push:?}");
+    }
+    // Nothing refused changed anything: the conversation still holds the one message.
+    let h = p
+        .chat_client()
+        .await?
+        .get_history(v1::GetHistoryRequest {
+            conversation_id: conv.clone(),
+            user_id: bob.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(h.messages.len() == 1, "history holds {} messages", h.messages.len());
+    a.close().await?;
+    b.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_at_its_open_file_limit_refuses_the_excess_and_goes_on_serving() -> anyhow::Result<()> {
+    use tests::cluster::{Cluster, ClusterOptions, Kind};
+    // 1,024 open files: by default the gateway admits 1,024 − 512 connections and keeps the rest for itself.
+    let (limit, cap) = (1024, 512);
+    let options = ClusterOptions {
+        chat_services: 1,
+        gateways: 1,
+        workers: 1,
+        gateway_open_files: Some(limit),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let gw = cluster.gateway_ws[0];
+    let before = cluster.open_files(Kind::Gateway, 0).context("the gateway's open files")?;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for i in 0..(cap + 300) {
+        match tests::raw::RawWs::connect(gw, &user(&format!("fd{i}")), "phone").await {
+            Ok(c) => open.push(c),
+            Err(_) => refused += 1,
+        }
+    }
+    let peak = cluster.open_files(Kind::Gateway, 0).context("the gateway's open files")?;
+    println!(
+        "[security] open-file limit {limit}: {} connections admitted, {refused} refused; gateway files {before} → {peak}",
+        open.len()
+    );
+    ensure!(open.len() <= cap && open.len() + 10 >= cap, "{} connections admitted with a cap of {cap}", open.len());
+    ensure!(refused + open.len() == cap + 300, "connections neither admitted nor refused");
+    ensure!(peak < limit as usize, "the gateway holds {peak} files, at its limit of {limit}");
+    drop(open);
+    // Everything given back: a client connects and a message goes through this gateway both ways.
+    let mut chat =
+        proto::v1::chat_service_client::ChatServiceClient::connect(format!("http://{}", cluster.chat_addrs[0])).await?;
+    let (alice, bob) = (user("fd-alice"), user("fd-bob"));
+    let conv = chat
+        .create_conversation(v1::CreateConversationRequest {
+            kind: v1::ConversationKind::Direct as i32,
+            created_by: alice.clone(),
+            member_ids: vec![bob.clone()],
+            title: String::new(),
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .context("no conversation")?
+        .conversation_id;
+    let mut connected = None;
+    for _ in 0..50 {
+        if let Ok(c) = WsClient::connect(gw, &alice, "phone").await {
+            connected = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut a = connected.context("no connection admitted after the others closed")?;
+    let mut b = WsClient::connect(gw, &bob, "phone").await?;
+    a.sync().await?;
+    b.sync().await?;
+    a.send_message(&conv, "after-the-limit", "still serving").await?;
+    let got = b.expect("message").await?;
+    ensure!(got["body"] == "still serving", "bob got {got}");
+    a.close().await?;
+    b.close().await?;
+    cluster.shutdown().await
 }
 
 type Wss = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
@@ -457,7 +663,10 @@ async fn wss(
 async fn wss_with_tls_1_2_and_1_3_and_stalled_handshakes_are_cut() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     use tokio_rustls::rustls::version::{TLS12, TLS13};
-    let (cert, key, pem) = self_signed()?;
+    // The gateway's certificate, from a CA the clients trust (its files go with `ca`).
+    let ca = tests::pki::Ca::new("wss")?;
+    let leaf = ca.leaf("gateway")?;
+    let (cert, key, pem) = (leaf.cert.clone(), leaf.key.clone(), std::fs::read_to_string(ca.ca_file())?);
     let p = Platform::start(PlatformOptions {
         gateways: 1,
         handshake_timeout_ms: 2_000,
@@ -472,8 +681,8 @@ async fn wss_with_tls_1_2_and_1_3_and_stalled_handshakes_are_cut() -> anyhow::Re
         ws.close(None).await?;
     }
     // A client that does not trust the certificate, and a plain ws:// client, get no session.
-    let (other, ..) = self_signed()?;
-    let other_pem = std::fs::read_to_string(other)?;
+    let other = tests::pki::Ca::new("other")?;
+    let other_pem = std::fs::read_to_string(other.ca_file())?;
     ensure!(wss(gw, &other_pem, &TLS13, &user("eve")).await.is_err(), "a client trusting another CA connected");
     let plain = user("plain");
     ensure!(WsClient::connect(gw, &plain, "phone").await.is_err(), "plain ws:// got through to a TLS port");
