@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test faults fuzz servers servers-down status lint clean-data
+.PHONY: help up down test faults fuzz bench servers servers-down status lint clean-data
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
@@ -13,6 +13,7 @@ help:
 	@echo "make test      install what is missing, start the servers, run every test"
 	@echo "make faults    the fault scenarios at their large size, with counts"
 	@echo "make fuzz      the decoders' fuzz targets with a long budget (FUZZ_CASES, default 200000 each)"
+	@echo "make bench     the benchmarks beside their floors (release build): bench-results/ (JSON, summary, charts)"
 	@echo "make lint      rustfmt check and clippy"
 	@echo "make status    what is running"
 	@echo "make clean-data  stop everything and delete local data and logs (.local/data, .local/logs)"
@@ -51,6 +52,16 @@ FUZZ_CASES ?= 200000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p gateway --test fuzz_frames
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p chat-model --test fuzz_events
+
+# The benchmarks (kept out of `make test`, which runs a smoke-sized run of them): release binaries, results
+# and charts in bench-results/, the summary table printed last. BENCH_ARGS: e.g. --scenarios latency.
+BENCH_ARGS ?=
+bench: servers
+	infra/local/bench-tools.sh
+	$(CARGO) build --release --bins
+	target/release/bench --out bench-results $(BENCH_ARGS)
+	.local/venv/bin/python tests/bench/charts.py bench-results
+	@cat bench-results/summary.md
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     pub push_timeout_ms: u64,
     /// The gateways' limit on open files (soft and hard), when not inherited.
     pub gateway_open_files: Option<u64>,
+    /// Where the service binaries are (default: the debug build of this workspace).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +60,7 @@ impl Default for ClusterOptions {
             write_timeout_ms: 10_000,
             push_timeout_ms: 1_000,
             gateway_open_files: None,
+            bin_dir: None,
         }
     }
 }
@@ -147,7 +150,7 @@ impl Cluster {
         let redis_prefix = format!("faults:{id}:");
         std::fs::create_dir_all(log_dir())?;
         for b in [Kind::ChatService, Kind::Gateway, Kind::Worker] {
-            let path = bin_dir().join(b.binary());
+            let path = options.bin_dir.clone().unwrap_or_else(bin_dir).join(b.binary());
             if !path.exists() {
                 bail!(
                     "{} is missing: build the binaries first (`cargo build --bins`; `make test` does)",
@@ -232,7 +235,7 @@ impl Cluster {
             return Ok(());
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&p.log)?;
-        let binary = bin_dir().join(p.kind.binary());
+        let binary = self.options.bin_dir.clone().unwrap_or_else(bin_dir).join(p.kind.binary());
         let mut cmd = match self.options.gateway_open_files {
             // prlimit sets the limit and then becomes the service (same process).
             Some(n) if kind == Kind::Gateway => {

@@ -106,6 +106,26 @@ impl Reader<'_> {
     }
 }
 
+/// How many records of `topic` the `group` has not yet committed, over all partitions.
+pub fn lag(group: &str, topic: &str) -> anyhow::Result<i64> {
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create()?;
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let t = metadata.topics().first().context("no such topic")?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in t.partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = client.committed_offsets(tpl, Duration::from_secs(5))?;
+    let mut lag = 0;
+    for e in committed.elements() {
+        let (_, high) = client.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
+        let done = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+        lag += (high - done).max(0);
+    }
+    Ok(lag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod device;
 pub mod group;
+pub mod load;
 pub mod pki;
 pub mod platform;
 pub mod raw;

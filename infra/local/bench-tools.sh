@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# What `make bench` needs besides the servers: a Python virtual environment with matplotlib (the charts),
+# in .local/venv. Safe to run again.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+
+VENV="$ROOT/.local/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    log "installing python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >>"$LOGS/apt.log" 2>&1 || die "apt-get install python3-venv failed"
+  fi
+  log "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import matplotlib' >/dev/null 2>&1; then
+  log "installing matplotlib into $VENV"
+  "$VENV/bin/pip" install -q "matplotlib==3.9.2" >"$LOGS/pip-bench.log" 2>&1 || { tail -20 "$LOGS/pip-bench.log" >&2; die "pip install matplotlib failed"; }
+fi

@@ -1,0 +1,986 @@
+//! `make bench`: starts the platform (release binaries) against the real servers, runs the benchmark
+//! scenarios with the load generator, measures each figure's floor in the same run, and writes
+//! `results.json` and `summary.md` into the output folder (charts are drawn from the JSON by
+//! `tests/bench/charts.py`). `bench floor-ws` is the floor of the idle-connection scenario: a minimal
+//! tokio-tungstenite server, run as its own process so that its memory is measured alone.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use proto::v1;
+use proto::v1::chat_service_client::ChatServiceClient;
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use tests::cluster::{Cluster, ClusterOptions, Kind};
+use tests::load::{self, Conn, Percentiles, Recorder};
+use tests::platform::kafka_brokers;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "bench", about = "The platform's benchmarks, each beside its floor")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where results go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Scenarios to run, comma separated: idle, scale, latency, storm (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// A small run of every scenario (for `make test`'s smoke run): fewer connections, shorter periods.
+    #[arg(long)]
+    smoke: bool,
+    /// Where the service binaries are (default: target/release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A minimal tokio-tungstenite server that holds connections (the idle scenario's floor).
+    FloorWs,
+    /// Holds connections to one gateway for the scale-out scenario (one process may hold at most 20,000
+    /// open files, so the scenario runs several): prints `connected N`, then `received N` as messages
+    /// arrive; closes them and ends when its standard input closes.
+    Hold(HoldArgs),
+}
+
+#[derive(clap::Args)]
+struct HoldArgs {
+    #[arg(long)]
+    gateway: SocketAddr,
+    /// Users are `<prefix><i>` for i in from..from+count.
+    #[arg(long)]
+    prefix: String,
+    #[arg(long)]
+    from: usize,
+    #[arg(long)]
+    count: usize,
+    /// Source addresses to bind, in turn (127.0.0.x).
+    #[arg(long, value_delimiter = ',')]
+    sources: Vec<IpAddr>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::FloorWs) => return floor_ws().await,
+        Some(Command::Hold(h)) => return hold_for_scale(h).await,
+        None => {}
+    }
+    let started = Instant::now();
+    let all = ["idle", "scale", "latency", "storm"];
+    let wanted: Vec<&str> = if args.scenarios.is_empty() {
+        all.to_vec()
+    } else {
+        let w: Vec<&str> = args.scenarios.iter().map(String::as_str).collect();
+        if let Some(bad) = w.iter().find(|s| !all.contains(s)) {
+            bail!("unknown scenario {bad}; known: {all:?}");
+        }
+        w
+    };
+    let size = if args.smoke { Size::smoke() } else { Size::full() };
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| workspace().join("target").join("release"));
+    std::fs::create_dir_all(&args.out)?;
+    let mut report = Report { machine: machine(), smoke: args.smoke, ..Report::default() };
+    let options = ClusterOptions {
+        chat_services: 1,
+        gateways: size.scale_gateways,
+        workers: 2,
+        partitions: 8,
+        bin_dir: Some(bin_dir.clone()),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let run = async {
+        if wanted.contains(&"idle") {
+            report.idle = Some(idle(&cluster, size.idle).await.context("idle scenario")?);
+        }
+        if wanted.contains(&"scale") {
+            report.scale = Some(scale(&cluster, &size).await.context("scale-out scenario")?);
+        }
+        if wanted.contains(&"latency") {
+            report.latency = latency(&cluster, &size, 2, size.pairs, &size.rates).await.context("latency scenario")?;
+            report.groups =
+                latency(&cluster, &size, size.group_members, size.groups, &size.group_rates).await.context("groups")?;
+        }
+        if wanted.contains(&"storm") {
+            report.storm = Some(storm(&cluster, &size).await.context("reconnect storm")?);
+        }
+        anyhow::Ok(())
+    };
+    let outcome = run.await;
+    cluster.shutdown().await?;
+    outcome?;
+    report.seconds = started.elapsed().as_secs_f64();
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.out.join("results.json"), &json)?;
+    let summary = report.markdown();
+    std::fs::write(args.out.join("summary.md"), &summary)?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// How big each scenario is.
+struct Size {
+    idle: usize,
+    scale_gateways: usize,
+    scale_per_gateway: usize,
+    /// One connection in this many gets a message.
+    scale_sample_every: usize,
+    pairs: usize,
+    rates: Vec<u64>,
+    groups: usize,
+    group_members: usize,
+    group_rates: Vec<u64>,
+    warmup: Duration,
+    measure: Duration,
+    storm_groups: usize,
+    storm_members: usize,
+    storm_missed: usize,
+}
+
+impl Size {
+    fn full() -> Size {
+        Size {
+            idle: 18_000,
+            scale_gateways: 3,
+            scale_per_gateway: 17_000,
+            scale_sample_every: 100,
+            pairs: 250,
+            rates: vec![250, 500, 1_000, 2_000, 3_000, 5_000],
+            groups: 10,
+            group_members: 100,
+            group_rates: vec![10, 25, 50, 100, 250],
+            warmup: Duration::from_secs(3),
+            measure: Duration::from_secs(10),
+            storm_groups: 100,
+            storm_members: 100,
+            storm_missed: 10,
+        }
+    }
+
+    fn smoke() -> Size {
+        Size {
+            idle: 200,
+            scale_gateways: 3,
+            scale_per_gateway: 100,
+            scale_sample_every: 10,
+            pairs: 10,
+            rates: vec![100],
+            groups: 2,
+            group_members: 5,
+            group_rates: vec![10],
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(2),
+            storm_groups: 4,
+            storm_members: 10,
+            storm_missed: 3,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    machine: Machine,
+    smoke: bool,
+    seconds: f64,
+    idle: Option<Idle>,
+    scale: Option<Scale>,
+    latency: Vec<Latency>,
+    groups: Vec<Latency>,
+    storm: Option<Storm>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    memory_gib: f64,
+    kernel: String,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpu_model,
+        memory_gib: kib / 1024.0 / 1024.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+    }
+}
+
+/// CPU time (user + system) a process has used, in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose CPU time is counted, by kind: the platform's, the servers', and this one.
+fn processes(cluster: &Cluster) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for (kind, name) in [(Kind::Gateway, "gateway"), (Kind::ChatService, "chat-service"), (Kind::Worker, "worker")] {
+        for i in 0..cluster.count(kind) {
+            if let Some(pid) = cluster.pid(kind, i) {
+                out.push((name.to_owned(), pid));
+            }
+        }
+    }
+    for server in ["kafka", "cassandra", "redis"] {
+        let file = workspace().join(".local").join("run").join(format!("{server}.pid"));
+        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()) {
+            out.push((server.to_owned(), pid));
+        }
+    }
+    out.push(("load-generator".to_owned(), std::process::id()));
+    out
+}
+
+/// CPU seconds by process kind, between two calls.
+struct CpuMeter {
+    start: Vec<(String, u32, f64)>,
+}
+
+impl CpuMeter {
+    fn start(cluster: &Cluster) -> CpuMeter {
+        let start =
+            processes(cluster).into_iter().filter_map(|(name, pid)| cpu_seconds(pid).map(|s| (name, pid, s))).collect();
+        CpuMeter { start }
+    }
+
+    fn stop(&self) -> HashMap<String, f64> {
+        let mut by_kind: HashMap<String, f64> = HashMap::new();
+        for (name, pid, before) in &self.start {
+            if let Some(after) = cpu_seconds(*pid) {
+                *by_kind.entry(name.clone()).or_default() += after - before;
+            }
+        }
+        by_kind
+    }
+}
+
+/// CPU time by process kind over a scenario, in all and per delivered message.
+#[derive(Debug, Serialize)]
+struct Cost {
+    cpu_seconds: HashMap<String, f64>,
+    cpu_seconds_per_message: HashMap<String, f64>,
+}
+
+impl Cost {
+    fn new(cpu_seconds: HashMap<String, f64>, delivered: u64) -> Cost {
+        let per = |s: &f64| if delivered == 0 { 0.0 } else { s / delivered as f64 };
+        let cpu_seconds_per_message = cpu_seconds.iter().map(|(k, s)| (k.clone(), per(s))).collect();
+        Cost { cpu_seconds, cpu_seconds_per_message }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenario 1: idle connections.
+
+#[derive(Debug, Serialize)]
+struct Idle {
+    connections: usize,
+    gateway_connected: usize,
+    gateway_kib_per_connection: f64,
+    floor_connected: usize,
+    floor_kib_per_connection: f64,
+    ratio: f64,
+    target_ratio: f64,
+}
+
+async fn floor_ws() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening {}", listener.local_addr()?)?;
+        stdout.flush()?;
+    }
+    // The same buffer sizes as the gateway's connections: a floor for what the gateway adds, not for
+    // tungstenite's defaults.
+    let config = gateway::http::ws_config(64 * 1024);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        });
+    }
+}
+
+/// Opens `n` connections (each its own user) and answers how many connected and the growth of `pid`'s
+/// resident memory, measured once they settled; closes them.
+async fn hold(gw: SocketAddr, pid: u32, n: usize, tag: &str, settle: Duration) -> anyhow::Result<(usize, u64)> {
+    let before = rss_kib(pid).context("no such process")?;
+    let users: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
+    let recorder = Arc::new(Recorder::default());
+    let conns = load::connect_many(gw, &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &users, 200, recorder).await;
+    let connected = conns.iter().flatten().count();
+    tokio::time::sleep(settle).await;
+    let after = rss_kib(pid).context("the process died")?;
+    for c in conns.iter().flatten() {
+        c.close();
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((connected, after.saturating_sub(before)))
+}
+
+async fn idle(cluster: &Cluster, n: usize) -> anyhow::Result<Idle> {
+    // The floor, in its own process.
+    let exe = std::env::current_exe()?;
+    let mut floor = tokio::process::Command::new(exe)
+        .arg("floor-ws")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = floor.stdout.take().context("floor stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut first = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first).await?;
+    let floor_addr: SocketAddr = first.trim().strip_prefix("listening ").context("floor address")?.parse()?;
+    let floor_pid = floor.id().context("floor pid")?;
+    let (floor_connected, floor_kib) = hold(floor_addr, floor_pid, n, "floor", Duration::from_secs(3)).await?;
+    floor.kill().await?;
+
+    let gw = cluster.gateway_ws[0];
+    let pid = cluster.pid(Kind::Gateway, 0).context("gateway pid")?;
+    // Past the inbox's second read (3 s after connect), so that every session is in its resting state.
+    let (connected, kib) = hold(gw, pid, n, "idle", Duration::from_secs(6)).await?;
+    ensure!(connected > 0 && floor_connected > 0, "no connection held");
+    let g = kib as f64 / connected as f64;
+    let f = floor_kib as f64 / floor_connected as f64;
+    Ok(Idle {
+        connections: n,
+        gateway_connected: connected,
+        gateway_kib_per_connection: g,
+        floor_connected,
+        floor_kib_per_connection: f,
+        ratio: g / f.max(0.001),
+        target_ratio: 1.3,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenario 2: scale-out.
+
+#[derive(Debug, Serialize)]
+struct Scale {
+    gateways: usize,
+    connections: usize,
+    connected: usize,
+    /// Resident memory of all gateways with every connection held, MiB.
+    gateways_rss_mib: f64,
+    sampled: usize,
+    received: u64,
+    seconds_to_arrive: f64,
+    #[serde(flatten)]
+    cost: Cost,
+}
+
+async fn hold_for_scale(a: HoldArgs) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    ensure!(!a.sources.is_empty(), "no source address");
+    let users: Vec<String> = (a.from..a.from + a.count).map(|i| format!("{}{i}", a.prefix)).collect();
+    let recorder = Arc::new(Recorder::default());
+    let conns = load::connect_many(a.gateway, &a.sources, &users, 200, recorder.clone()).await;
+    let say = |line: String| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush())
+    };
+    say(format!("connected {}", conns.iter().flatten().count()))?;
+    let mut stdin = tokio::io::stdin();
+    let mut eof = std::pin::pin!(async move {
+        let mut sink = Vec::new();
+        let _ = stdin.read_to_end(&mut sink).await;
+    });
+    let mut told = 0;
+    loop {
+        tokio::select! {
+            () = &mut eof => break,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let received = recorder.messages.load(Ordering::Relaxed);
+        if received != told {
+            told = received;
+            say(format!("received {received}"))?;
+        }
+    }
+    for c in conns.iter().flatten() {
+        c.close();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// One `bench hold` process: how many it connected, and how many messages it has received so far.
+struct Holder {
+    child: tokio::process::Child,
+    connected: usize,
+    received: Arc<AtomicU64>,
+}
+
+async fn start_holder(
+    gw: SocketAddr,
+    prefix: &str,
+    from: usize,
+    count: usize,
+    sources: String,
+) -> anyhow::Result<Holder> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["hold", "--gateway", &gw.to_string(), "--prefix", prefix])
+        .args(["--from", &from.to_string(), "--count", &count.to_string(), "--sources", &sources])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("holder stdout")?).lines();
+    let first = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+        .await
+        .context("a holder did not connect within 10 minutes")??
+        .context("a holder ended")?;
+    let connected: usize = first.strip_prefix("connected ").context("holder's first line")?.parse()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let r = received.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(n) = line.strip_prefix("received ").and_then(|n| n.parse().ok()) {
+                r.store(n, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(Holder { child, connected, received })
+}
+
+async fn scale(cluster: &Cluster, size: &Size) -> anyhow::Result<Scale> {
+    let gateways = cluster.gateway_ws.len();
+    let id = run_id();
+    let prefix = format!("sc{id}u");
+    let total = gateways * size.scale_per_gateway;
+    // The sample: every n-th user gets a direct conversation with one sender, created before they connect.
+    let mut grpc = chat(cluster).await?;
+    let sender = format!("sc{id}sender");
+    let mut sample = Vec::new();
+    for i in (0..total).step_by(size.scale_sample_every) {
+        sample.push(create(&mut grpc, &sender, vec![format!("{prefix}{i}")]).await?);
+    }
+    // One holder process per gateway, each from two source addresses of its own.
+    let mut holders = Vec::new();
+    for (g, gw) in cluster.gateway_ws.iter().enumerate() {
+        let sources = format!("127.0.0.{},127.0.0.{}", 2 + 2 * g, 3 + 2 * g);
+        holders.push(start_holder(*gw, &prefix, g * size.scale_per_gateway, size.scale_per_gateway, sources));
+    }
+    let holders = futures::future::try_join_all(holders).await?;
+    let connected: usize = holders.iter().map(|h| h.connected).sum();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gateways_rss_kib: u64 = (0..gateways).filter_map(|g| cluster.pid(Kind::Gateway, g)).filter_map(rss_kib).sum();
+    println!(
+        "[bench] scale-out: {connected} of {total} connections held by {gateways} gateways ({} MiB resident)",
+        gateways_rss_kib / 1024
+    );
+    let cpu = CpuMeter::start(cluster);
+    let start = Instant::now();
+    let sends = sample.iter().enumerate().map(|(k, conv)| {
+        let mut grpc = grpc.clone();
+        let sender = sender.clone();
+        async move {
+            grpc.send_message(v1::SendMessageRequest {
+                conversation_id: conv.clone(),
+                sender_id: sender,
+                sender_device_id: "service".into(),
+                client_msg_id: format!("scale-{k}"),
+                body: format!("hello {k}"),
+            })
+            .await
+        }
+    });
+    let sent = futures::stream::iter(sends).buffer_unordered(50).collect::<Vec<_>>().await;
+    for r in sent {
+        r?;
+    }
+    let expected = sample.len() as u64;
+    let received = || holders.iter().map(|h| h.received.load(Ordering::Relaxed)).sum::<u64>();
+    while received() < expected && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu.stop();
+    let got = received();
+    for mut h in holders {
+        drop(h.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(30), h.child.wait()).await;
+    }
+    println!("[bench] scale-out: {got} of {expected} sampled connections got their message in {seconds:.2} s");
+    Ok(Scale {
+        gateways,
+        connections: total,
+        connected,
+        gateways_rss_mib: gateways_rss_kib as f64 / 1024.0,
+        sampled: sample.len(),
+        received: got,
+        seconds_to_arrive: seconds,
+        cost: Cost::new(cpu, got),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenario 3: latency at fixed rates, beside produce → consume on the same broker.
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    /// Members of each conversation (the sender and `members - 1` recipients).
+    members: usize,
+    rate: u64,
+    /// Whether every message was acknowledged and received within 30 s of the period's end.
+    kept_up: bool,
+    sent: u64,
+    received: u64,
+    ack: Percentiles,
+    receive: Percentiles,
+    floor: Percentiles,
+    ratio_p99: f64,
+    #[serde(flatten)]
+    cost: Cost,
+}
+
+async fn chat(cluster: &Cluster) -> anyhow::Result<ChatServiceClient<Channel>> {
+    Ok(ChatServiceClient::connect(format!("http://{}", cluster.chat_addrs[0])).await?)
+}
+
+async fn create(chat: &mut ChatServiceClient<Channel>, creator: &str, others: Vec<String>) -> anyhow::Result<String> {
+    let kind = if others.len() == 1 { v1::ConversationKind::Direct } else { v1::ConversationKind::Group };
+    let r = chat
+        .create_conversation(v1::CreateConversationRequest {
+            kind: kind as i32,
+            created_by: creator.into(),
+            member_ids: others,
+            title: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.conversation.context("no conversation")?.conversation_id)
+}
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+async fn latency(
+    cluster: &Cluster,
+    size: &Size,
+    members: usize,
+    conversations: usize,
+    rates: &[u64],
+) -> anyhow::Result<Vec<Latency>> {
+    let mut grpc = chat(cluster).await?;
+    let id = run_id();
+    let mut users = Vec::new();
+    let mut convs = Vec::new();
+    // Each conversation's first member sends; the others receive.
+    for c in 0..conversations {
+        let group: Vec<String> = (0..members).map(|m| format!("lat{id}c{c}m{m}")).collect();
+        convs.push(create(&mut grpc, &group[0], group[1..].to_vec()).await?);
+        users.extend(group);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let conns =
+        load::connect_many(cluster.gateway_ws[0], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &users, 100, recorder.clone())
+            .await;
+    let conns: Vec<Conn> = conns.into_iter().collect::<Option<Vec<_>>>().context("a client did not connect")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let senders: Vec<(&Conn, &str)> = conns.iter().step_by(members).zip(convs.iter().map(String::as_str)).collect();
+    let recipients = (members - 1) as u64;
+    let counter = AtomicU64::new(0);
+    let mut out = Vec::new();
+    for &rate in rates {
+        load::send_at_rate(&senders, rate, size.warmup, &counter).await;
+        recorder.restart();
+        let cpu = CpuMeter::start(cluster);
+        let sent = load::send_at_rate(&senders, rate, size.measure, &counter).await;
+        // Let the last messages arrive: everything sent so far acknowledged, and what was sent in the
+        // measured period received (at most 30 s more).
+        let draining = Instant::now();
+        let total = counter.load(Ordering::Relaxed);
+        let caught_up = loop {
+            let received = recorder.received.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if recorder.acks.load(Ordering::Relaxed) >= total && received >= sent * recipients {
+                break true;
+            }
+            if draining.elapsed() > Duration::from_secs(30) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let cpu = cpu.stop();
+        let ack = Percentiles::of(&recorder.acked.lock().unwrap_or_else(|p| p.into_inner()));
+        let receive = Percentiles::of(&recorder.received.lock().unwrap_or_else(|p| p.into_inner()));
+        // Deliveries of the messages sent in the measured period (those sent before are not counted).
+        let received = receive.count;
+        let floor = kafka_floor(rate, size.measure).await?;
+        println!(
+            "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms",
+            ack.p99_ms, receive.p99_ms, floor.p99_ms
+        );
+        out.push(Latency {
+            members,
+            rate,
+            sent,
+            received,
+            kept_up: caught_up,
+            ack,
+            receive,
+            floor,
+            ratio_p99: receive.p99_ms / floor.p99_ms.max(0.001),
+            cost: Cost::new(cpu, received),
+        });
+        if !caught_up {
+            // Higher rates would only queue more behind this one.
+            println!("[bench] {rate} messages/s was not kept up with: no higher rate is tried");
+            break;
+        }
+    }
+    for c in &conns {
+        c.close();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(out)
+}
+
+/// Produce (idempotent, acks=all, linger 1 ms: the chat service's settings) → consume latency on the same
+/// broker, at `rate` records a second for `period`.
+async fn kafka_floor(rate: u64, period: Duration) -> anyhow::Result<Percentiles> {
+    let topic = format!("bench.floor.{}", run_id());
+    tests::platform::create_topic(&topic, 8).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("{topic}.reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    // Until the consumer holds its partitions, nothing is timed.
+    let warm = FutureRecord::to(&topic).key("warm").payload("warm");
+    producer.send(warm, Duration::from_secs(10)).await.map_err(|(e, _)| e)?;
+    tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .context("the floor's consumer got nothing")??;
+    let expected = (rate as f64 * period.as_secs_f64()) as u64;
+    let reader = async {
+        let mut h = load::histogram();
+        let deadline = tokio::time::Instant::now() + period + Duration::from_secs(10);
+        while h.len() < expected {
+            let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
+            if let Some(t) = m.payload().and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse::<u64>().ok()) {
+                let _ = h.record((load::epoch().elapsed().as_micros() as u64).saturating_sub(t).max(1));
+            }
+        }
+        h
+    };
+    let writer = async {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while start.elapsed() < period {
+            tick.tick().await;
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                let payload = (load::epoch().elapsed().as_micros() as u64).to_string();
+                let key = format!("k{}", sent % 512);
+                let p = producer.clone();
+                let topic = topic.clone();
+                pending.push(async move {
+                    let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+                    p.send(record, Duration::from_secs(10)).await.is_ok()
+                });
+                sent += 1;
+            }
+            while let Some(Some(_)) = futures::FutureExt::now_or_never(pending.next()) {}
+        }
+        while pending.next().await.is_some() {}
+    };
+    let (h, ()) = tokio::join!(reader, writer);
+    Ok(Percentiles::of(&h))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Scenario 5: reconnect storm.
+
+#[derive(Debug, Serialize)]
+struct Storm {
+    clients: usize,
+    missed_each: usize,
+    expected: u64,
+    received: u64,
+    seconds_to_catch_up: f64,
+    target_seconds: f64,
+    #[serde(flatten)]
+    cost: Cost,
+}
+
+async fn storm(cluster: &Cluster, size: &Size) -> anyhow::Result<Storm> {
+    let mut grpc = chat(cluster).await?;
+    let id = run_id();
+    let mut convs = Vec::new();
+    let mut users = Vec::new();
+    for g in 0..size.storm_groups {
+        let sender = format!("st{id}g{g}s");
+        let members: Vec<String> = (0..size.storm_members).map(|m| format!("st{id}g{g}m{m}")).collect();
+        convs.push((sender.clone(), create(&mut grpc, &sender, members.clone()).await?));
+        users.extend(members);
+    }
+    let gw = cluster.gateway_ws[0];
+    let sources = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    // Each client connects once (its device becomes known) and goes away.
+    let first = Arc::new(Recorder::default());
+    let conns = load::connect_many(gw, &sources, &users, 200, first.clone()).await;
+    ensure!(conns.iter().all(Option::is_some), "a client did not connect");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for c in conns.iter().flatten() {
+        c.close();
+    }
+    let closing = Instant::now();
+    while first.closed.load(Ordering::Relaxed) < users.len() as u64 && closing.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conns);
+    // The messages they miss, sent through the chat service, then delivered into their inboxes.
+    for k in 0..size.storm_missed {
+        let sends = convs.iter().map(|(sender, conv)| {
+            let mut grpc = grpc.clone();
+            async move {
+                grpc.send_message(v1::SendMessageRequest {
+                    conversation_id: conv.clone(),
+                    sender_id: sender.clone(),
+                    sender_device_id: "service".into(),
+                    client_msg_id: format!("storm-{k}"),
+                    body: format!("missed {k}"),
+                })
+                .await
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+    }
+    let waiting = Instant::now();
+    while tests::group::lag(&cluster.worker_group(), &cluster.topic)? > 0 {
+        ensure!(waiting.elapsed() < Duration::from_secs(300), "the workers did not deliver the missed messages");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // All at once.
+    let expected = (users.len() * size.storm_missed) as u64;
+    let again = Arc::new(Recorder::default());
+    let cpu = CpuMeter::start(cluster);
+    let start = Instant::now();
+    let conns = load::connect_many(gw, &sources, &users, 1_000, again.clone()).await;
+    ensure!(conns.iter().all(Option::is_some), "a client did not reconnect");
+    while again.messages.load(Ordering::Relaxed) < expected && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu.stop();
+    let received = again.messages.load(Ordering::Relaxed);
+    for c in conns.iter().flatten() {
+        c.close();
+    }
+    println!(
+        "[bench] reconnect storm: {} clients caught up on {received} of {expected} messages in {seconds:.2} s",
+        users.len()
+    );
+    Ok(Storm {
+        clients: users.len(),
+        missed_each: size.storm_missed,
+        expected,
+        received,
+        seconds_to_catch_up: seconds,
+        target_seconds: 10.0,
+        cost: Cost::new(cpu, received),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The summary.
+
+impl Report {
+    fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut s = format!(
+            "# Benchmarks{}\n\nMachine: {} CPUs ({}), {:.1} GiB, Linux {}. Run took {:.0} s.\n\n",
+            if self.smoke { " (smoke run: sizes far below the targets')" } else { "" },
+            m.cpus,
+            m.cpu_model,
+            m.memory_gib,
+            m.kernel,
+            self.seconds
+        );
+        s.push_str("| scenario | figure | ours | floor | ratio | target | met |\n|---|---|---|---|---|---|---|\n");
+        if let Some(i) = &self.idle {
+            s.push_str(&format!(
+                "| 1 idle connections ({} held; floor {}) | resident KiB per connection | {:.1} | {:.1} (bare tokio-tungstenite, same buffers) | {:.2} | ≤ {:.1}× | {} |\n",
+                i.gateway_connected,
+                i.floor_connected,
+                i.gateway_kib_per_connection,
+                i.floor_kib_per_connection,
+                i.ratio,
+                i.target_ratio,
+                yes(i.ratio <= i.target_ratio)
+            ));
+        }
+        if let Some(sc) = &self.scale {
+            s.push_str(&format!(
+                "| 2 scale-out ({} of {} connections held by {} gateways, {:.0} MiB resident in all) | sampled connections that got a message; seconds until all arrived | {} of {}; {:.2} s | | | ≥ 50,000 connections, all arrive | {} |\n",
+                sc.connected,
+                sc.connections,
+                sc.gateways,
+                sc.gateways_rss_mib,
+                sc.received,
+                sc.sampled,
+                sc.seconds_to_arrive,
+                yes(sc.connected >= 50_000 && sc.received >= sc.sampled as u64)
+            ));
+        }
+        for l in &self.latency {
+            s.push_str(&format!(
+                "| 3 latency, 1:1, {}/s ({} sent, {} received{}) | p50 / p99 / p99.9 send→ack, ms | {:.1} / {:.1} / {:.1} | | | | |\n",
+                l.rate, l.sent, l.received, if l.kept_up { "" } else { "; not kept up with" }, l.ack.p50_ms, l.ack.p99_ms, l.ack.p999_ms
+            ));
+            let under_50 =
+                if l.rate == 1_000 { format!(" and < 50 ms: {}", yes(l.receive.p99_ms < 50.0)) } else { String::new() };
+            s.push_str(&format!(
+                "| 3 latency, 1:1, {}/s | p50 / p99 / p99.9 send→receive, ms | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} (Kafka produce→consume) | {:.2} (p99) | p99 ≤ 3× floor{} | {} |\n",
+                l.rate,
+                l.receive.p50_ms,
+                l.receive.p99_ms,
+                l.receive.p999_ms,
+                l.floor.p50_ms,
+                l.floor.p99_ms,
+                l.floor.p999_ms,
+                l.ratio_p99,
+                under_50,
+                yes(l.kept_up && l.ratio_p99 <= 3.0 && (l.rate != 1_000 || l.receive.p99_ms < 50.0))
+            ));
+        }
+        for g in &self.groups {
+            s.push_str(&format!(
+                "| 4 groups of {}, {} messages/s ({} deliveries/s offered; {} delivered{}) | p50 / p99 send→receive, ms | {:.1} / {:.1} | {:.1} / {:.1} (Kafka) | {:.2} (p99) | | |\n",
+                g.members,
+                g.rate,
+                g.rate * (g.members as u64 - 1),
+                g.received,
+                if g.kept_up { "" } else { "; not kept up with" },
+                g.receive.p50_ms,
+                g.receive.p99_ms,
+                g.floor.p50_ms,
+                g.floor.p99_ms,
+                g.ratio_p99
+            ));
+        }
+        // Throughput: the highest rate held with every message through and p99 send→receive under 100 ms.
+        let held = |runs: &[Latency]| {
+            runs.iter().filter(|l| l.kept_up && l.receive.p99_ms < 100.0).map(|l| l.rate * (l.members as u64 - 1)).max()
+        };
+        if !self.latency.is_empty() {
+            let best = held(&self.latency).unwrap_or(0);
+            s.push_str(&format!(
+                "| 4 throughput, 1:1 | persisted messages/s held with p99 send→receive < 100 ms (highest rate tried: {}) | {best} | | | ≥ 5,000 | {} |\n",
+                self.latency.last().map(|l| l.rate).unwrap_or(0),
+                yes(best >= 5_000)
+            ));
+        }
+        if !self.groups.is_empty() {
+            let best = held(&self.groups).unwrap_or(0);
+            s.push_str(&format!(
+                "| 4 throughput, groups of {} | deliveries/s held with p99 send→receive < 100 ms | {best} | | | ≥ 25,000 | {} |\n",
+                self.groups[0].members,
+                yes(best >= 25_000)
+            ));
+        }
+        if let Some(st) = &self.storm {
+            s.push_str(&format!(
+                "| 5 reconnect storm ({} clients, {} missed each) | seconds until all caught up ({} of {} messages) | {:.2} | | | ≤ {:.0} s | {} |\n",
+                st.clients,
+                st.missed_each,
+                st.received,
+                st.expected,
+                st.seconds_to_catch_up,
+                st.target_seconds,
+                yes(st.received >= st.expected && st.seconds_to_catch_up <= st.target_seconds)
+            ));
+        }
+        s.push_str(
+            "\n## CPU-seconds per delivered message (one delivery: one message to one recipient), by process kind\n\n",
+        );
+        let mut rows: Vec<(String, &HashMap<String, f64>)> =
+            self.latency.iter().map(|l| (format!("1:1, {}/s", l.rate), &l.cost.cpu_seconds_per_message)).collect();
+        rows.extend(
+            self.groups
+                .iter()
+                .map(|g| (format!("groups of {}, {} messages/s", g.members, g.rate), &g.cost.cpu_seconds_per_message)),
+        );
+        if let Some(st) = &self.storm {
+            rows.push(("reconnect storm".into(), &st.cost.cpu_seconds_per_message));
+        }
+        if let Some(sc) = &self.scale {
+            rows.push(("scale-out sample".into(), &sc.cost.cpu_seconds_per_message));
+        }
+        let kinds = ["gateway", "chat-service", "worker", "kafka", "cassandra", "redis", "load-generator"];
+        s.push_str(&format!("| scenario | {} |\n|---|{}\n", kinds.join(" | "), "---|".repeat(kinds.len())));
+        for (name, per) in rows {
+            let cells: Vec<String> =
+                kinds.iter().map(|k| per.get(*k).map(|v| format!("{:.1} µs", v * 1e6)).unwrap_or_default()).collect();
+            s.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+        }
+        s
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "**no**" }
+}
