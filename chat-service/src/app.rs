@@ -36,7 +36,8 @@ impl App {
             .context("creating the kafka producer")?;
         let listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
-        let sequencer = Sequencer::new(store.clone(), log.clone());
+        let sequencer =
+            Sequencer::new(store.clone(), log.clone(), std::time::Duration::from_millis(config.members_cache_ms));
         let service = ChatGrpc { store, sequencer, log, send_timeout: config.send_timeout() };
         // A send may take its whole timeout; a history page a few store requests.
         let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;

@@ -30,6 +30,11 @@ pub struct Config {
     /// answered OUT_OF_RANGE, naming the first number still held.
     #[arg(long, env = "CHAT_MESSAGE_TTL_SECS", default_value_t = 0)]
     pub message_ttl_secs: i32,
+    /// How long this replica trusts that a sender is a member before reading membership again. A member
+    /// removed through this replica is refused at once; through another one, within this time. 0: read on
+    /// every send.
+    #[arg(long, env = "CHAT_MEMBERS_CACHE_MS", default_value_t = 2_000)]
+    pub members_cache_ms: u64,
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_timeout_ms: u64,
@@ -51,6 +56,9 @@ impl lifecycle::Config for Config {
         }
         if self.message_ttl_secs < 0 {
             return Err("CHAT_MESSAGE_TTL_SECS must be 0 (forever) or positive".into());
+        }
+        if self.members_cache_ms > 60_000 {
+            return Err("CHAT_MEMBERS_CACHE_MS must be at most 60000".into());
         }
         if !(100..=120_000).contains(&self.send_timeout_ms) {
             return Err("CHAT_SEND_TIMEOUT_MS must be between 100 and 120000".into());

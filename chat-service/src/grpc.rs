@@ -216,6 +216,7 @@ impl ChatService for ChatGrpc {
             );
         }
         self.store.remove_members(id, &remove).await.map_err(ChatError::from)?;
+        self.sequencer.forget_members(id, &remove);
         Ok(Response::new(v1::RemoveMembersResponse { conversation: Some(self.reload(id).await?) }))
     }
 

@@ -77,6 +77,7 @@ impl App {
             dead_letters,
             dead_letter_topic: config.dead_letter_topic.clone(),
             metrics: Arc::new(Metrics::default()),
+            cursor_save: Duration::from_millis(config.cursor_save_ms),
         };
         Ok(App { worker, metrics })
     }

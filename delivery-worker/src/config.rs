@@ -38,6 +38,11 @@ pub struct Config {
     /// How long a conversation's member list is reused before it is read again.
     #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
     pub members_cache_ms: u64,
+    /// How often each lane writes the delivery cursors that moved (at most one write per conversation per
+    /// interval). Longer saves writes; on a failover, the messages of the last interval are delivered again
+    /// (duplicates, which clients drop). 0: after every record.
+    #[arg(long, env = "WORKER_CURSOR_SAVE_MS", default_value_t = 1_000)]
+    pub cursor_save_ms: u64,
     /// Where to serve the counters (`GET /metrics`, Prometheus text format); unset: not served.
     #[arg(long, env = "WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -56,6 +61,9 @@ impl lifecycle::Config for Config {
         }
         if !(100..=3_600_000).contains(&self.log_repair_delay_ms) {
             return Err("WORKER_LOG_REPAIR_DELAY_MS must be between 100 and 3600000".into());
+        }
+        if self.cursor_save_ms > 60_000 {
+            return Err("WORKER_CURSOR_SAVE_MS must be at most 60000".into());
         }
         if !(50..=60_000).contains(&self.push_timeout_ms) {
             return Err("WORKER_PUSH_TIMEOUT_MS must be between 50 and 60000".into());

@@ -49,6 +49,8 @@ pub struct Loop {
     pub dead_letters: FutureProducer,
     pub dead_letter_topic: String,
     pub metrics: Arc<Metrics>,
+    /// How long a lane lets delivery cursors' moves wait before writing them.
+    pub cursor_save: Duration,
 }
 
 /// Lanes, each handling its conversations' records in order.
@@ -109,12 +111,13 @@ struct Handler {
     dead_letter_topic: String,
     metrics: Arc<Metrics>,
     offsets: Mutex<Offsets>,
+    cursor_save: Duration,
 }
 
 impl Loop {
     /// Runs until `shutdown` becomes true; then commits what was handled.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let Loop { consumer, deliverer, dead_letters, dead_letter_topic, metrics } = self;
+        let Loop { consumer, deliverer, dead_letters, dead_letter_topic, metrics, cursor_save } = self;
         let handler = Arc::new(Handler {
             consumer: Arc::new(consumer),
             deliverer,
@@ -122,6 +125,7 @@ impl Loop {
             dead_letter_topic,
             metrics,
             offsets: Mutex::new(Offsets::default()),
+            cursor_save,
         });
         let mut lanes = Vec::with_capacity(LANES);
         let mut tasks = Vec::with_capacity(LANES);
@@ -182,22 +186,34 @@ impl Handler {
         }
     }
 
-    /// One lane: handles its jobs in order until its queue closes or shutdown.
+    /// One lane: handles its jobs in order until its queue closes or shutdown, and writes the delivery
+    /// cursors that moved at most once per `cursor_save` (and before forgetting them, and at the end).
     async fn lane(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>, mut shutdown: watch::Receiver<bool>) {
         let mut cursors = Cursors::new(CURSOR_CAPACITY / LANES);
-        while let Some(job) = jobs.recv().await {
+        let mut save_at: Option<tokio::time::Instant> = None;
+        loop {
+            let job = tokio::select! {
+                job = jobs.recv() => job,
+                () = sleep_until(save_at), if save_at.is_some() => {
+                    save_at = (!self.save_cursors(&mut cursors).await).then(|| tokio::time::Instant::now() + self.cursor_save);
+                    continue;
+                }
+            };
+            let Some(job) = job else { break };
             if *shutdown.borrow() {
-                return;
+                break;
             }
             let record = match job {
                 Job::ClearCursors => {
+                    self.save_cursors(&mut cursors).await;
                     cursors.clear();
+                    save_at = None;
                     continue;
                 }
                 Job::Record(r) => r,
             };
             if !self.handle_record(&record, &mut cursors, &mut shutdown).await {
-                return;
+                break;
             }
             Metrics::add(&self.metrics.records);
             let store = lock(&self.offsets).completed(record.topic(), record.partition(), record.offset());
@@ -205,6 +221,25 @@ impl Handler {
                 && let Err(e) = self.consumer.store_offset(record.topic(), record.partition(), offset)
             {
                 tracing::warn!(error = %e, "offset not stored; records may be handled again");
+            }
+            if save_at.is_none() && cursors.has_unsaved() {
+                save_at = Some(tokio::time::Instant::now() + self.cursor_save);
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.save_cursors(&mut cursors)).await;
+    }
+
+    /// Writes the cursors' unsaved moves; answers whether they are all saved (if not, they wait for the
+    /// next turn: a cursor behind only costs duplicates after a failover).
+    async fn save_cursors(&self, cursors: &mut Cursors) -> bool {
+        if !cursors.has_unsaved() {
+            return true;
+        }
+        match self.deliverer.save_cursors(cursors).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery cursors not saved; trying again later");
+                false
             }
         }
     }
@@ -279,6 +314,13 @@ impl Handler {
                 }
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -21,14 +21,20 @@ pub enum Plan {
 }
 
 /// Bounded: when full, the map is cleared, which only costs a read of the stored cursor.
+///
+/// Moves are saved to the store in the background of delivery (at most one write per conversation per save
+/// interval, [`Cursors::unsaved`]): a stored cursor that lags only makes the next owner deliver again what
+/// was already delivered (duplicates, which clients drop by number), never skip anything.
 pub struct Cursors {
     delivered: HashMap<ConversationId, u64>,
+    /// Moves not yet written to the store, kept apart so that clearing `delivered` does not lose them.
+    unsaved: HashMap<ConversationId, u64>,
     capacity: usize,
 }
 
 impl Cursors {
     pub fn new(capacity: usize) -> Cursors {
-        Cursors { delivered: HashMap::new(), capacity }
+        Cursors { delivered: HashMap::new(), unsaved: HashMap::new(), capacity }
     }
 
     /// What to do with the record of `seq`; `None` when the conversation is unknown here: read its stored
@@ -49,20 +55,47 @@ impl Cursors {
         if self.delivered.len() >= self.capacity {
             self.delivered.clear();
         }
+        // A move not saved yet is ahead of the stored cursor.
+        let delivered = self.unsaved.get(&conversation).map_or(delivered, |u| delivered.max(*u));
         self.delivered.insert(conversation, delivered);
     }
 
-    /// Records that every number up to `seq` is delivered.
+    /// Records that every number up to `seq` is delivered (to be saved: [`Cursors::unsaved`]).
     pub fn delivered(&mut self, conversation: ConversationId, seq: u64) {
         let d = self.delivered.entry(conversation).or_insert(seq);
         if seq > *d {
             *d = seq;
         }
+        let u = self.unsaved.entry(conversation).or_insert(seq);
+        if seq > *u {
+            *u = seq;
+        }
     }
 
-    /// Forgets everything: after a rebalance, another worker may have moved the conversations on.
+    /// Whether some move is not saved yet.
+    pub fn has_unsaved(&self) -> bool {
+        !self.unsaved.is_empty()
+    }
+
+    /// The moves not saved yet, one per conversation (the furthest); call [`Cursors::saved`] once written.
+    pub fn unsaved(&self) -> Vec<(ConversationId, u64)> {
+        self.unsaved.iter().map(|(c, s)| (*c, *s)).collect()
+    }
+
+    /// Records that `moves` are in the store (a conversation that moved further meanwhile stays unsaved).
+    pub fn saved(&mut self, moves: &[(ConversationId, u64)]) {
+        for (c, seq) in moves {
+            if self.unsaved.get(c).is_some_and(|u| u <= seq) {
+                self.unsaved.remove(c);
+            }
+        }
+    }
+
+    /// Forgets everything: after a rebalance, another worker may have moved the conversations on. Save the
+    /// unsaved moves first (forgetting them only costs duplicates).
     pub fn clear(&mut self) {
         self.delivered.clear();
+        self.unsaved.clear();
     }
 }
 
@@ -101,6 +134,25 @@ mod tests {
         assert_eq!(c.plan(id, 5), Some(Plan::Skip));
         assert_eq!(c.plan(id, 6), Some(Plan::Skip));
         assert_eq!(c.plan(id, 8), Some(Plan::Deliver { fill_from: None }));
+    }
+
+    #[test]
+    fn moves_wait_to_be_saved_and_survive_the_map_being_full() {
+        let mut c = Cursors::new(1);
+        let (a, b) = (ConversationId::generate(), ConversationId::generate());
+        c.start(a, 0);
+        c.delivered(a, 1);
+        c.delivered(a, 2);
+        assert_eq!(c.unsaved(), vec![(a, 2)], "one write per conversation, the furthest");
+        c.start(b, 0);
+        c.start(a, 1);
+        assert_eq!(c.plan(a, 2), Some(Plan::Skip), "a stored cursor behind an unsaved move does not win");
+        let moves = c.unsaved();
+        c.delivered(a, 3);
+        c.saved(&moves);
+        assert_eq!(c.unsaved(), vec![(a, 3)], "moved on while being saved: still unsaved");
+        c.saved(&c.unsaved());
+        assert!(!c.has_unsaved());
     }
 
     #[test]

@@ -150,11 +150,19 @@ impl Deliverer {
             }
         }
         add(&mut outcome, self.deliver(m).await?);
-        if let Some(s) = Seq::new(seq) {
-            self.store.set_delivery_cursor(conv, s).await?;
-        }
         cursors.delivered(conv, seq);
         Ok(outcome)
+    }
+
+    /// Writes the cursors' unsaved moves to the store (`delivery_cursors`), all at once.
+    pub async fn save_cursors(&self, cursors: &mut Cursors) -> Result<(), StoreError> {
+        let moves = cursors.unsaved();
+        let writes = moves.iter().filter_map(|(c, s)| Seq::new(*s).map(|s| self.store.set_delivery_cursor(*c, s)));
+        for r in join_all(writes).await {
+            r?;
+        }
+        cursors.saved(&moves);
+        Ok(())
     }
 
     /// Delivers one message to every device of every member but the sending device.

@@ -630,3 +630,43 @@ async fn a_number_claimed_by_a_dead_sender_reaches_the_reader_and_the_log() -> a
     cb.close().await?;
     p.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_can_no_longer_send_even_just_after_sending() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b, c) = (user("alice"), user("bob"), user("carol"));
+    let conv = conversation(&p, v1::ConversationKind::Group, &a, &[&b, &c]).await?;
+    let mut chat = p.chat_client().await?;
+    let send = |sender: &str, id: &str| v1::SendMessageRequest {
+        conversation_id: conv.clone(),
+        sender_id: sender.into(),
+        sender_device_id: "phone".into(),
+        client_msg_id: id.into(),
+        body: format!("from {sender}"),
+    };
+    // Carol's send makes the service remember her as a member; her removal must still take effect at once.
+    let first = chat.send_message(send(&c, "c-1")).await?.into_inner();
+    assert_eq!(first.seq, 1);
+    chat.remove_members(v1::RemoveMembersRequest {
+        conversation_id: conv.clone(),
+        acting_user_id: a.clone(),
+        user_ids: vec![c.clone()],
+    })
+    .await?;
+    let refused = chat.send_message(send(&c, "c-2")).await.err().context("a removed member's send was taken")?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let second = chat.send_message(send(&b, "b-1")).await?.into_inner();
+    assert_eq!(second.seq, 2, "the refused send took no number");
+    let history = chat
+        .get_history(v1::GetHistoryRequest {
+            conversation_id: conv.clone(),
+            user_id: b.clone(),
+            after_seq: 0,
+            limit: 10,
+        })
+        .await?
+        .into_inner();
+    let bodies: Vec<&str> = history.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, vec![format!("from {c}"), format!("from {b}")]);
+    p.stop().await
+}

@@ -43,6 +43,12 @@ struct Args {
     /// Where the service binaries are (default: target/release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Rates of the 1:1 latency scenario, messages a second, comma separated (default: the scenario's).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<u64>,
+    /// Rates of the groups' latency scenario, messages a second, comma separated (default: the scenario's).
+    #[arg(long, value_delimiter = ',')]
+    group_rates: Vec<u64>,
 }
 
 #[derive(Subcommand)]
@@ -90,7 +96,13 @@ async fn main() -> anyhow::Result<()> {
         }
         w
     };
-    let size = if args.smoke { Size::smoke() } else { Size::full() };
+    let mut size = if args.smoke { Size::smoke() } else { Size::full() };
+    if !args.rates.is_empty() {
+        size.rates = args.rates.clone();
+    }
+    if !args.group_rates.is_empty() {
+        size.group_rates = args.group_rates.clone();
+    }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| workspace().join("target").join("release"));
     std::fs::create_dir_all(&args.out)?;
     let mut report = Report { machine: machine(), smoke: args.smoke, ..Report::default() };
