@@ -86,7 +86,7 @@ where
     // The device is known (it gets an inbox) and present before the client hears anything: once a client has
     // its welcome, every message for it is either pushed or kept.
     let holder = Holder { user: &identity.user, device: &identity.device, conn_id };
-    if let Err(e) = shared.presence.set(&[holder]).await {
+    if let Err(e) = Box::pin(shared.presence.set(&[holder])).await {
         tracing::warn!(user = %identity.user, error = %e, "presence not written; delivery falls back to the inbox");
     }
     let register =
@@ -96,7 +96,7 @@ where
         let r = with_deadline(register.clone(), timeout);
         async move { c.register_device(r).await }
     });
-    if let Err(e) = registered.await {
+    if let Err(e) = Box::pin(registered).await {
         tracing::warn!(user = %identity.user, error = %e, "device not registered; it relies on resume by cursor");
     }
     let welcome = ServerFrame::Welcome {
@@ -106,10 +106,15 @@ where
     };
     let _ = out_tx.send(welcome.to_text().into()).await;
 
-    let sync = tokio::spawn(sync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
-    let resync = tokio::spawn(resync_inbox(handle.clone(), identity.clone(), shared.clone(), out_tx.clone()));
-    let (req_tx, req_rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
-    let worker = tokio::spawn(request_loop(req_rx, identity.clone(), shared.clone(), out_tx.clone()));
+    // One task for the inbox: the first sync, then a resync whenever one is asked for.
+    let inbox = tokio::spawn({
+        let (handle, identity, shared, out_tx) = (handle.clone(), identity.clone(), shared.clone(), out_tx.clone());
+        async move {
+            sync_inbox(&handle, &identity, &shared, &out_tx).await;
+            resync_inbox(&handle, &identity, &shared, &out_tx).await;
+        }
+    });
+    let mut requests = Requests { identity: &identity, shared: &shared, out_tx: &out_tx, worker: None };
 
     let limits = shared.limits.config();
     let mut limiter = Limiter {
@@ -120,17 +125,21 @@ where
         patience: limits.connection_burst.max(10),
     };
     let mut stream = stream;
-    read_loop(&mut stream, &handle, &req_tx, &out_tx, close_rx, &mut limiter, shared.idle_timeout).await;
+    read_loop(&mut stream, &handle, &mut requests, &out_tx, close_rx, &mut limiter, shared.idle_timeout).await;
 
     handle.close_with((1000, ""));
-    drop(req_tx);
+    let worker = requests.worker.take().map(|(tx, task)| {
+        drop(tx);
+        task
+    });
     drop(out_tx);
-    sync.abort();
-    resync.abort();
+    inbox.abort();
     let sink = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(Result::ok);
-    worker.abort();
+    if let Some(worker) = worker {
+        worker.abort();
+    }
     if shared.registry.remove(&identity.user, &identity.device, conn_id)
-        && let Err(e) = shared.presence.remove(&identity.user, &identity.device, conn_id).await
+        && let Err(e) = Box::pin(shared.presence.remove(&identity.user, &identity.device, conn_id)).await
     {
         tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
     }
@@ -146,7 +155,8 @@ where
 /// (a client closed for an oversized message is typically still sending it).
 async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
     use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 8192];
+    // On the heap, allocated only now: an array here would sit in every connection's future all its life.
+    let mut buf = vec![0u8; 8192];
     let mut left: usize = 1 << 20;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while left > 0 {
@@ -195,7 +205,7 @@ impl Limiter<'_> {
 async fn read_loop<S>(
     stream: &mut futures::stream::SplitStream<WebSocketStream<S>>,
     handle: &ConnHandle,
-    req_tx: &mpsc::Sender<ClientFrame>,
+    requests: &mut Requests<'_>,
     out_tx: &mpsc::Sender<Utf8Bytes>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
     limiter: &mut Limiter<'_>,
@@ -265,7 +275,7 @@ async fn read_loop<S>(
                 let reply = match parsed {
                     // Pings are answered at once; everything else goes to the connection's request worker.
                     Ok(ClientFrame::Ping { id }) => Some(ServerFrame::Pong { id }),
-                    Ok(request) => enqueue(req_tx, request).await,
+                    Ok(request) => requests.enqueue(request).await,
                     Err(e) => Some(ServerFrame::error(e)),
                 };
                 if let Some(reply) = reply
@@ -291,14 +301,30 @@ async fn read_loop<S>(
     }
 }
 
-async fn enqueue(req_tx: &mpsc::Sender<ClientFrame>, r: ClientFrame) -> Option<ServerFrame> {
-    match req_tx.send(r).await {
-        Ok(()) => None,
-        Err(_) => Some(ServerFrame::error(FrameError {
-            id: None,
-            code: ErrorCode::Unavailable,
-            message: "connection is closing".into(),
-        })),
+/// The connection's request worker (answers requests in order, while the reader goes on reading), started
+/// on the first request: most connections rest, and a resting one should not hold a task and a queue for it.
+struct Requests<'a> {
+    identity: &'a Identity,
+    shared: &'a Arc<Shared>,
+    out_tx: &'a mpsc::Sender<Utf8Bytes>,
+    worker: Option<(mpsc::Sender<ClientFrame>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Requests<'_> {
+    async fn enqueue(&mut self, r: ClientFrame) -> Option<ServerFrame> {
+        let (tx, _) = self.worker.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
+            let task = tokio::spawn(request_loop(rx, self.identity.clone(), self.shared.clone(), self.out_tx.clone()));
+            (tx, task)
+        });
+        match tx.send(r).await {
+            Ok(()) => None,
+            Err(_) => Some(ServerFrame::error(FrameError {
+                id: None,
+                code: ErrorCode::Unavailable,
+                message: "connection is closing".into(),
+            })),
+        }
     }
 }
 
@@ -389,28 +415,29 @@ pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
 }
 
 /// Sends the device's inbox, then lets live pushes through; reads the inbox once more after a delay.
-async fn sync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
+async fn sync_inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
     let mut sent: HashSet<(String, u64)> = HashSet::new();
-    let count = send_inbox(&id, &shared, &out_tx, &mut sent).await;
+    let count = Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
     handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
     if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
         return;
     }
     tokio::time::sleep(shared.inbox_recheck).await;
-    send_inbox(&id, &shared, &out_tx, &mut sent).await;
+    Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
 }
 
 /// Sends the inbox again each time the device's presence is found to have been lost, or a worker that could
 /// not reach this gateway asks for it; and once more after a delay, as at connect: a worker that read
 /// presence just before it came back writes its inbox row just after the first read.
-async fn resync_inbox(handle: Arc<ConnHandle>, id: Identity, shared: Arc<Shared>, out_tx: mpsc::Sender<Utf8Bytes>) {
+async fn resync_inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
     loop {
         handle.resync.notified().await;
         tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
+        // Boxed, as the requests' answers: the resting task stays small.
         let mut sent = HashSet::new();
-        send_inbox(&id, &shared, &out_tx, &mut sent).await;
+        Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
         tokio::time::sleep(shared.inbox_recheck).await;
-        send_inbox(&id, &shared, &out_tx, &mut sent).await;
+        Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
     }
 }
 
@@ -508,126 +535,132 @@ async fn request_loop(
     shared: Arc<Shared>,
     out_tx: mpsc::Sender<Utf8Bytes>,
 ) {
-    let timeout = shared.rpc_timeout;
     while let Some(request) = rx.recv().await {
-        let reply = match request {
-            ClientFrame::Send { id: client_id, conversation_id, body } => {
-                let req = v1::SendMessageRequest {
-                    conversation_id: conversation_id.to_string(),
-                    sender_id: id.user.to_string(),
-                    sender_device_id: id.device.to_string(),
-                    client_msg_id: client_id.to_string(),
-                    body: body.into_string(),
-                };
-                let sent = shared.chat.call(|mut c| {
-                    let r = with_deadline(req.clone(), timeout);
-                    async move { c.send_message(r).await }
-                });
-                match sent.await {
-                    Ok(r) => Some(ServerFrame::Sent {
-                        id: client_id.to_string(),
-                        conversation_id: conversation_id.to_string(),
-                        message_id: r.message_id,
-                        seq: r.seq,
-                        sent_at_ms: r.sent_at_ms,
-                        duplicate: r.duplicate,
-                    }),
-                    Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
-                }
-            }
-            ClientFrame::History { id: req_id, conversation_id, after_seq, limit } => {
-                let req = v1::GetHistoryRequest {
-                    conversation_id: conversation_id.to_string(),
-                    user_id: id.user.to_string(),
-                    after_seq,
-                    limit,
-                };
-                let page = shared.chat.call(|mut c| {
-                    let r = with_deadline(req.clone(), timeout);
-                    async move { c.get_history(r).await }
-                });
-                match page.await {
-                    Ok(r) => Some(ServerFrame::History {
-                        id: req_id,
-                        conversation_id: conversation_id.to_string(),
-                        messages: r.messages.iter().map(wire).collect(),
-                        last_seq: r.last_seq,
-                    }),
-                    Err(status) => Some(status_frame(Some(req_id), &status)),
-                }
-            }
-            ClientFrame::Delivered { conversation_id, seq } => {
-                let req = v1::AckInboxRequest {
-                    user_id: id.user.to_string(),
-                    device_id: id.device.to_string(),
-                    conversation_id: conversation_id.to_string(),
-                    up_to_seq: seq.get(),
-                };
-                let acked = shared.chat.call(|mut c| {
-                    let r = with_deadline(req.clone(), timeout);
-                    async move { c.ack_inbox(r).await }
-                });
-                match acked.await {
-                    Ok(_) => None,
-                    Err(status) => Some(status_frame(None, &status)),
-                }
-            }
-            ClientFrame::Read { conversation_id, seq } => {
-                let req = v1::MarkReadRequest {
-                    conversation_id: conversation_id.to_string(),
-                    user_id: id.user.to_string(),
-                    device_id: id.device.to_string(),
-                    up_to_seq: seq.get(),
-                };
-                let marked = shared.chat.call(|mut c| {
-                    let r = with_deadline(req.clone(), timeout);
-                    async move { c.mark_read(r).await }
-                });
-                match marked.await {
-                    Ok(_) => None,
-                    Err(status) => Some(status_frame(None, &status)),
-                }
-            }
-            ClientFrame::Conversation { id: req_id, conversation_id } => {
-                let req = v1::GetConversationRequest {
-                    conversation_id: conversation_id.to_string(),
-                    user_id: id.user.to_string(),
-                };
-                let got = shared.chat.call(|mut c| {
-                    let r = with_deadline(req.clone(), timeout);
-                    async move { c.get_conversation(r).await }
-                });
-                match got.await {
-                    Ok(r) => {
-                        let c = r.conversation.unwrap_or_default();
-                        Some(ServerFrame::Conversation {
-                            id: req_id,
-                            conversation_id: c.conversation_id,
-                            member_ids: c.member_ids,
-                            last_seq: c.last_seq,
-                            read_positions: c
-                                .read_positions
-                                .into_iter()
-                                .map(|p| ReadPosition { user_id: p.user_id, read_seq: p.read_seq })
-                                .collect(),
-                        })
-                    }
-                    Err(status) => Some(status_frame(Some(req_id), &status)),
-                }
-            }
-            ClientFrame::Typing { conversation_id, typing } => {
-                match route_typing(&shared, &id, conversation_id, typing).await {
-                    Ok(()) => None,
-                    Err(status) => Some(status_frame(None, &status)),
-                }
-            }
-            ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
-        };
+        // Boxed: the gRPC calls' futures are large, and a resting connection should not carry their room.
+        let reply = Box::pin(answer(request, &id, &shared)).await;
         if let Some(reply) = reply
             && out_tx.send(reply.to_text().into()).await.is_err()
         {
             return;
         }
+    }
+}
+
+/// The answer to one client request (`None`: nothing to answer).
+async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<ServerFrame> {
+    let timeout = shared.rpc_timeout;
+    match request {
+        ClientFrame::Send { id: client_id, conversation_id, body } => {
+            let req = v1::SendMessageRequest {
+                conversation_id: conversation_id.to_string(),
+                sender_id: id.user.to_string(),
+                sender_device_id: id.device.to_string(),
+                client_msg_id: client_id.to_string(),
+                body: body.into_string(),
+            };
+            let sent = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.send_message(r).await }
+            });
+            match sent.await {
+                Ok(r) => Some(ServerFrame::Sent {
+                    id: client_id.to_string(),
+                    conversation_id: conversation_id.to_string(),
+                    message_id: r.message_id,
+                    seq: r.seq,
+                    sent_at_ms: r.sent_at_ms,
+                    duplicate: r.duplicate,
+                }),
+                Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
+            }
+        }
+        ClientFrame::History { id: req_id, conversation_id, after_seq, limit } => {
+            let req = v1::GetHistoryRequest {
+                conversation_id: conversation_id.to_string(),
+                user_id: id.user.to_string(),
+                after_seq,
+                limit,
+            };
+            let page = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.get_history(r).await }
+            });
+            match page.await {
+                Ok(r) => Some(ServerFrame::History {
+                    id: req_id,
+                    conversation_id: conversation_id.to_string(),
+                    messages: r.messages.iter().map(wire).collect(),
+                    last_seq: r.last_seq,
+                }),
+                Err(status) => Some(status_frame(Some(req_id), &status)),
+            }
+        }
+        ClientFrame::Delivered { conversation_id, seq } => {
+            let req = v1::AckInboxRequest {
+                user_id: id.user.to_string(),
+                device_id: id.device.to_string(),
+                conversation_id: conversation_id.to_string(),
+                up_to_seq: seq.get(),
+            };
+            let acked = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.ack_inbox(r).await }
+            });
+            match acked.await {
+                Ok(_) => None,
+                Err(status) => Some(status_frame(None, &status)),
+            }
+        }
+        ClientFrame::Read { conversation_id, seq } => {
+            let req = v1::MarkReadRequest {
+                conversation_id: conversation_id.to_string(),
+                user_id: id.user.to_string(),
+                device_id: id.device.to_string(),
+                up_to_seq: seq.get(),
+            };
+            let marked = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.mark_read(r).await }
+            });
+            match marked.await {
+                Ok(_) => None,
+                Err(status) => Some(status_frame(None, &status)),
+            }
+        }
+        ClientFrame::Conversation { id: req_id, conversation_id } => {
+            let req = v1::GetConversationRequest {
+                conversation_id: conversation_id.to_string(),
+                user_id: id.user.to_string(),
+            };
+            let got = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.get_conversation(r).await }
+            });
+            match got.await {
+                Ok(r) => {
+                    let c = r.conversation.unwrap_or_default();
+                    Some(ServerFrame::Conversation {
+                        id: req_id,
+                        conversation_id: c.conversation_id,
+                        member_ids: c.member_ids,
+                        last_seq: c.last_seq,
+                        read_positions: c
+                            .read_positions
+                            .into_iter()
+                            .map(|p| ReadPosition { user_id: p.user_id, read_seq: p.read_seq })
+                            .collect(),
+                    })
+                }
+                Err(status) => Some(status_frame(Some(req_id), &status)),
+            }
+        }
+        ClientFrame::Typing { conversation_id, typing } => {
+            match route_typing(shared, id, conversation_id, typing).await {
+                Ok(()) => None,
+                Err(status) => Some(status_frame(None, &status)),
+            }
+        }
+        ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
     }
 }
 
