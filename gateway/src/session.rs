@@ -106,13 +106,9 @@ where
     };
     let _ = out_tx.send(welcome.to_text().into()).await;
 
-    // One task for the inbox: the first sync, then a resync whenever one is asked for.
-    let inbox = tokio::spawn({
+    let inbox_task = tokio::spawn({
         let (handle, identity, shared, out_tx) = (handle.clone(), identity.clone(), shared.clone(), out_tx.clone());
-        async move {
-            sync_inbox(&handle, &identity, &shared, &out_tx).await;
-            resync_inbox(&handle, &identity, &shared, &out_tx).await;
-        }
+        async move { inbox(&handle, &identity, &shared, &out_tx).await }
     });
     let mut requests = Requests { identity: &identity, shared: &shared, out_tx: &out_tx, worker: None };
 
@@ -133,7 +129,7 @@ where
         task
     });
     drop(out_tx);
-    inbox.abort();
+    inbox_task.abort();
     let sink = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(Result::ok);
     if let Some(worker) = worker {
         worker.abort();
@@ -414,30 +410,27 @@ pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
     ServerFrame::Message(wire(m)).to_text().into()
 }
 
-/// Sends the device's inbox, then lets live pushes through; reads the inbox once more after a delay.
-async fn sync_inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
-    let mut sent: HashSet<(String, u64)> = HashSet::new();
-    let count = Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-    handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
-    if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
-        return;
-    }
-    tokio::time::sleep(shared.inbox_recheck).await;
-    Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-}
-
-/// Sends the inbox again each time the device's presence is found to have been lost, or a worker that could
-/// not reach this gateway asks for it; and once more after a delay, as at connect: a worker that read
-/// presence just before it came back writes its inbox row just after the first read.
-async fn resync_inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
+/// The device's inbox: sent at connect, before live pushes are let through (then `synced`); sent again each
+/// time the device's presence is found lost or a worker that could not reach this gateway asks for it. Each
+/// time it is read twice, `inbox_recheck` apart: a worker that read presence just before it was written (or
+/// came back) writes its inbox row just after the first read. The reads are boxed, as the requests' answers:
+/// the resting task stays small.
+async fn inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
+    let mut connecting = true;
     loop {
-        handle.resync.notified().await;
-        tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
-        // Boxed, as the requests' answers: the resting task stays small.
-        let mut sent = HashSet::new();
-        Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
+        let mut sent: HashSet<(String, u64)> = HashSet::new();
+        let count = Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
+        if connecting {
+            connecting = false;
+            handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
+            if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
+                return;
+            }
+        }
         tokio::time::sleep(shared.inbox_recheck).await;
         Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
+        handle.resync.notified().await;
+        tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
     }
 }
 
