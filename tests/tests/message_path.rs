@@ -551,18 +551,26 @@ async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
         after_seq: after,
         limit: 10,
     };
+    // Each message expires 4 s after its own write, so 1 may be gone while 2 and 3 are still held (first
+    // number 2, then 3): wait until all three are.
+    let first_seq =
+        |s: &tonic::Status| s.metadata().get("x-first-seq").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let expired = eventually("messages 1 to 3 to expire", || {
         let mut chat = chat.clone();
         let req = read(0);
         async move {
             match chat.get_history(req).await {
-                Err(s) if s.code() == tonic::Code::OutOfRange => Ok(Some(s)),
+                Err(s) if s.code() == tonic::Code::OutOfRange => {
+                    let first = first_seq(&s).context("OUT_OF_RANGE without x-first-seq")?;
+                    ensure!(["2", "3", "4"].contains(&first.as_str()), "first number held {first}: {s:?}");
+                    Ok((first == "4").then_some(s))
+                }
                 _ => Ok(None),
             }
         }
     })
     .await?;
-    assert_eq!(expired.metadata().get("x-first-seq").and_then(|v| v.to_str().ok()), Some("4"), "{expired:?}");
+    assert_eq!(first_seq(&expired).as_deref(), Some("4"), "{expired:?}");
     for i in 4..=5 {
         assert_eq!(chat.send_message(send(i)).await?.into_inner().seq, i);
     }
