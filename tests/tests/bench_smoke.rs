@@ -36,6 +36,7 @@ fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<
     let run = &latency[0];
     ensure!(run["sent"].as_u64().is_some_and(|n| n > 0), "nothing sent: {run}");
     ensure!(run["received"] == run["sent"], "sent and received differ: {run}");
+    ensure!(run["errors"] == 0, "sends answered with errors: {run}");
     ensure!(run["floor"]["count"].as_u64().is_some_and(|n| n > 0), "the Kafka floor timed nothing: {run}");
     let groups = results["groups"].as_array().context("no group runs")?;
     let g = groups.first().context("no group run")?;

@@ -585,6 +585,8 @@ struct Latency {
     rate: u64,
     /// Whether every message was acknowledged and received within 30 s of the period's end.
     kept_up: bool,
+    /// `error` frames the clients got while this rate was measured (a refused or failed send).
+    errors: u64,
     sent: u64,
     received: u64,
     ack: Percentiles,
@@ -647,6 +649,7 @@ async fn latency(
     for &rate in rates {
         load::send_at_rate(&senders, rate, size.warmup, &counter).await;
         recorder.restart();
+        let errors_before = recorder.errors.load(Ordering::Relaxed);
         let cpu = CpuMeter::start(cluster);
         let sent = load::send_at_rate(&senders, rate, size.measure, &counter).await;
         // Let the last messages arrive: everything sent so far acknowledged, and what was sent in the
@@ -668,9 +671,10 @@ async fn latency(
         let receive = Percentiles::of(&recorder.received.lock().unwrap_or_else(|p| p.into_inner()));
         // Deliveries of the messages sent in the measured period (those sent before are not counted).
         let received = receive.count;
+        let errors = recorder.errors.load(Ordering::Relaxed) - errors_before;
         let floor = kafka_floor(rate, size.measure).await?;
         println!(
-            "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms",
+            "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}, error answers {errors}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms",
             ack.p99_ms, receive.p99_ms, floor.p99_ms
         );
         out.push(Latency {
@@ -678,6 +682,7 @@ async fn latency(
             rate,
             sent,
             received,
+            errors,
             kept_up: caught_up,
             ack,
             receive,
