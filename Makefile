@@ -5,13 +5,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test faults fuzz bench servers servers-down status lint clean-data
+.PHONY: help up down test faults faults-prove fuzz bench servers servers-down status lint clean-data
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
 	@echo "make down      stop everything make up started"
 	@echo "make test      install what is missing, start the servers, run every test"
 	@echo "make faults    the fault scenarios at their large size, with counts"
+	@echo "make faults-prove  each fault scenario with the failpoint of its bug on: each must fail (target/faults-prove.md)"
 	@echo "make fuzz      the decoders' fuzz targets with a long budget (FUZZ_CASES, default 200000 each)"
 	@echo "make bench     the benchmarks beside their floors (release build): bench-results/ (JSON, summary, charts)"
 	@echo "make lint      rustfmt check and clippy"
@@ -46,6 +47,11 @@ test: servers
 faults: servers
 	$(CARGO) build --bins
 	FAULTS_SCALE=large $(CARGO) test -p tests --test faults -- --nocapture --test-threads=1
+
+# Each fault and security scenario run against its bug (a failpoint, built into target/failpoints) and
+# required to fail: the proof that the tests can fail.
+faults-prove: servers
+	tests/faults-prove.sh
 
 # The client-frame and log-event decoders' property tests (make test runs them at 2000 cases each).
 FUZZ_CASES ?= 200000

@@ -111,6 +111,9 @@ impl Sequencer {
             body: req.body,
             sent_at_ms: now_ms(),
         };
+        if lifecycle::failpoint("chat-number-twice") {
+            return self.send_at_taken_number(message).await;
+        }
         let claimed = {
             let mut heads = self.heads[stripe_of(message.conversation_id)].lock().await;
             let mut head = match heads.get(&message.conversation_id) {
@@ -142,6 +145,10 @@ impl Sequencer {
         };
         match claimed {
             None => {
+                if lifecycle::failpoint("chat-crash-after-number") {
+                    // A crash between numbering and the log append, at the worst moment (fault tests).
+                    std::process::abort();
+                }
                 self.publish(&message).await?;
                 Ok(Sent {
                     message_id: message.message_id,
@@ -152,6 +159,15 @@ impl Sequencer {
             }
             Some(existing) => self.complete_duplicate(&message, existing).await,
         }
+    }
+
+    /// The bug of failpoint `chat-number-twice`, which the fault tests must catch: the message is given the
+    /// conversation's last number (already another message's) without a claim, stored and published.
+    async fn send_at_taken_number(&self, mut message: Message) -> Result<Sent, ChatError> {
+        let head = self.store.head(message.conversation_id).await?.ok_or(ChatError::ConversationNotFound)?;
+        message.seq = Seq::new(head.max(1)).ok_or(ChatError::Contended)?;
+        self.publish(&message).await?;
+        Ok(Sent { message_id: message.message_id, seq: message.seq, sent_at_ms: message.sent_at_ms, duplicate: false })
     }
 
     /// A retry of an earlier send: finish publishing it if its first attempt did not, and answer as it would have.

@@ -34,7 +34,8 @@ impl App {
         let consumer: WorkerConsumer = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("group.id", &config.group_id)
-            .set("client.id", "delivery-worker")
+            // The process id tells, in a description of the group, which worker holds which partitions.
+            .set("client.id", format!("delivery-worker-{}", std::process::id()))
             // A new group starts from the beginning of the log, not its end: nothing is skipped.
             .set("auto.offset.reset", "earliest")
             // Offsets are stored by the loop after a record is handled, and committed in the background.

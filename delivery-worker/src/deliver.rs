@@ -190,16 +190,22 @@ impl Deliverer {
             receipt: None,
             typing: None,
         };
-        let delivered: HashSet<(String, String)> = self
-            .pushers
-            .fan_out(&online, Some((&m.sender_id, &m.sender_device_id)), request)
-            .await
-            .into_iter()
-            .map(|d| (d.user_id, d.device_id))
-            .collect();
+        let delivered: HashSet<(String, String)> = if lifecycle::failpoint("worker-drop-push") {
+            // The bug the fault tests must catch: the push is lost, yet counted as done (no inbox row).
+            online.keys().map(|(u, d)| (u.to_string(), d.to_string())).collect()
+        } else {
+            self.pushers
+                .fan_out(&online, Some((&m.sender_id, &m.sender_device_id)), request)
+                .await
+                .into_iter()
+                .map(|d| (d.user_id, d.device_id))
+                .collect()
+        };
         let offline: Vec<&Target> =
             targets.iter().filter(|(u, d)| !delivered.contains(&(u.to_string(), d.to_string()))).collect();
-        let writes = offline.iter().map(|(u, d)| self.store.put_inbox(u, d, m));
+        // The bug the fault tests must catch: inbox rows not written, yet counted as written.
+        let skip_inbox = lifecycle::failpoint("worker-skip-inbox");
+        let writes = offline.iter().filter(|_| !skip_inbox).map(|(u, d)| self.store.put_inbox(u, d, m));
         for r in join_all(writes).await {
             r?;
         }

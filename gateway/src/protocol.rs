@@ -233,6 +233,10 @@ pub struct WireMessage {
     pub sender_id: String,
     pub body: String,
     pub sent_at_ms: i64,
+    /// Sent from the device's inbox (it arrived while the device was away, or while a push to it failed),
+    /// not live; absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inbox: bool,
 }
 
 /// A member's read position.

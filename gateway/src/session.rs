@@ -58,7 +58,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = shared.registry.next_conn_id();
-    let (out_tx, out_rx) = mpsc::channel::<Utf8Bytes>(shared.send_queue);
+    // The bug of failpoint `gateway-unbounded-queue`, which the slow-client scenario must catch.
+    let send_queue = if lifecycle::failpoint("gateway-unbounded-queue") { 1 << 24 } else { shared.send_queue };
+    let (out_tx, out_rx) = mpsc::channel::<Utf8Bytes>(send_queue);
     let (close_tx, close_rx) = watch::channel::<Option<CloseReason>>(None);
     let handle = Arc::new(ConnHandle::new(
         conn_id,
@@ -66,9 +68,12 @@ where
         identity.device.clone(),
         out_tx.clone(),
         close_tx,
-        shared.send_queue,
+        send_queue,
     ));
-    if let Some(old) = shared.registry.insert(handle.clone()) {
+    if let Some(old) = shared.registry.insert(handle.clone())
+        // The bug of failpoint `gateway-keep-replaced`, which the tests of close code 4000 must catch.
+        && !lifecycle::failpoint("gateway-keep-replaced")
+    {
         old.close_with((close::REPLACED, "device connected again"));
     }
     let (sink, stream) = ws.split();
@@ -402,12 +407,18 @@ fn wire(m: &v1::Message) -> WireMessage {
         sender_id: m.sender_id.clone(),
         body: m.body.clone(),
         sent_at_ms: m.sent_at_ms,
+        inbox: false,
     }
 }
 
-/// The frame text of a pushed or stored message.
+/// The frame text of a pushed message.
 pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
     ServerFrame::Message(wire(m)).to_text().into()
+}
+
+/// The frame text of a message from the device's inbox (marked `inbox`).
+fn inbox_frame(m: &v1::Message) -> Utf8Bytes {
+    ServerFrame::Message(WireMessage { inbox: true, ..wire(m) }).to_text().into()
 }
 
 /// The device's inbox: sent at connect, before live pushes are let through (then `synced`); sent again each
@@ -471,7 +482,7 @@ async fn send_inbox(
             if sent.contains(&key) {
                 continue;
             }
-            if out_tx.send(message_frame(m)).await.is_err() {
+            if out_tx.send(inbox_frame(m)).await.is_err() {
                 return count;
             }
             sent.insert(key);

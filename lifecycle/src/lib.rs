@@ -1,7 +1,10 @@
 //! The process around each service's `App`, the same for all three binaries: configuration from the
 //! environment (exit 64 when invalid), one logging init, one shutdown signal.
 
+pub mod failpoints;
 pub mod grpc_tls;
+
+pub use failpoints::failpoint;
 
 use std::process::ExitCode;
 
@@ -37,10 +40,12 @@ pub fn load<C: Config>(service: &str) -> Result<C, ExitCode> {
 }
 
 /// Structured logs to stderr; `RUST_LOG` sets the levels (default `info`).
+/// Also configures the failpoints of a `failpoints` build (see [`failpoints`]).
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    failpoints::setup();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

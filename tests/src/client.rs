@@ -183,6 +183,24 @@ impl WsClient {
         Ok(frames)
     }
 
+    /// Reads (and drops) frames until the gateway's close frame, within `within`, and answers its code and
+    /// reason. Fails if the connection ends without a close frame, or nothing closes it in time.
+    pub async fn recv_close(&mut self, within: Duration) -> anyhow::Result<(u16, String)> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(end, self.ws.next())
+                .await
+                .with_context(|| format!("{}/{}: not closed within {within:?}", self.user, self.device))?;
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => return Ok((u16::from(frame.code), frame.reason.to_string())),
+                Some(Ok(Message::Close(None))) => bail!("{}/{}: closed without a code", self.user, self.device),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("{}/{}: connection failed before a close frame: {e}", self.user, self.device),
+                None => bail!("{}/{}: connection ended without a close frame", self.user, self.device),
+            }
+        }
+    }
+
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.ws.close(None).await?;
         // Read until the gateway answers the close.

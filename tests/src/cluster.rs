@@ -22,6 +22,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The prefix of this kind's failpoint names (see `lifecycle::failpoints`).
+    fn failpoint_prefix(self) -> &'static str {
+        match self {
+            Kind::ChatService => "chat-",
+            Kind::Gateway => "gateway-",
+            Kind::Worker => "worker-",
+        }
+    }
+
     fn binary(self) -> &'static str {
         match self {
             Kind::ChatService => "chat-service",
@@ -143,6 +152,7 @@ async fn wait_port(port: u16, child: &mut Child, log: &Path) -> anyhow::Result<(
 
 impl Cluster {
     pub async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        crate::prove::check_names()?;
         migrate_once().await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let topic = format!("faults.{id}.events");
@@ -246,10 +256,14 @@ impl Cluster {
             _ => Command::new(&binary),
         };
         cmd.envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("FAILPOINTS")
             .env("RUST_LOG", std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(failpoints) = crate::prove::failpoints_for(kind.failpoint_prefix()) {
+            cmd.env("FAILPOINTS", failpoints);
+        }
         let mut child = cmd.spawn().with_context(|| format!("starting {kind:?} {i}"))?;
         if let Some(port) = p.port {
             wait_port(port, &mut child, &p.log).await?;
@@ -267,8 +281,9 @@ impl Cluster {
         Ok(i)
     }
 
-    /// SIGKILL: the process gets no chance to clean up.
+    /// SIGKILL: the process gets no chance to clean up. Fails if it had already died on its own.
     pub fn kill(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        self.check_running(kind, i)?;
         if let Some(mut c) = self.procs.get_mut(&(kind, i)).and_then(|p| p.child.take()) {
             c.kill()?;
             c.wait()?;
@@ -276,19 +291,49 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGTERM, then wait for a graceful exit (SIGKILL after 30 s).
+    /// SIGTERM, then waits for a graceful exit, which must be a success: a process that had died on its
+    /// own, that exits with a failure, or that is still running after 30 s (then SIGKILLed) fails.
     pub async fn stop(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
-        let Some(mut c) = self.procs.get_mut(&(kind, i)).and_then(|p| p.child.take()) else { return Ok(()) };
+        self.check_running(kind, i)?;
+        let Some(p) = self.procs.get_mut(&(kind, i)) else { return Ok(()) };
+        let log = p.log.clone();
+        let Some(mut c) = p.child.take() else { return Ok(()) };
         let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while c.try_wait()?.is_none() {
             if tokio::time::Instant::now() > deadline {
                 c.kill()?;
-                break;
+                c.wait()?;
+                bail!("{kind:?} {i} did not stop within 30 s of SIGTERM; log: {}", log.display());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        c.wait()?;
+        let status = c.wait()?;
+        if !status.success() {
+            bail!("{kind:?} {i} exited with {status} after SIGTERM; log: {}", log.display());
+        }
+        Ok(())
+    }
+
+    /// Fails if the process was started and has exited since without being told to (a crash).
+    pub fn check_running(&mut self, kind: Kind, i: usize) -> anyhow::Result<()> {
+        let Some(p) = self.procs.get_mut(&(kind, i)) else { return Ok(()) };
+        let Some(c) = p.child.as_mut() else { return Ok(()) };
+        if let Some(status) = c.try_wait()? {
+            let log = p.log.display().to_string();
+            p.child = None;
+            bail!("{kind:?} {i} died on its own ({status}); log: {log}");
+        }
+        Ok(())
+    }
+
+    /// Fails if any process that should be running has exited (see [`Self::check_running`]).
+    pub fn check_all_running(&mut self) -> anyhow::Result<()> {
+        let mut keys: Vec<(Kind, usize)> = self.procs.keys().copied().collect();
+        keys.sort_by_key(|(k, i)| (k.binary(), *i));
+        for (kind, i) in keys {
+            self.check_running(kind, i)?;
+        }
         Ok(())
     }
 
@@ -332,15 +377,22 @@ impl Cluster {
         self.procs.get_mut(&(kind, i)).and_then(|p| p.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stops every process gracefully.
+    /// Stops every process gracefully; fails if one had died on its own or does not exit cleanly.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.check_all_running()?;
         let keys: Vec<(Kind, usize)> = self.procs.keys().copied().collect();
+        let mut failures = Vec::new();
         for kind in [Kind::Gateway, Kind::Worker, Kind::ChatService] {
             for &(k, i) in &keys {
-                if k == kind {
-                    self.stop(k, i).await?;
+                if k == kind
+                    && let Err(e) = self.stop(k, i).await
+                {
+                    failures.push(format!("{e:#}"));
                 }
             }
+        }
+        if !failures.is_empty() {
+            bail!("stopping the cluster: {}", failures.join("; "));
         }
         Ok(())
     }

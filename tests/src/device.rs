@@ -1,14 +1,22 @@
-//! [`Device`]: a chat app's device as `docs/protocol.md` describes it, running as a task. It reconnects
-//! (to the next gateway) whenever its connection ends, retries unanswered sends with the same id, resumes
-//! every conversation it knows by cursor, deduplicates by number and fills gaps with `history`. It records
-//! what it showed the user, and raw counts of what came on the wire, for the fault tests to check.
+//! [`Device`]: a chat app's device as `docs/protocol.md` describes it, running as a task, built to report
+//! what the servers did rather than to repair it.
+//!
+//! It reconnects (to the next gateway) whenever its connection ends, retries unanswered sends with the same
+//! id, resumes every conversation it knows by cursor after each connect, deduplicates by number, and shows
+//! messages in order. What it records is the truth of the wire: per (conversation, number), every way the
+//! message arrived ([`Channel`]: its own `sent` answer, pushed live, from the inbox, or read from history),
+//! when, in which session, and with which message id. A number seen with two message ids, or a live push
+//! of a number below one already pushed in the same session, is a [`violation`](Report::violations), and
+//! [`Device::wait_shown`] fails at once on one. Filling gaps from history (protocol rule 2) and resuming
+//! from history (rule 4) are [`Rules`], so that a scenario can require that only the push or the inbox path
+//! delivered: a device that fills no gap shows nothing past a number the servers failed to deliver.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,21 +35,164 @@ pub struct Ack {
     pub duplicate: bool,
 }
 
+/// How a message reached the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// The answer (`sent`) to the device's own send.
+    Own,
+    /// A live `message` frame.
+    Pushed,
+    /// A `message` frame marked `inbox` (sent from the device's inbox at connect or at a resync).
+    Inbox,
+    /// An entry of a `history` answer.
+    History,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Own, Channel::Pushed, Channel::Inbox, Channel::History];
+}
+
+/// Everything that arrived for one (conversation, number).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The message id of the first arrival (a later one with another id is a violation).
+    pub message_id: String,
+    /// The body, when the arrival carried one (`sent` answers do not; the device knows its own).
+    pub body: Option<String>,
+    /// Per channel: when it first came by that channel, in which session, and how many times in all.
+    pub by: BTreeMap<Channel, Came>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Came {
+    pub first_at: Instant,
+    pub session: usize,
+    pub times: u32,
+}
+
+impl Arrival {
+    /// When it first arrived, by any channel.
+    pub fn first_at(&self) -> Instant {
+        self.by.values().map(|c| c.first_at).min().unwrap_or_else(Instant::now)
+    }
+
+    /// How many times it arrived, by all channels together.
+    pub fn times(&self) -> u32 {
+        self.by.values().map(|c| c.times).sum()
+    }
+}
+
+/// One connection of the device: from its upgrade to its end.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub gateway: SocketAddr,
+    pub started: Instant,
+    /// When `synced` came: from then on every message for the device is pushed (or, where a push failed,
+    /// kept in the inbox and sent at a resync).
+    pub synced: Option<Instant>,
+    pub ended: Option<Instant>,
+    /// The close code the gateway sent, if the session ended with one.
+    pub close_code: Option<u16>,
+}
+
 /// What a device saw, for the checks at the end of a scenario.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// Per conversation and number, what arrived.
+    pub arrivals: HashMap<String, BTreeMap<u64, Arrival>>,
+    /// Every (channel, session) by which each (conversation, number) arrived, in arrival order.
+    pub trail: HashMap<String, BTreeMap<u64, Vec<(Channel, usize)>>>,
     /// Per conversation, the (seq, message id) shown to the user, in the order shown.
     pub shown: HashMap<String, Vec<(u64, String)>>,
-    /// `message` frames (and history entries) received.
-    pub raw_messages: u64,
-    /// Of those, how many the client dropped as already shown.
-    pub raw_duplicates: u64,
-    /// Connections after the first.
-    pub reconnects: u64,
-    /// Close codes the gateway sent.
-    pub close_codes: Vec<u16>,
     /// Per conversation, when each number was shown.
     pub shown_at: HashMap<String, HashMap<u64, Instant>>,
+    /// Broken promises seen on the wire (two ids at one number; a live push out of order).
+    pub violations: Vec<String>,
+    pub sessions: Vec<Session>,
+    /// Sends put on the wire again (after a reconnect, an `unavailable`, or no answer in time).
+    pub resends: u64,
+    /// `sent` answers with `duplicate: true`.
+    pub duplicate_acks: u64,
+}
+
+impl Report {
+    /// Messages that arrived (all channels but `Own`), counting every repeat.
+    pub fn raw_messages(&self) -> u64 {
+        self.count(|c| c != Channel::Own, u64::from)
+    }
+
+    /// Arrivals beyond the first of each number: what the client had to drop.
+    pub fn raw_duplicates(&self) -> u64 {
+        self.arrivals.values().flat_map(|a| a.values()).map(|a| u64::from(a.times().saturating_sub(1))).sum()
+    }
+
+    /// Numbers that first arrived by `channel`, over all conversations.
+    pub fn first_by(&self, channel: Channel) -> u64 {
+        let mut n = 0;
+        for a in self.arrivals.values().flat_map(|a| a.values()) {
+            let first = a.by.iter().min_by_key(|(_, c)| c.first_at).map(|(ch, _)| *ch);
+            if first == Some(channel) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Distinct numbers that arrived by `channel` at least once, over all conversations.
+    pub fn numbers_by(&self, channel: Channel) -> u64 {
+        self.count(|c| c == channel, |_| 1)
+    }
+
+    fn count(&self, channel: impl Fn(Channel) -> bool, each: impl Fn(u32) -> u64) -> u64 {
+        let mut n = 0;
+        for a in self.arrivals.values().flat_map(|a| a.values()) {
+            for (c, came) in &a.by {
+                if channel(*c) {
+                    n += each(came.times);
+                }
+            }
+        }
+        n
+    }
+
+    /// Connections after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.sessions.len().saturating_sub(1) as u64
+    }
+
+    /// The close codes the gateway sent, in order.
+    pub fn close_codes(&self) -> Vec<u16> {
+        self.sessions.iter().filter_map(|s| s.close_code).collect()
+    }
+
+    /// The session that was live (synced, not ended) at `at`, if any.
+    pub fn live_at(&self, at: Instant) -> Option<usize> {
+        self.sessions.iter().position(|s| s.synced.is_some_and(|t| t <= at) && s.ended.is_none_or(|e| e > at))
+    }
+}
+
+/// Which of the protocol's client rules the device follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Rule 2: ask history for a gap still open after a short grace. Off, a number the servers failed to
+    /// deliver holds everything after it back, and only push and inbox deliver while a session lasts.
+    pub fill_gaps: bool,
+    /// Rule 4: read each conversation's history from the cursor after every connect. Off, only the inbox
+    /// can bring what was missed while away.
+    pub resume: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules { fill_gaps: true, resume: true }
+    }
+}
+
+impl Rules {
+    /// What the fault scenarios use: no gap filling (push and inbox must deliver), resume after a reconnect.
+    pub const STRICT: Rules = Rules { fill_gaps: false, resume: true };
+    /// Only push and the inbox deliver: no history at all.
+    pub const INBOX_ONLY: Rules = Rules { fill_gaps: false, resume: false };
 }
 
 enum Cmd {
@@ -50,11 +201,19 @@ enum Cmd {
     Stop,
 }
 
+/// What [`Device::wait_shown`] watches.
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    /// Per conversation, the highest number shown (everything up to it was).
+    shown: HashMap<String, u64>,
+    violations: usize,
+}
+
 pub struct Device {
     pub user: String,
     pub device: String,
     cmds: mpsc::UnboundedSender<Cmd>,
-    progress: watch::Receiver<HashMap<String, u64>>,
+    progress: watch::Receiver<Progress>,
     report: Arc<Mutex<Report>>,
     task: JoinHandle<()>,
 }
@@ -73,6 +232,8 @@ struct Conv {
     gap_since: Option<Instant>,
     /// The last number acknowledged with `delivered`.
     acked: u64,
+    /// The highest number pushed live in the current session (pushes of one conversation come in order).
+    top_pushed: u64,
 }
 
 struct Outgoing {
@@ -81,7 +242,12 @@ struct Outgoing {
     done: Option<oneshot::Sender<anyhow::Result<Ack>>>,
     /// When it was last put on the wire; unanswered for [`RESEND_AFTER`], it is sent again.
     sent_at: Option<tokio::time::Instant>,
+    /// Put on the wire at least once.
+    sent_once: bool,
 }
+
+/// How long [`Device::send`] retries before it fails.
+pub const SEND_PATIENCE: Duration = Duration::from_secs(90);
 
 /// How long a send may stay unanswered on a live connection before the client sends it again.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
@@ -95,7 +261,8 @@ const HISTORY_PATIENCE: Duration = Duration::from_secs(30);
 const GAP_GRACE: Duration = Duration::from_millis(500);
 
 impl Device {
-    /// Starts the device on `gateways[first]`; it knows `conversations` (and any it receives a message of).
+    /// Starts the device on `gateways[first]` with the protocol's rules; it knows `conversations` (and any
+    /// it receives a message of).
     pub fn spawn(
         user: &str,
         device: &str,
@@ -103,17 +270,32 @@ impl Device {
         first: usize,
         conversations: &[String],
     ) -> Device {
+        Self::spawn_with(user, device, gateways, first, conversations, Rules::default())
+    }
+
+    /// Starts the device with the given [`Rules`].
+    pub fn spawn_with(
+        user: &str,
+        device: &str,
+        gateways: Vec<SocketAddr>,
+        first: usize,
+        conversations: &[String],
+        rules: Rules,
+    ) -> Device {
         let (cmds, rx) = mpsc::unbounded_channel();
         let known: HashMap<String, u64> = conversations.iter().map(|c| (c.clone(), 0)).collect();
-        let (progress_tx, progress) = watch::channel(known.clone());
+        let (progress_tx, progress) = watch::channel(Progress { shown: known.clone(), violations: 0 });
         let report = Arc::new(Mutex::new(Report::default()));
         let runner = Runner {
             user: user.to_owned(),
             device: device.to_owned(),
             gateways,
             next_gateway: first,
+            rules,
             convs: known.keys().map(|c| (c.clone(), Conv::default())).collect(),
             outbox: BTreeMap::new(),
+            bodies: HashMap::new(),
+            session: 0,
             progress: progress_tx,
             report: report.clone(),
         };
@@ -121,13 +303,17 @@ impl Device {
         Device { user: user.to_owned(), device: device.to_owned(), cmds, progress, report, task }
     }
 
-    /// Sends a message; retried with the same id across failures and reconnects until answered.
+    /// Sends a message; retried with the same id across failures and reconnects until answered, for at
+    /// most [`SEND_PATIENCE`].
     pub async fn send(&self, conversation: &str, id: &str, body: &str) -> anyhow::Result<Ack> {
         let (done, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Send { conversation: conversation.into(), id: id.into(), body: body.into(), done })
             .map_err(|_| anyhow!("device stopped"))?;
-        rx.await.map_err(|_| anyhow!("device stopped"))?
+        match tokio::time::timeout(SEND_PATIENCE, rx).await {
+            Ok(answer) => answer.map_err(|_| anyhow!("device stopped"))?,
+            Err(_) => anyhow::bail!("{}/{}: send {id} unanswered after {SEND_PATIENCE:?}", self.user, self.device),
+        }
     }
 
     /// Drops the connection (as a network failure would); the device reconnects to the next gateway.
@@ -135,32 +321,48 @@ impl Device {
         let _ = self.cmds.send(Cmd::Disconnect);
     }
 
-    /// Waits until the device has shown every number up to `seq` in `conversation`.
+    /// Waits until the device has shown every number up to `seq` in `conversation`. Fails at once when the
+    /// device sees a broken promise on the wire (a [`Broken`](crate::prove::Broken) error), and after
+    /// `within` with what arrived and what is missing.
     pub async fn wait_shown(&mut self, conversation: &str, seq: u64, within: Duration) -> anyhow::Result<()> {
         let reached = tokio::time::timeout(within, async {
-            self.progress.wait_for(|p| p.get(conversation).is_some_and(|s| *s >= seq)).await.is_ok()
+            self.progress
+                .wait_for(|p| p.violations > 0 || p.shown.get(conversation).is_some_and(|s| *s >= seq))
+                .await
+                .is_ok()
         })
         .await;
-        match reached {
-            Ok(true) => Ok(()),
-            _ => {
-                let at = self.progress.borrow().get(conversation).copied().unwrap_or(0);
-                bail!("{}/{}: showed up to {at} of {seq} in {conversation} within {within:?}", self.user, self.device)
-            }
+        let report = self.report();
+        if let Some(v) = report.violations.first() {
+            crate::broken!("{}/{}: {v}", self.user, self.device);
         }
+        if reached == Ok(true) {
+            return Ok(());
+        }
+        let at = self.progress.borrow().shown.get(conversation).copied().unwrap_or(0);
+        let arrived = report.arrivals.get(conversation);
+        let missing: Vec<u64> =
+            (at + 1..=seq).filter(|n| arrived.is_none_or(|a| !a.contains_key(n))).take(10).collect();
+        crate::broken!(
+            "{}/{}: showed up to {at} of {seq} in {conversation} within {within:?}; never arrived (first 10): \
+             {missing:?}; {} sessions",
+            self.user,
+            self.device,
+            report.sessions.len()
+        )
     }
 
     pub fn report(&self) -> Report {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Stops the device and answers what it showed. Fails if the device does not stop within 30 s (a
-    /// socket write that never completes), rather than waiting on it.
+    /// Stops the device and answers what it saw. Fails if the device does not stop within 30 s (a socket
+    /// write that never completes), rather than waiting on it.
     pub async fn stop(mut self) -> anyhow::Result<Report> {
         let _ = self.cmds.send(Cmd::Stop);
         if tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.is_err() {
             self.task.abort();
-            bail!("{}/{}: did not stop within 30 s", self.user, self.device);
+            anyhow::bail!("{}/{}: did not stop within 30 s", self.user, self.device);
         }
         Ok(self.report.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
@@ -171,23 +373,27 @@ struct Runner {
     device: String,
     gateways: Vec<SocketAddr>,
     next_gateway: usize,
+    rules: Rules,
     convs: HashMap<String, Conv>,
     /// Sends not answered yet, by id: sent again after every reconnect.
     outbox: BTreeMap<String, Outgoing>,
-    progress: watch::Sender<HashMap<String, u64>>,
+    /// The bodies of this device's own sends, by id (a `sent` answer carries none).
+    bodies: HashMap<String, String>,
+    /// The index of the current session in the report.
+    session: usize,
+    progress: watch::Sender<Progress>,
     report: Arc<Mutex<Report>>,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 enum End {
-    Reconnect,
+    Reconnect(Option<u16>),
     Stop,
 }
 
 impl Runner {
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-        let mut first = true;
         loop {
             let gw = self.gateways[self.next_gateway % self.gateways.len()];
             self.next_gateway += 1;
@@ -202,13 +408,28 @@ impl Runner {
                     continue;
                 }
             };
-            if !first {
-                self.lock().reconnects += 1;
+            self.session = {
+                let mut report = self.lock();
+                report.sessions.push(Session {
+                    gateway: gw,
+                    started: Instant::now(),
+                    synced: None,
+                    ended: None,
+                    close_code: None,
+                });
+                report.sessions.len() - 1
+            };
+            let end = self.session(ws, &mut cmds).await;
+            let close_code = match end {
+                End::Reconnect(code) => code,
+                End::Stop => None,
+            };
+            if let Some(s) = self.lock().sessions.last_mut() {
+                s.ended = Some(Instant::now());
+                s.close_code = close_code;
             }
-            first = false;
-            match self.session(ws, &mut cmds).await {
-                End::Reconnect => continue,
-                End::Stop => return self.fail_outbox(),
+            if let End::Stop = end {
+                return self.fail_outbox();
             }
         }
     }
@@ -225,13 +446,16 @@ impl Runner {
         }
     }
 
+    fn queue(&mut self, conversation: String, id: String, body: String, done: oneshot::Sender<anyhow::Result<Ack>>) {
+        self.bodies.insert(id.clone(), body.clone());
+        self.outbox.insert(id, Outgoing { conversation, body, done: Some(done), sent_at: None, sent_once: false });
+    }
+
     /// Takes queued commands while disconnected; true when one of them is Stop.
     fn drain_commands(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
         while let Ok(cmd) = cmds.try_recv() {
             match cmd {
-                Cmd::Send { conversation, id, body, done } => {
-                    self.outbox.insert(id, Outgoing { conversation, body, done: Some(done), sent_at: None });
-                }
+                Cmd::Send { conversation, id, body, done } => self.queue(conversation, id, body, done),
                 Cmd::Disconnect => {}
                 Cmd::Stop => return true,
             }
@@ -249,22 +473,25 @@ impl Runner {
     }
 
     async fn session(&mut self, mut ws: Ws, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> End {
-        // Resume every known conversation by cursor, and send again what is unanswered.
         for c in self.convs.values_mut() {
             c.asking = None;
-            c.resuming = true;
+            c.resuming = self.rules.resume;
+            c.top_pushed = 0;
         }
-        let names: Vec<String> = self.convs.keys().cloned().collect();
-        for conv in names {
-            if self.ask_history(&mut ws, &conv).await.is_err() {
-                return End::Reconnect;
+        // Resume every known conversation by cursor, and send again what is unanswered.
+        if self.rules.resume {
+            let names: Vec<String> = self.convs.keys().cloned().collect();
+            for conv in names {
+                if self.ask_history(&mut ws, &conv).await.is_err() {
+                    return End::Reconnect(None);
+                }
             }
         }
         for o in self.outbox.values_mut() {
             o.sent_at = None;
         }
         if self.resend_due(&mut ws).await.is_err() {
-            return End::Reconnect;
+            return End::Reconnect(None);
         }
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -272,30 +499,23 @@ impl Runner {
                 frame = ws.next() => {
                     let text = match frame {
                         Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(c))) => {
-                            if let Some(c) = c {
-                                self.lock().close_codes.push(u16::from(c.code));
-                            }
-                            return End::Reconnect;
-                        }
+                        Some(Ok(Message::Close(c))) => return End::Reconnect(c.map(|c| u16::from(c.code))),
                         Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => return End::Reconnect,
+                        Some(Err(_)) | None => return End::Reconnect(None),
                     };
                     let Ok(f) = serde_json::from_str::<Value>(text.as_str()) else { continue };
                     if self.on_frame(&mut ws, f).await.is_err() {
-                        return End::Reconnect;
+                        return End::Reconnect(None);
                     }
                 }
                 cmd = cmds.recv() => match cmd {
                     Some(Cmd::Send { conversation, id, body, done }) => {
-                        let sent = send_frame(&mut ws, &id, &conversation, &body).await;
-                        let sent_at = Some(tokio::time::Instant::now());
-                        self.outbox.insert(id, Outgoing { conversation, body, done: Some(done), sent_at });
-                        if sent.is_err() {
-                            return End::Reconnect;
+                        self.queue(conversation, id, body, done);
+                        if self.resend_due(&mut ws).await.is_err() {
+                            return End::Reconnect(None);
                         }
                     }
-                    Some(Cmd::Disconnect) => return End::Reconnect,
+                    Some(Cmd::Disconnect) => return End::Reconnect(None),
                     Some(Cmd::Stop) | None => {
                         let _ = ws.close(None).await;
                         return End::Stop;
@@ -303,7 +523,7 @@ impl Runner {
                 },
                 _ = tick.tick() => {
                     if self.on_tick(&mut ws).await.is_err() {
-                        return End::Reconnect;
+                        return End::Reconnect(None);
                     }
                 }
             }
@@ -312,10 +532,18 @@ impl Runner {
 
     async fn on_frame(&mut self, ws: &mut Ws, f: Value) -> anyhow::Result<()> {
         match f["type"].as_str() {
+            Some("synced") => {
+                let session = self.session;
+                if let Some(s) = self.lock().sessions.get_mut(session) {
+                    s.synced = Some(Instant::now());
+                }
+            }
             Some("message") => {
-                self.lock().raw_messages += 1;
                 let conv = f["conversation_id"].as_str().unwrap_or_default().to_owned();
-                self.receive(&conv, f["seq"].as_u64().unwrap_or(0), f["message_id"].as_str().unwrap_or_default());
+                let channel = if f["inbox"].as_bool() == Some(true) { Channel::Inbox } else { Channel::Pushed };
+                let seq = f["seq"].as_u64().unwrap_or(0);
+                let id = f["message_id"].as_str().unwrap_or_default();
+                self.accept(&conv, seq, id, f["body"].as_str(), channel);
             }
             Some("sent") => {
                 let id = f["id"].as_str().unwrap_or_default().to_owned();
@@ -325,8 +553,12 @@ impl Runner {
                     message_id: f["message_id"].as_str().unwrap_or_default().to_owned(),
                     duplicate: f["duplicate"].as_bool().unwrap_or(false),
                 };
+                if ack.duplicate {
+                    self.lock().duplicate_acks += 1;
+                }
                 // The sender shows its own message at its number.
-                self.receive_own(&conv, ack.seq, &ack.message_id);
+                let body = self.bodies.remove(&id);
+                self.accept(&conv, ack.seq, &ack.message_id, body.as_deref(), Channel::Own);
                 if let Some(o) = self.outbox.remove(&id)
                     && let Some(done) = o.done
                 {
@@ -337,17 +569,19 @@ impl Runner {
                 let conv = f["conversation_id"].as_str().unwrap_or_default().to_owned();
                 let messages = f["messages"].as_array().cloned().unwrap_or_default();
                 for m in &messages {
-                    self.lock().raw_messages += 1;
-                    self.receive(&conv, m["seq"].as_u64().unwrap_or(0), m["message_id"].as_str().unwrap_or_default());
+                    let seq = m["seq"].as_u64().unwrap_or(0);
+                    let id = m["message_id"].as_str().unwrap_or_default();
+                    self.accept(&conv, seq, id, m["body"].as_str(), Channel::History);
                 }
                 // While resuming, more to read as long as the conversation's last number is ahead of what is
-                // shown; a gap still open means ask again (for the missing range only).
+                // shown; with gap filling on, a gap still open means ask again (for the missing range only).
                 let last_seq = f["last_seq"].as_u64().unwrap_or(0);
+                let fill = self.rules.fill_gaps;
                 let (more, gap) = match self.convs.get_mut(&conv) {
                     Some(c) => {
                         c.asking = None;
                         c.resuming &= !messages.is_empty() && c.last < last_seq;
-                        (c.resuming, !c.pending.is_empty())
+                        (c.resuming, fill && !c.pending.is_empty())
                     }
                     None => (false, false),
                 };
@@ -379,15 +613,17 @@ impl Runner {
         Ok(())
     }
 
-    /// Every 200 ms: ask for open gaps, send unanswered sends again, acknowledge what was shown.
+    /// Every 200 ms: ask for open gaps (if the rules say so), send unanswered sends again, acknowledge what
+    /// was shown.
     async fn on_tick(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
+        let fill = self.rules.fill_gaps;
         let gaps: Vec<String> = self
             .convs
             .iter()
             .filter(|(_, c)| {
                 // A request unanswered for long is asked again (the gateway may have lost it).
                 let free = c.asking.is_none_or(|at| at.elapsed() >= HISTORY_PATIENCE);
-                let gap = c.gap_since.is_some_and(|at| at.elapsed() >= GAP_GRACE);
+                let gap = fill && c.gap_since.is_some_and(|at| at.elapsed() >= GAP_GRACE);
                 // A resume whose history request failed is asked again too.
                 free && (gap || c.resuming)
             })
@@ -415,11 +651,19 @@ impl Runner {
     /// waited longer than [`RESEND_AFTER`].
     async fn resend_due(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
         let now = tokio::time::Instant::now();
+        let mut resent = 0;
         for (id, o) in self.outbox.iter_mut() {
             if o.sent_at.is_none_or(|at| now.duration_since(at) >= RESEND_AFTER) {
+                if o.sent_once {
+                    resent += 1;
+                }
                 send_frame(ws, id, &o.conversation, &o.body).await?;
                 o.sent_at = Some(now);
+                o.sent_once = true;
             }
+        }
+        if resent > 0 {
+            self.lock().resends += resent;
         }
         Ok(())
     }
@@ -442,21 +686,51 @@ impl Runner {
         Ok(())
     }
 
-    fn receive_own(&mut self, conv: &str, seq: u64, message_id: &str) {
-        self.accept(conv, seq, message_id, false);
-    }
-
-    fn receive(&mut self, conv: &str, seq: u64, message_id: &str) {
-        self.accept(conv, seq, message_id, true);
-    }
-
-    /// The client's rules: drop what is shown already, hold what is above a gap, show in order.
-    fn accept(&mut self, conv: &str, seq: u64, message_id: &str, from_wire: bool) {
+    /// Records an arrival, then applies the client's rules: drop what is shown already, hold what is above a
+    /// gap, show in order.
+    fn accept(&mut self, conv: &str, seq: u64, message_id: &str, body: Option<&str>, channel: Channel) {
+        let now = Instant::now();
+        let session = self.session;
         let c = self.convs.entry(conv.to_owned()).or_default();
-        if seq <= c.last || c.pending.contains_key(&seq) {
-            if from_wire {
-                self.report.lock().unwrap_or_else(|p| p.into_inner()).raw_duplicates += 1;
+        let mut violation = None;
+        {
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            let first_push_here = channel == Channel::Pushed
+                && !report.trail.get(conv).and_then(|t| t.get(&seq)).is_some_and(|t| t.contains(&(channel, session)));
+            if first_push_here {
+                // One conversation's live pushes reach a device in order: a first push of a number below
+                // one already pushed in this session means the servers reordered (or skipped and came back).
+                if seq < c.top_pushed {
+                    violation =
+                        Some(format!("{conv}: number {seq} pushed after number {} in session {session}", c.top_pushed));
+                }
+                c.top_pushed = c.top_pushed.max(seq);
             }
+            report.trail.entry(conv.to_owned()).or_default().entry(seq).or_default().push((channel, session));
+            let arrival = report.arrivals.entry(conv.to_owned()).or_default().entry(seq).or_insert_with(|| Arrival {
+                message_id: message_id.to_owned(),
+                body: None,
+                by: BTreeMap::new(),
+            });
+            if arrival.message_id != message_id {
+                violation = Some(format!(
+                    "{conv}: number {seq} arrived as message {} and as message {message_id} ({channel:?})",
+                    arrival.message_id
+                ));
+            }
+            if arrival.body.is_none() {
+                arrival.body = body.map(str::to_owned);
+            }
+            let came = arrival.by.entry(channel).or_insert(Came { first_at: now, session, times: 0 });
+            came.times += 1;
+            if let Some(v) = &violation {
+                report.violations.push(v.clone());
+            }
+        }
+        if violation.is_some() {
+            self.progress.send_modify(|p| p.violations += 1);
+        }
+        if seq <= c.last || c.pending.contains_key(&seq) {
             return;
         }
         c.pending.insert(seq, message_id.to_owned());
@@ -467,12 +741,11 @@ impl Runner {
         }
         c.gap_since = match (c.pending.is_empty(), c.gap_since) {
             (true, _) => None,
-            (false, None) => Some(Instant::now()),
+            (false, None) => Some(now),
             (false, since) => since,
         };
         let last = c.last;
         if !shown.is_empty() {
-            let now = Instant::now();
             let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
             let at = report.shown_at.entry(conv.to_owned()).or_default();
             for (seq, _) in &shown {
@@ -481,7 +754,7 @@ impl Runner {
             report.shown.entry(conv.to_owned()).or_default().extend(shown);
             drop(report);
             self.progress.send_modify(|p| {
-                p.insert(conv.to_owned(), last);
+                p.shown.insert(conv.to_owned(), last);
             });
         }
     }

@@ -106,6 +106,42 @@ impl Reader<'_> {
     }
 }
 
+/// The partitions of `topic` each member of `group` holds, by the member's client id.
+pub fn assignments(group: &str, topic: &str) -> anyhow::Result<HashMap<String, Vec<i32>>> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let list = client.fetch_group_list(Some(group), Duration::from_secs(5))?;
+    let g = list.groups().first().context("group not described")?;
+    let mut out: HashMap<String, Vec<i32>> = HashMap::new();
+    for m in g.members() {
+        let held = out.entry(m.client_id().to_owned()).or_default();
+        let Some(bytes) = m.assignment() else { continue };
+        for (t, partitions) in decode_assignment(bytes).context("member assignment")? {
+            if t == topic {
+                held.extend(partitions);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per partition of `partitions`, how many records of `topic` the `group` has not yet committed.
+pub fn lag_of(group: &str, topic: &str, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = client.committed_offsets(tpl, Duration::from_secs(5))?;
+    let mut out = HashMap::new();
+    for e in committed.elements() {
+        let (_, high) = client.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
+        let done = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+        out.insert(e.partition(), (high - done).max(0));
+    }
+    Ok(out)
+}
+
 /// How many records of `topic` the `group` has not yet committed, over all partitions.
 pub fn lag(group: &str, topic: &str) -> anyhow::Result<i64> {
     let client: BaseConsumer =

@@ -4,6 +4,7 @@
 //! Each [`Platform`] has its own Kafka topic, consumer group and Redis key prefix; all share one keyspace,
 //! where every test's data is keyed by fresh conversation and user ids. Nothing here fakes a server.
 
+pub mod arrivals;
 pub mod client;
 pub mod cluster;
 pub mod device;
@@ -11,6 +12,7 @@ pub mod group;
 pub mod load;
 pub mod pki;
 pub mod platform;
+pub mod prove;
 pub mod raw;
 
 pub use client::{WsClient, token};

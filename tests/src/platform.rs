@@ -147,6 +147,7 @@ impl Platform {
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
+        crate::prove::configure_in_process()?;
         migrate_once().await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let topic = format!("e2e.{id}.events");
