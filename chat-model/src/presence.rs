@@ -43,6 +43,15 @@ impl Entry {
     }
 }
 
+/// The connection that a device's new connection, held by the gateway at `push_addr`, replaces on another
+/// gateway: `previous` (what the device's field held before this gateway wrote it) when it names another
+/// push address, which that gateway is then asked to close (4000). A previous entry of this same gateway
+/// names a connection the gateway closes itself, from its own registry. An expired entry still counts: its
+/// gateway may be alive but cut off from Redis, and still hold the connection.
+pub fn replaced_elsewhere(previous: Option<Entry>, push_addr: &str) -> Option<Entry> {
+    previous.filter(|e| e.push_addr != push_addr)
+}
+
 /// The live entries of a user's hash, as (device, entry); malformed and expired fields are left out.
 pub fn live_devices(fields: Vec<(String, String)>, now_ms: i64) -> Vec<(DeviceId, Entry)> {
     let mut out = Vec::with_capacity(fields.len());
@@ -77,5 +86,17 @@ mod tests {
         let live = live_devices(fields, 500);
         assert_eq!(live.len(), 1);
         assert_eq!(live[0].0.as_str(), "phone");
+    }
+
+    #[test]
+    fn only_an_entry_of_another_gateway_is_replaced_elsewhere() {
+        let here = "10.0.0.1:50061";
+        let there = Entry { push_addr: "10.0.0.2:50061".into(), conn_id: 3, expires_at_ms: 1_000 };
+        assert_eq!(replaced_elsewhere(None, here), None, "a first connection replaces nothing");
+        let ours = Entry { push_addr: here.into(), ..there.clone() };
+        assert_eq!(replaced_elsewhere(Some(ours), here), None, "this gateway closes its own from its registry");
+        assert_eq!(replaced_elsewhere(Some(there.clone()), here), Some(there.clone()));
+        let expired = Entry { expires_at_ms: 0, ..there };
+        assert_eq!(replaced_elsewhere(Some(expired.clone()), here), Some(expired), "expired entries count too");
     }
 }

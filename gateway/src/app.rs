@@ -170,9 +170,9 @@ async fn refresh_presence(shared: Arc<Shared>) {
             let holders: Vec<Holder<'_>> =
                 chunk.iter().map(|c| Holder { user: &c.user, device: &c.device, conn_id: c.conn_id }).collect();
             match shared.presence.set(&holders).await {
-                Ok(lost) => {
-                    for (conn, lost) in chunk.iter().zip(lost) {
-                        if lost {
+                Ok(previous) => {
+                    for (conn, previous) in chunk.iter().zip(previous) {
+                        if previous.is_none() {
                             conn.resync.notify_one();
                         }
                     }

@@ -1,4 +1,5 @@
-//! `chat.v1.GatewayService`: delivery workers hand this gateway a message for some of its devices.
+//! `chat.v1.GatewayService`: delivery workers hand this gateway a message for some of its devices; other
+//! gateways ask it to close a connection whose device connected to them (`Disconnect`).
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use proto::v1::{self, gateway_service_server::GatewayService};
 use tonic::{Request, Response, Status};
 
 use crate::protocol::ServerFrame;
-use crate::registry::PushOutcome;
+use crate::registry::{CONNECTED_AGAIN, PushOutcome};
 use crate::session::{Shared, message_frame};
 
 pub struct PushGrpc {
@@ -86,5 +87,24 @@ impl GatewayService for PushGrpc {
             }
         }
         Ok(Response::new(v1::ResyncResponse { held }))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<v1::DisconnectRequest>,
+    ) -> Result<Response<v1::DisconnectResponse>, Status> {
+        let r = request.into_inner();
+        let d = r.device.ok_or_else(|| Status::invalid_argument("device is required"))?;
+        let user = UserId::parse(&d.user_id).map_err(|e| Status::invalid_argument(format!("device.user_id: {e}")))?;
+        let device =
+            DeviceId::parse(&d.device_id).map_err(|e| Status::invalid_argument(format!("device.device_id: {e}")))?;
+        let closed = self.shared.registry.close_if(&user, &device, r.conn_id, CONNECTED_AGAIN);
+        if closed {
+            tracing::info!(
+                user = %user, device = %device, conn_id = r.conn_id,
+                "closing a connection replaced on another gateway"
+            );
+        }
+        Ok(Response::new(v1::DisconnectResponse { closed }))
     }
 }

@@ -11,6 +11,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// Why the gateway closes a connection: a close code and its reason text.
 pub type CloseReason = (u16, &'static str);
 
+/// The close of a connection whose device connected again, on this gateway or another one (4000).
+pub const CONNECTED_AGAIN: CloseReason = (crate::protocol::close::REPLACED, "device connected again");
+
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -116,6 +119,11 @@ impl ConnHandle {
         queued
     }
 
+    /// Watches the connection's close reason (set once, by [`ConnHandle::close_with`]).
+    pub fn closing(&self) -> watch::Receiver<Option<CloseReason>> {
+        self.close.subscribe()
+    }
+
     /// Asks the connection to close with `reason` (the first reason wins).
     pub fn close_with(&self, reason: CloseReason) {
         self.close.send_if_modified(|current| {
@@ -156,6 +164,19 @@ impl Registry {
             true
         } else {
             false
+        }
+    }
+
+    /// Closes the device's connection with `reason` if it is connection `conn_id`; answers whether it was.
+    /// Another gateway asks this when the device connected to it: the id keeps a connection made here
+    /// after that one (the device came back) from being closed by a late request.
+    pub fn close_if(&self, user: &UserId, device: &DeviceId, conn_id: u64, reason: CloseReason) -> bool {
+        match self.get(user, device) {
+            Some(c) if c.conn_id == conn_id => {
+                c.close_with(reason);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -228,5 +249,19 @@ mod tests {
         assert!(!reg.remove(&a.user, &a.device, 1), "the replaced connection does not remove its successor");
         assert!(reg.remove(&a.user, &a.device, 2));
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn close_if_closes_only_the_named_connection() {
+        let reg = Registry::default();
+        let (a, _ra, close_a) = handle(1);
+        reg.insert(a.clone());
+        let replaced = CONNECTED_AGAIN;
+        assert!(!reg.close_if(&a.user, &a.device, 2, replaced), "a request naming an older connection");
+        assert_eq!(*close_a.borrow(), None, "the current connection stays open");
+        let other = DeviceId::parse("other").expect("id");
+        assert!(!reg.close_if(&a.user, &other, 1, replaced), "another device");
+        assert!(reg.close_if(&a.user, &a.device, 1, replaced));
+        assert_eq!(*close_a.borrow(), Some(replaced));
     }
 }

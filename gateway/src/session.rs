@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_model::{ConversationId, UserId};
+use chat_model::{ConversationId, UserId, presence};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,7 +22,7 @@ use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
 use crate::limits::{Bucket, Limits};
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close};
-use crate::registry::{CloseReason, ConnHandle, Registry};
+use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Registry};
 use routing::{Holder, Presence};
 
 /// What every session of the process shares.
@@ -70,18 +70,20 @@ where
         close_tx,
         send_queue,
     ));
+    // The bug of failpoint `gateway-keep-replaced`, which the tests of close code 4000 must catch: the
+    // device's older connection, on this gateway or another, is left open.
+    let keep_replaced = lifecycle::failpoint("gateway-keep-replaced");
     if let Some(old) = shared.registry.insert(handle.clone())
-        // The bug of failpoint `gateway-keep-replaced`, which the tests of close code 4000 must catch.
-        && !lifecycle::failpoint("gateway-keep-replaced")
+        && !keep_replaced
     {
-        old.close_with((close::REPLACED, "device connected again"));
+        old.close_with(CONNECTED_AGAIN);
     }
     let (sink, stream) = ws.split();
     let token_left = Duration::from_secs(u64::try_from(identity.expires_at - chat_model::now_ms() / 1000).unwrap_or(0));
     let writer = tokio::spawn(write_loop(
         sink,
         out_rx,
-        close_rx.clone(),
+        handle.clone(),
         shared.shutdown.clone(),
         token_left,
         shared.write_timeout,
@@ -91,8 +93,20 @@ where
     // The device is known (it gets an inbox) and present before the client hears anything: once a client has
     // its welcome, every message for it is either pushed or kept.
     let holder = Holder { user: &identity.user, device: &identity.device, conn_id };
-    if let Err(e) = Box::pin(shared.presence.set(&[holder])).await {
-        tracing::warn!(user = %identity.user, error = %e, "presence not written; delivery falls back to the inbox");
+    match Box::pin(shared.presence.set(&[holder])).await {
+        Ok(previous) => {
+            // The entry this one replaced: a connection of the device on another gateway, closed there.
+            let elsewhere =
+                presence::replaced_elsewhere(previous.into_iter().next().flatten(), shared.presence.push_addr());
+            if let Some(old) = elsewhere
+                && !keep_replaced
+            {
+                disconnect_elsewhere(shared.pushers.clone(), &identity, old);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(user = %identity.user, error = %e, "presence not written; delivery falls back to the inbox")
+        }
     }
     let register =
         v1::RegisterDeviceRequest { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
@@ -135,20 +149,50 @@ where
     });
     drop(out_tx);
     inbox_task.abort();
-    let sink = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(Result::ok);
+    // The writer bounds itself (what was queued, the close frame and the close, one write timeout each);
+    // waiting that long keeps the socket until the close frame is out, so that `linger` runs after it: a
+    // slow client that still had pings to answer would otherwise get a reset, which discards the close
+    // frame it had not read yet.
+    let writer_bound = shared.write_timeout * 3 + Duration::from_secs(1);
+    let sink = tokio::time::timeout(writer_bound, writer).await.ok().and_then(Result::ok);
     if let Some(worker) = worker {
         worker.abort();
     }
-    if shared.registry.remove(&identity.user, &identity.device, conn_id)
-        && let Err(e) = Box::pin(shared.presence.remove(&identity.user, &identity.device, conn_id)).await
-    {
+    // Presence first, then the registry: a stopping gateway waits for its registry to empty, so its entries
+    // are gone when it exits (otherwise workers would push to it until they expire). A device that
+    // connected here again meanwhile is skipped; one that connected elsewhere keeps its entry anyway (the
+    // removal compares the connection).
+    let current = shared.registry.get(&identity.user, &identity.device).is_some_and(|c| c.conn_id == conn_id);
+    if current && let Err(e) = Box::pin(shared.presence.remove(&identity.user, &identity.device, conn_id)).await {
         tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
     }
+    shared.registry.remove(&identity.user, &identity.device, conn_id);
     if let Some(sink) = sink
         && let Ok(mut ws) = stream.reunite(sink)
     {
         linger(ws.get_mut()).await;
     }
+}
+
+/// Asks the gateway named by `old` to close the device's connection there (4000), in the background: the new
+/// connection never waits on another gateway, and a failure (that gateway dead, or unreachable within the
+/// deadline) only leaves the old connection open until it ends by itself; pushes go to the new one, whose
+/// presence entry is written.
+fn disconnect_elsewhere(pushers: routing::Pushers, identity: &Identity, old: presence::Entry) {
+    let device = v1::DeviceRef { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
+    let user = identity.user.clone();
+    tokio::spawn(async move {
+        match pushers.disconnect(&old.push_addr, device, old.conn_id).await {
+            Ok(closed) => tracing::debug!(
+                user = %user, gateway = %old.push_addr, conn_id = old.conn_id, closed,
+                "asked to close the older connection"
+            ),
+            Err(status) => tracing::warn!(
+                user = %user, gateway = %old.push_addr, conn_id = old.conn_id, %status,
+                "the older connection on another gateway could not be closed"
+            ),
+        }
+    });
 }
 
 /// Reads and drops what the client still sends, for a moment (at most 1 s and 1 MiB), so that closing the
@@ -343,7 +387,7 @@ fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
 async fn write_loop<S>(
     mut sink: futures::stream::SplitSink<WebSocketStream<S>, WsMessage>,
     mut out_rx: mpsc::Receiver<Utf8Bytes>,
-    mut close_rx: watch::Receiver<Option<CloseReason>>,
+    handle: Arc<ConnHandle>,
     mut shutdown: watch::Receiver<bool>,
     token_left: Duration,
     write_timeout: Duration,
@@ -352,6 +396,7 @@ async fn write_loop<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut close_rx = handle.closing();
     let token_expiry = tokio::time::sleep(token_left);
     tokio::pin!(token_expiry);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -382,6 +427,10 @@ where
             }
         }
     };
+    // A close decided here (shutdown, token expiry, a write timeout) is the connection's close too: the
+    // reader then gives the client a moment to answer the close frame and stops, rather than waiting for
+    // the client (a stopping gateway waits for its sessions to end, and then for nobody).
+    handle.close_with(reason);
     // What was queued before the close still goes out (the answers to a client's last frames, such as its
     // `rate_limited` refusals), within one write timeout in all; not to a client closed for not reading.
     if reason.0 != close::SLOW_CONSUMER {

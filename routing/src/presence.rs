@@ -48,24 +48,34 @@ impl Presence {
         self.ttl
     }
 
-    /// Writes (or refreshes) the entries of `holders` in one round trip. Answers, for each holder, whether
-    /// its entry was missing (so it had been lost, unless this is its first write).
-    pub async fn set(&self, holders: &[Holder<'_>]) -> redis::RedisResult<Vec<bool>> {
+    /// Writes (or refreshes) the entries of `holders` in one round trip, atomically (MULTI/EXEC: no other
+    /// gateway's write to a field falls between reading it and writing it). Answers, for each holder, the
+    /// entry its field held just before: `None` when it was missing (so it had been lost, unless this is its
+    /// first write), another connection's entry when the device had connected elsewhere in the meantime
+    /// (`chat_model::presence::replaced_elsewhere` says which one to close).
+    pub async fn set(&self, holders: &[Holder<'_>]) -> redis::RedisResult<Vec<Option<Entry>>> {
         if holders.is_empty() {
             return Ok(Vec::new());
         }
         let expires_at_ms = now_ms() + i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for h in holders {
             let key = presence::key(&self.prefix, h.user);
             let entry = Entry { push_addr: self.push_addr.clone(), conn_id: h.conn_id, expires_at_ms };
-            // HSET answers 1 for a new field, 0 for an update.
-            pipe.hset(&key, h.device.as_str(), entry.encode());
+            pipe.hget(&key, h.device.as_str());
+            pipe.hset(&key, h.device.as_str(), entry.encode()).ignore();
             pipe.pexpire(&key, ttl_ms).ignore();
         }
-        let added: Vec<i64> = self.link.query(&pipe).await?;
-        Ok(added.into_iter().map(|n| n == 1).collect())
+        let previous: Vec<Option<String>> = self.link.query(&pipe).await?;
+        // A value that does not decode counts as missing: the connection then only sends its inbox again.
+        Ok(previous.into_iter().map(|v| v.as_deref().and_then(Entry::decode)).collect())
+    }
+
+    /// The push address this process writes in its entries.
+    pub fn push_addr(&self) -> &str {
+        &self.push_addr
     }
 
     /// Removes a connection's entry, unless the device has connected again since.

@@ -108,6 +108,26 @@ impl Pushers {
         futures::future::join_all(pushes).await.into_iter().flatten().collect()
     }
 
+    /// Asks the gateway at `addr` to close a device's connection `conn_id` (4000: the device connected
+    /// again elsewhere), within the deadline; answers whether that gateway held it. Tried even while the
+    /// gateway is marked down for pushes (the call is cheap, and its caller does not wait on it); a failure
+    /// does not mark it down: only pushes judge that.
+    pub async fn disconnect(&self, addr: &str, device: v1::DeviceRef, conn_id: u64) -> Result<bool, tonic::Status> {
+        let mut client = {
+            let mut gateways = self.inner.lock();
+            let Some(gw) = self.inner.gateway(&mut gateways, addr) else {
+                return Err(tonic::Status::invalid_argument(format!("no client for the address {addr}")));
+            };
+            gw.client.clone()
+        };
+        let mut req = tonic::Request::new(v1::DisconnectRequest { device: Some(device), conn_id });
+        req.set_timeout(self.inner.deadline);
+        match tokio::time::timeout(self.inner.deadline, client.disconnect(req)).await {
+            Ok(answer) => answer.map(|r| r.into_inner().closed),
+            Err(_) => Err(tonic::Status::deadline_exceeded("disconnect deadline passed")),
+        }
+    }
+
     /// Whether pushes to `addr` are currently refused without trying.
     pub fn is_down(&self, addr: &str) -> bool {
         self.inner.lock().get(addr).is_some_and(|g| g.down.is_some())
@@ -268,6 +288,17 @@ mod tests {
             self.resynced.fetch_add(n, Ordering::SeqCst);
             Ok(tonic::Response::new(v1::ResyncResponse { held: n }))
         }
+
+        /// Holds connection 7 of u/a only.
+        async fn disconnect(
+            &self,
+            r: tonic::Request<v1::DisconnectRequest>,
+        ) -> Result<tonic::Response<v1::DisconnectResponse>, tonic::Status> {
+            let r = r.into_inner();
+            let device = r.device.ok_or_else(|| tonic::Status::invalid_argument("no device"))?;
+            let closed = (device.user_id.as_str(), device.device_id.as_str(), r.conn_id) == ("u", "a", 7);
+            Ok(tonic::Response::new(v1::DisconnectResponse { closed }))
+        }
     }
 
     fn message_to(device: &str) -> v1::PushRequest {
@@ -341,6 +372,12 @@ mod tests {
             ) -> Result<tonic::Response<v1::ResyncResponse>, tonic::Status> {
                 Err(tonic::Status::invalid_argument("no"))
             }
+            async fn disconnect(
+                &self,
+                _: tonic::Request<v1::DisconnectRequest>,
+            ) -> Result<tonic::Response<v1::DisconnectResponse>, tonic::Status> {
+                Err(tonic::Status::invalid_argument("no"))
+            }
         }
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
@@ -385,6 +422,32 @@ mod tests {
         took.sort();
         assert_eq!(took, vec![("alice".into(), "laptop".into()), ("bob".into(), "phone".into())]);
         server.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn disconnect_names_the_connection_and_fails_on_a_hung_gateway() -> TestResult {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServiceServer::new(Answering::default()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let pushers = Pushers::new(DEADLINE);
+        let device = |d: &str| v1::DeviceRef { user_id: "u".into(), device_id: d.into() };
+        assert!(pushers.disconnect(&addr, device("a"), 7).await?, "the held connection is closed");
+        assert!(!pushers.disconnect(&addr, device("a"), 8).await?, "another connection id is not");
+        assert!(!pushers.disconnect(&addr, device("b"), 7).await?, "nor another device");
+        server.abort();
+
+        // A hung gateway: the call fails (the outer bound only keeps a missing deadline from hanging the
+        // test), and pushes to it are not refused because of it.
+        let hung = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = hung.local_addr()?.to_string();
+        let answer = tokio::time::timeout(Duration::from_secs(30), pushers.disconnect(&addr, device("a"), 7)).await;
+        assert!(matches!(answer, Ok(Err(_))), "{answer:?}");
+        assert!(!pushers.is_down(&addr), "a failed disconnect does not mark the gateway down");
         Ok(())
     }
 }

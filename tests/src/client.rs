@@ -11,9 +11,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::platform::JWT_SECRET;
+use crate::prove::Broken;
 
 /// How long a test waits for one expected frame before failing.
 pub const FRAME_WAIT: Duration = Duration::from_secs(20);
@@ -31,6 +33,8 @@ pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Frames read while waiting for another (a `message` that came before the `sent` awaited).
     pending: VecDeque<Value>,
+    /// The gateway's close frame (code, reason), once a read met it: [`WsClient::recv_close`] answers it.
+    closed: Option<(u16, String)>,
 }
 
 /// The outcome of an upgrade attempt that the gateway refused.
@@ -84,9 +88,13 @@ impl WsClient {
             request.headers_mut().append(name, value);
         }
         match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => {
-                Ok(WsClient { user: user.to_owned(), device: device.to_owned(), ws, pending: VecDeque::new() })
-            }
+            Ok((ws, _)) => Ok(WsClient {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                ws,
+                pending: VecDeque::new(),
+                closed: None,
+            }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Refused {
                 status: resp.status().as_u16(),
                 body: String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
@@ -101,6 +109,11 @@ impl WsClient {
 
     pub async fn send_raw(&mut self, text: &str) -> anyhow::Result<()> {
         self.ws.send(Message::text(text.to_owned())).await.context("sending a frame")
+    }
+
+    /// Sends a binary message (not part of the protocol: the gateway answers `bad_frame`).
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.ws.send(Message::binary(bytes.to_vec())).await.context("sending a binary frame")
     }
 
     /// The next protocol frame (text), within [`FRAME_WAIT`].
@@ -118,7 +131,10 @@ impl WsClient {
                 .with_context(|| format!("{}/{}: no frame within {FRAME_WAIT:?}", self.user, self.device))?;
             match next {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-                Some(Ok(Message::Close(c))) => bail!("{}/{}: closed by the gateway: {c:?}", self.user, self.device),
+                Some(Ok(Message::Close(c))) => {
+                    self.remember_close(c.as_ref());
+                    bail!("{}/{}: closed by the gateway: {c:?}", self.user, self.device)
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("{}/{}: {e}", self.user, self.device),
                 None => bail!("{}/{}: connection ended", self.user, self.device),
@@ -174,7 +190,10 @@ impl WsClient {
         while let Ok(next) = tokio::time::timeout_at(end, self.ws.next()).await {
             match next {
                 Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(t.as_str())?),
-                Some(Ok(Message::Close(c))) => bail!("{}/{}: closed by the gateway: {c:?}", self.user, self.device),
+                Some(Ok(Message::Close(c))) => {
+                    self.remember_close(c.as_ref());
+                    bail!("{}/{}: closed by the gateway: {c:?}", self.user, self.device)
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => bail!("{}/{}: {e}", self.user, self.device),
                 None => bail!("{}/{}: connection ended", self.user, self.device),
@@ -184,21 +203,39 @@ impl WsClient {
     }
 
     /// Reads (and drops) frames until the gateway's close frame, within `within`, and answers its code and
-    /// reason. Fails if the connection ends without a close frame, or nothing closes it in time.
+    /// reason (at once if an earlier read already met it). The close frame is a promise wherever a test
+    /// waits for one (docs/protocol.md's close codes), so its absence fails as [`Broken`]: the connection
+    /// ending or failing without one, or nothing closing it in time. A close frame without a code answers
+    /// 1005.
     pub async fn recv_close(&mut self, within: Duration) -> anyhow::Result<(u16, String)> {
+        if let Some(closed) = self.closed.clone() {
+            return Ok(closed);
+        }
+        self.pending.clear();
+        let who = format!("{}/{}", self.user, self.device);
         let end = tokio::time::Instant::now() + within;
         loop {
-            let next = tokio::time::timeout_at(end, self.ws.next())
-                .await
-                .with_context(|| format!("{}/{}: not closed within {within:?}", self.user, self.device))?;
+            let Ok(next) = tokio::time::timeout_at(end, self.ws.next()).await else {
+                return Err(Broken(format!("{who}: not closed within {within:?}")).into());
+            };
             match next {
-                Some(Ok(Message::Close(Some(frame)))) => return Ok((u16::from(frame.code), frame.reason.to_string())),
-                Some(Ok(Message::Close(None))) => bail!("{}/{}: closed without a code", self.user, self.device),
+                Some(Ok(Message::Close(frame))) => {
+                    self.remember_close(frame.as_ref());
+                    return Ok(self.closed.clone().unwrap_or_default());
+                }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => bail!("{}/{}: connection failed before a close frame: {e}", self.user, self.device),
-                None => bail!("{}/{}: connection ended without a close frame", self.user, self.device),
+                Some(Err(e)) => {
+                    return Err(Broken(format!("{who}: connection failed before a close frame: {e}")).into());
+                }
+                None => return Err(Broken(format!("{who}: connection ended without a close frame")).into()),
             }
         }
+    }
+
+    /// Keeps the close frame's code and reason; a close frame without a code counts as 1005 (RFC 6455's
+    /// "no status received"), which no documented close is.
+    fn remember_close(&mut self, frame: Option<&CloseFrame>) {
+        self.closed = Some(frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string())));
     }
 
     pub async fn close(mut self) -> anyhow::Result<()> {

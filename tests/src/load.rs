@@ -5,7 +5,12 @@
 //!
 //! Times travel in the frames: a send's id (its client id, unique per sender) and its body carry the
 //! microseconds since [`epoch`] at which it was written, so any connection of this process can time it.
+//!
+//! Deliveries are counted as the protocol counts them: distinct (conversation, number) per receiving
+//! connection. Delivery is at least once, so a frame repeated (a push and the inbox's second read) is one
+//! delivery, and a repeat can never stand in for a message that did not arrive.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -48,13 +53,27 @@ pub fn histogram() -> Histogram<u64> {
 #[derive(Debug)]
 pub struct Recorder {
     pub acked: Mutex<Histogram<u64>>,
+    /// Send → receipt of each distinct delivery (a repeat of a number is not timed again).
     pub received: Mutex<Histogram<u64>>,
     /// Only messages sent at or after this (µs since [`epoch`]) are recorded: the warm-up is not.
     pub since_us: AtomicU64,
+    /// Distinct deliveries: (conversation, number) pairs, counted once per receiving connection.
     pub messages: AtomicU64,
+    /// `message` frames, repeats included.
+    pub frames: AtomicU64,
     pub acks: AtomicU64,
     pub errors: AtomicU64,
     pub closed: AtomicU64,
+    /// Moved on by [`Recorder::restart`]: each connection then forgets the numbers it had, as the
+    /// histograms forget their times (so that a long run does not keep every number of every rate).
+    generation: AtomicU64,
+}
+
+/// The (conversation, number) pairs one connection has received since the recorder's last restart.
+#[derive(Debug, Default)]
+struct Seen {
+    generation: u64,
+    numbers: HashSet<(u128, u64)>,
 }
 
 impl Default for Recorder {
@@ -64,9 +83,11 @@ impl Default for Recorder {
             received: Mutex::new(histogram()),
             since_us: AtomicU64::new(0),
             messages: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
             acks: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -74,6 +95,7 @@ impl Default for Recorder {
 impl Recorder {
     /// Starts recording now, and forgets what was recorded before.
     pub fn restart(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.since_us.store(now_us(), Ordering::Relaxed);
         lock(&self.acked).reset();
         lock(&self.received).reset();
@@ -85,7 +107,8 @@ impl Recorder {
         }
     }
 
-    fn on_frame(&self, text: &str) {
+    /// Records one frame received by a connection that has received `seen` so far.
+    fn on_frame(&self, text: &str, seen: &mut Seen) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return };
         match v["type"].as_str() {
             Some("sent") => {
@@ -95,6 +118,19 @@ impl Recorder {
                 }
             }
             Some("message") => {
+                self.frames.fetch_add(1, Ordering::Relaxed);
+                let conversation = v["conversation_id"].as_str().and_then(|c| uuid::Uuid::parse_str(c).ok());
+                let (Some(conversation), Some(seq)) = (conversation, v["seq"].as_u64()) else {
+                    return;
+                };
+                let generation = self.generation.load(Ordering::Relaxed);
+                if seen.generation != generation {
+                    seen.numbers.clear();
+                    seen.generation = generation;
+                }
+                if !seen.numbers.insert((conversation.as_u128(), seq)) {
+                    return;
+                }
                 self.messages.fetch_add(1, Ordering::Relaxed);
                 if let Some(t) = v["body"].as_str().and_then(sent_at) {
                     self.record(&self.received, t);
@@ -168,9 +204,10 @@ fn spawn(ws: WebSocketStream<TcpStream>, user: &str, recorder: Arc<Recorder>) ->
         }
     });
     tokio::spawn(async move {
+        let mut seen = Seen::default();
         while let Some(Ok(m)) = stream.next().await {
             if let Message::Text(t) = m {
-                recorder.on_frame(t.as_str());
+                recorder.on_frame(t.as_str(), &mut seen);
             }
         }
         recorder.closed.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +280,28 @@ pub async fn send_at_rate(senders: &[(&Conn, &str)], rate: u64, period: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_are_distinct_numbers_per_connection() {
+        let r = Recorder::default();
+        let frame = |conv: &str, seq: u64| {
+            serde_json::json!({"type": "message", "conversation_id": conv, "seq": seq, "body": "t1-0"}).to_string()
+        };
+        let (c1, c2) = ("01900000-0000-7000-8000-000000000001", "01900000-0000-7000-8000-000000000002");
+        let (mut one, mut other) = (Seen::default(), Seen::default());
+        for (conv, seq) in [(c1, 1), (c1, 1), (c1, 2), (c2, 1), (c1, 2)] {
+            r.on_frame(&frame(conv, seq), &mut one);
+        }
+        // The same number at another connection is another delivery.
+        r.on_frame(&frame(c1, 1), &mut other);
+        assert_eq!(r.frames.load(Ordering::Relaxed), 6);
+        assert_eq!(r.messages.load(Ordering::Relaxed), 4);
+        assert_eq!(lock(&r.received).len(), 4, "a repeat is not timed again");
+        // After a restart a connection counts afresh.
+        r.restart();
+        r.on_frame(&frame(c1, 1), &mut one);
+        assert_eq!(r.messages.load(Ordering::Relaxed), 5);
+    }
 
     #[test]
     fn a_stamp_reads_back() {

@@ -294,6 +294,17 @@ impl Platform {
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
+    /// Stops gateway `i` gracefully, as its shutdown signal would (it closes its connections with 1001), and
+    /// waits until it has ended; fails if it failed. Its addresses stay in [`Platform::gateways`], closed.
+    pub async fn stop_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let g = self.gateways.get_mut(i).context("no such gateway")?;
+        let stop = g.stop.take().context("gateway already stopped")?;
+        let _ = stop.send(());
+        // A finished task in its place, for `stop` to await.
+        let task = std::mem::replace(&mut g.task, tokio::spawn(async { anyhow::Ok(()) }));
+        task.await?
+    }
+
     /// Stops every service, gracefully, and checks that none failed.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for g in &mut self.gateways {

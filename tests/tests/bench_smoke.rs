@@ -1,10 +1,13 @@
 //! `make bench`'s load generator and scenarios, at a smoke size, so that they keep working: the run must
-//! finish and every count it reports must add up. No speed is judged here (that is `make bench`'s job).
+//! finish and every count it reports must add up. Deliveries are counted as distinct (conversation,
+//! number) per receiver (`tests::load::Recorder`), so a repeated frame cannot make up for a lost one. No
+//! speed is judged here (that is `make bench`'s job).
 
 use std::process::Command;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
+use tests::promise;
 
 #[test]
 fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<()> {
@@ -29,21 +32,23 @@ fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<
     ensure!(idle["gateway_kib_per_connection"].as_f64().is_some_and(|k| k > 0.0), "no memory measured: {idle}");
     let scale = &results["scale"];
     ensure!(scale["connected"] == 300 && scale["gateways"] == 3, "scale-out connections: {scale}");
-    ensure!(scale["sampled"] == 30 && scale["received"] == 30, "scale-out sample: {scale}");
+    promise!(scale["sampled"] == 30 && scale["received"] == 30, "scale-out sample: {scale}");
     ensure!(summary.contains("| 2 scale-out"), "the summary lacks the scale-out:\n{summary}");
     let latency = results["latency"].as_array().context("no latency runs")?;
     ensure!(latency.len() == 1, "latency runs: {latency:?}");
     let run = &latency[0];
     ensure!(run["sent"].as_u64().is_some_and(|n| n > 0), "nothing sent: {run}");
-    ensure!(run["received"] == run["sent"], "sent and received differ: {run}");
-    ensure!(run["errors"] == 0, "sends answered with errors: {run}");
+    promise!(run["received"] == run["sent"], "sent and received differ: {run}");
+    promise!(run["errors"] == 0, "sends answered with errors: {run}");
     ensure!(run["floor"]["count"].as_u64().is_some_and(|n| n > 0), "the Kafka floor timed nothing: {run}");
     let groups = results["groups"].as_array().context("no group runs")?;
     let g = groups.first().context("no group run")?;
     let (sent, delivered) = (g["sent"].as_u64().unwrap_or(0), g["received"].as_u64().unwrap_or(0));
-    ensure!(sent > 0 && delivered == sent * 4, "groups of 5: {sent} sent, {delivered} delivered: {g}");
+    ensure!(sent > 0, "groups of 5: nothing sent: {g}");
+    promise!(delivered == sent * 4, "groups of 5: {sent} sent, {delivered} delivered: {g}");
     let storm = &results["storm"];
-    ensure!(storm["received"] == storm["expected"] && storm["expected"] == 120, "reconnect storm: {storm}");
+    ensure!(storm["expected"] == 120, "reconnect storm: {storm}");
+    promise!(storm["received"] == storm["expected"], "reconnect storm: {storm}");
     ensure!(summary.contains("| 5 reconnect storm"), "the summary lacks the storm:\n{summary}");
     Ok(())
 }

@@ -13,8 +13,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use tests::client::Refused;
 use tests::platform::{JWT_SECRET, kafka_brokers};
 use tests::{Platform, PlatformOptions, WsClient};
+use tests::{broken, promise};
 
 fn user(name: &str) -> String {
     format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -46,6 +48,83 @@ async fn present(p: &Platform, user: &str) -> anyhow::Result<bool> {
     Ok(redis::cmd("EXISTS").arg(key).query_async(&mut redis).await?)
 }
 
+/// How long a test waits for a refusal or a close before counting it as not happening: a timeout is never
+/// taken for a refusal.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Requires that an upgrade attempt is refused before the upgrade with HTTP `status` and the JSON body's
+/// `code` (exactly), within [`ANSWER_WAIT`].
+async fn refused_with(
+    attempt: impl std::future::Future<Output = Result<WsClient, Refused>>,
+    status: u16,
+    code: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let r = match tokio::time::timeout(ANSWER_WAIT, attempt).await {
+        Err(_) => broken!("{what}: neither upgraded nor refused within {ANSWER_WAIT:?}"),
+        Ok(Ok(_)) => broken!("{what}: upgraded"),
+        Ok(Err(r)) => r,
+    };
+    let body_code = serde_json::from_str::<Value>(&r.body).ok().and_then(|b| b["code"].as_str().map(str::to_owned));
+    promise!(
+        r.status == status && body_code.as_deref() == Some(code),
+        "{what}: refused with {} {:?}, not {status} {code}",
+        r.status,
+        r.body
+    );
+    Ok(())
+}
+
+/// Every byte the gateway sends on `stream` until it closes the connection (end of stream, or a reset),
+/// within `within`; `None` when the connection is still open then.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok()?;
+    Some(got)
+}
+
+/// Opens a TCP connection to `addr`, sends `request` (maybe nothing), and answers what [`until_closed`]
+/// does. A write that fails counts as closed: the gateway closed first.
+async fn knock(addr: std::net::SocketAddr, request: &[u8], within: Duration) -> anyhow::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    if !request.is_empty() && stream.write_all(request).await.is_err() {
+        return Ok(Some(Vec::new()));
+    }
+    Ok(until_closed(&mut stream, within).await)
+}
+
+/// Requires that the gateway closes a connection over a cap before reading anything: the client, which
+/// sends `request` (maybe nothing), gets no byte, and sees the end of the stream or a reset within
+/// [`ANSWER_WAIT`]. A connection still open then is not a refusal.
+async fn closed_at_accept(addr: std::net::SocketAddr, request: &[u8], what: &str) -> anyhow::Result<()> {
+    match knock(addr, request, ANSWER_WAIT).await? {
+        Some(answer) if answer.is_empty() => Ok(()),
+        Some(answer) => broken!("{what}: answered {:?} instead of closed", String::from_utf8_lossy(&answer)),
+        None => broken!("{what}: still open after {ANSWER_WAIT:?} (a timeout is not a refusal)"),
+    }
+}
+
+/// A WebSocket upgrade request as any client sends it, for `user` on `device`.
+fn upgrade_request(addr: std::net::SocketAddr, user: &str, device: &str) -> String {
+    format!(
+        "GET /v1/ws?device_id={device} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        tests::token(user, JWT_SECRET)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origins_outside_the_allow_list_are_refused_before_the_upgrade() -> anyhow::Result<()> {
     let allowed = "https://chat.example.com";
@@ -72,19 +151,16 @@ async fn origins_outside_the_allow_list_are_refused_before_the_upgrade() -> anyh
     for origin in refused_origins {
         let mut headers = vec![("authorization", token.as_str())];
         headers.extend(origin.map(|o| ("origin", o)));
-        let r = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers)
-            .await
-            .err()
-            .with_context(|| format!("upgraded from origin {origin:?}"))?;
-        ensure!(r.status == 403, "origin {origin:?}: status {}", r.status);
-        ensure!(r.body.contains("\"code\":\"origin_not_allowed\""), "origin {origin:?}: {}", r.body);
+        let attempt = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers);
+        refused_with(attempt, 403, "origin_not_allowed", &format!("origin {origin:?}")).await?;
     }
-    ensure!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
+    promise!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
     let headers = [("authorization", token.as_str()), ("origin", allowed)];
-    let mut c = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers)
-        .await
-        .map_err(|r| anyhow::anyhow!("the listed origin was refused: {r:?}"))?;
-    ensure!(c.recv().await?["type"] == "welcome", "no welcome");
+    let mut c = match WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers).await {
+        Ok(c) => c,
+        Err(r) => broken!("the listed origin was refused: {r:?}"),
+    };
+    promise!(c.recv().await?["type"] == "welcome", "no welcome");
     c.close().await?;
     p.stop().await
 }
@@ -138,35 +214,28 @@ async fn bad_tokens_are_refused_at_the_upgrade_and_an_expiring_one_closes_with_4
         ("garbage", Some("x.y.z".into())),
     ];
     for (what, token) in cases {
-        let r = WsClient::connect_with(gw, &alice, "phone", token.as_deref())
-            .await
-            .err()
-            .with_context(|| format!("upgraded with a token that is {what}"))?;
-        ensure!(r.status == 401, "{what}: status {}", r.status);
-        ensure!(r.body.contains("\"code\":\"unauthorized\""), "{what}: {}", r.body);
+        let attempt = WsClient::connect_with(gw, &alice, "phone", token.as_deref());
+        refused_with(attempt, 401, "unauthorized", &format!("a token that is {what}")).await?;
     }
-    ensure!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
+    promise!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
 
     // Browsers cannot set headers on a WebSocket: the token also works as `access_token` in the query.
     let short = sign(Algorithm::HS256, &key, &claims(json!({"exp": now() + 2})));
-    let mut c = WsClient::connect_request(gw, &alice, &format!("device_id=phone&access_token={short}"), "phone", &[])
-        .await
-        .map_err(|r| anyhow::anyhow!("refused a valid token in the query: {r:?}"))?;
-    ensure!(c.recv().await?["type"] == "welcome", "no welcome");
+    let query = format!("device_id=phone&access_token={short}");
+    let mut c = match WsClient::connect_request(gw, &alice, &query, "phone", &[]).await {
+        Ok(c) => c,
+        Err(r) => broken!("refused a valid token in the query: {r:?}"),
+    };
+    promise!(c.recv().await?["type"] == "welcome", "no welcome");
     // It expires two seconds later: the gateway closes the connection with 4001.
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match c.recv().await {
-                Ok(_) => continue,
-                Err(e) => break e.to_string(),
-            }
-        }
-    })
-    .await
-    .context("the connection outlived its token")?;
-    ensure!(closed.contains("4001"), "closed otherwise: {closed}");
+    let (code, reason) = c.recv_close(ANSWER_WAIT).await?;
+    promise!(code == 4001, "the connection outlived its token: closed with {code} ({reason:?}), not 4001");
     p.stop().await
 }
+
+/// How long members' sockets are read after a non-member's attempt: what the attempt could have leaked
+/// (a typing indicator pushed at once, a receipt routed through the log and a worker) arrives well within it.
+const QUIET: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow::Result<()> {
@@ -174,44 +243,56 @@ async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow:
     let gw = p.gateways[0].ws_addr;
     let (alice, bob, mallory) = (user("alice"), user("bob"), user("mallory"));
     let conv = conversation(&p, &alice, &bob).await?;
+    let own = conversation(&p, &mallory, &bob).await?;
     let mut a = WsClient::connect(gw, &alice, "phone").await?;
     a.sync().await?;
+    let mut b = WsClient::connect(gw, &bob, "phone").await?;
+    b.sync().await?;
     let first = a.send_message(&conv, "m1", "for bob only").await?;
-    ensure!(first["seq"] == 1, "first message at {}", first["seq"]);
+    promise!(first["seq"] == 1, "first message at {}", first["seq"]);
+    let got = b.expect("message").await?;
+    promise!(got["seq"] == 1, "bob got {got}");
     let log_before = log_size(&p.topic).await?;
 
     let mut m = WsClient::connect(gw, &mallory, "laptop").await?;
     m.sync().await?;
-    let frames = [
-        json!({"v": 1, "type": "send", "id": "intrude", "conversation_id": conv, "body": "hi"}),
-        json!({"v": 1, "type": "history", "id": "peek", "conversation_id": conv, "after_seq": 0}),
-        json!({"v": 1, "type": "conversation", "id": "look", "conversation_id": conv}),
-        json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 1}),
-        json!({"v": 1, "type": "delivered", "conversation_id": conv, "seq": 1}),
-        json!({"v": 1, "type": "typing", "conversation_id": conv}),
+    let attempts = [
+        ("send", json!({"v": 1, "type": "send", "id": "intrude", "conversation_id": conv, "body": "hi"})),
+        ("history", json!({"v": 1, "type": "history", "id": "peek", "conversation_id": conv, "after_seq": 0})),
+        ("conversation", json!({"v": 1, "type": "conversation", "id": "look", "conversation_id": conv})),
+        ("read", json!({"v": 1, "type": "read", "conversation_id": conv, "seq": 1})),
+        ("delivered", json!({"v": 1, "type": "delivered", "conversation_id": conv, "seq": 1})),
+        ("typing", json!({"v": 1, "type": "typing", "conversation_id": conv})),
     ];
-    for f in &frames {
-        m.send_json(f.clone()).await?;
-    }
-    // Requests are handled in order: the answer to one about Mallory's own conversation comes after them all.
-    let own = conversation(&p, &mallory, &bob).await?;
-    m.send_json(json!({"v": 1, "type": "conversation", "id": "sentinel", "conversation_id": own})).await?;
-    // Every refusal says `not_member`; the requests with an id are answered with it.
-    let mut refused = Vec::new();
-    loop {
-        let f = m.recv().await?;
-        match f["type"].as_str() {
-            Some("conversation") if f["id"] == "sentinel" => break,
-            Some("error") => {
-                ensure!(f["code"] == "not_member", "answered {f}");
-                refused.extend(f["id"].as_str().map(str::to_owned));
+    for (i, (kind, frame)) in attempts.iter().enumerate() {
+        m.send_json(frame.clone()).await?;
+        // Requests are handled in order: the answer to one about Mallory's own conversation comes after it.
+        let sentinel = format!("sentinel-{i}");
+        m.send_json(json!({"v": 1, "type": "conversation", "id": sentinel, "conversation_id": own})).await?;
+        // The attempt is refused with `not_member`, once, naming its id when it had one.
+        let mut answers = Vec::new();
+        loop {
+            let f = m.recv().await?;
+            if f["type"] == "conversation" && f["id"] == sentinel.as_str() {
+                break;
             }
-            _ => anyhow::bail!("the non-member got {f}"),
+            answers.push(f);
         }
+        let refusal = json!({"code": "not_member", "id": frame.get("id")});
+        let refused = answers.len() == 1
+            && answers[0]["type"] == "error"
+            && answers[0]["code"] == refusal["code"]
+            && answers[0].get("id") == frame.get("id");
+        promise!(refused, "the non-member's {kind} was answered {answers:?}, not once {refusal}");
+        // Nothing of it reached the members: their sockets stay silent.
+        let (to_alice, to_bob) = tokio::join!(a.stay_silent(QUIET), b.stay_silent(QUIET));
+        let (to_alice, to_bob) = (to_alice?, to_bob?);
+        promise!(
+            to_alice.is_empty() && to_bob.is_empty(),
+            "after the non-member's {kind}, alice got {to_alice:?} and bob got {to_bob:?}"
+        );
     }
-    refused.sort();
-    ensure!(refused == ["intrude", "look", "peek"], "refused {refused:?}");
-    // Nothing reached the others, nothing was stored or logged.
+    // Nothing was stored or logged.
     let page = p
         .chat_client()
         .await?
@@ -223,12 +304,13 @@ async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow:
         })
         .await?
         .into_inner();
-    ensure!(page.messages.len() == 1, "history holds {} messages", page.messages.len());
+    promise!(page.messages.len() == 1, "history holds {} messages", page.messages.len());
     let positions = p.store.read_positions(chat_model::ConversationId::parse(&conv)?).await?;
-    ensure!(positions.iter().all(|(u, _)| u.as_str() != mallory), "a read position for the non-member");
-    ensure!(log_size(&p.topic).await? == log_before, "the log grew");
+    promise!(positions.iter().all(|(u, _)| u.as_str() != mallory), "a read position for the non-member");
+    promise!(log_size(&p.topic).await? == log_before, "the log grew");
     m.close().await?;
     a.close().await?;
+    b.close().await?;
     p.stop().await
 }
 
@@ -306,8 +388,8 @@ async fn a_garbage_record_goes_to_the_dead_letter_topic_and_the_partition_goes_o
 }
 
 /// Sends `n` pings at once, then reads until each has an answer or the connection closes; answers
-/// (pongs, rate_limited refusals, the close reason if it closed).
-async fn ping_flood(c: &mut WsClient, tag: &str, n: usize) -> anyhow::Result<(usize, usize, Option<String>)> {
+/// (pongs, rate_limited refusals, the close frame's code and reason if it closed).
+async fn ping_flood(c: &mut WsClient, tag: &str, n: usize) -> anyhow::Result<(usize, usize, Option<(u16, String)>)> {
     for i in 0..n {
         if c.send_json(json!({"v": 1, "type": "ping", "id": format!("{tag}-{i}")})).await.is_err() {
             break;
@@ -318,12 +400,13 @@ async fn ping_flood(c: &mut WsClient, tag: &str, n: usize) -> anyhow::Result<(us
         match c.recv().await {
             Ok(f) if f["type"] == "pong" => pongs += 1,
             Ok(f) if f["type"] == "error" && f["code"] == "rate_limited" => {
-                ensure!(f["retryable"] == true, "rate_limited is not retryable: {f}");
-                ensure!(f["id"].as_str().is_some_and(|id| id.starts_with(tag)), "refusal without the id: {f}");
+                promise!(f["retryable"] == true, "rate_limited is not retryable: {f}");
+                promise!(f["id"].as_str().is_some_and(|id| id.starts_with(tag)), "refusal without the id: {f}");
                 limited += 1;
             }
-            Ok(f) => anyhow::bail!("unexpected {f}"),
-            Err(e) => return Ok((pongs, limited, Some(e.to_string()))),
+            Ok(f) => broken!("unexpected {f}"),
+            // Closed (its close frame was read) or ended otherwise, which `recv_close` reports as broken.
+            Err(_) => return Ok((pongs, limited, Some(c.recv_close(Duration::from_secs(1)).await?))),
         }
     }
     Ok((pongs, limited, None))
@@ -350,16 +433,16 @@ async fn a_flooding_user_is_throttled_then_closed_and_others_are_not() -> anyhow
     let mut m = WsClient::connect(gw, &mallory, "phone").await?;
     m.sync().await?;
     let (pongs, limited, closed) = ping_flood(&mut m, "flood", 400).await?;
-    ensure!(pongs <= 30, "{pongs} pings answered past the user's burst of 10 at 5/s");
-    ensure!(limited >= 1, "no rate_limited refusal ({pongs} pongs, closed: {closed:?})");
-    let closed = closed.context("the flooding connection stayed open")?;
-    ensure!(closed.contains("4029"), "closed otherwise: {closed}");
+    promise!(pongs <= 30, "{pongs} pings answered past the user's burst of 10 at 5/s");
+    promise!(limited >= 1, "no rate_limited refusal ({pongs} pongs, closed: {closed:?})");
+    let Some((code, reason)) = closed else { broken!("the flooding connection stayed open") };
+    promise!(code == 4029, "the flooding connection was closed with {code} ({reason:?}), not 4029");
 
     // Alice, meanwhile, is unaffected: her pings and her send (within her own bursts) are answered.
     let (pongs, limited, closed) = ping_flood(&mut a, "alice", 8).await?;
-    ensure!((pongs, limited, closed.is_none()) == (8, 0, true), "alice: {pongs} pongs, {limited} refused");
+    promise!((pongs, limited, closed.is_none()) == (8, 0, true), "alice: {pongs} pongs, {limited} refused, {closed:?}");
     let ack = a.send_message(&conv, "after-flood", "hello").await?;
-    ensure!(ack["seq"] == 1, "alice's send answered {ack}");
+    promise!(ack["seq"] == 1, "alice's send answered {ack}");
 
     // Two connections each within their own burst (15 < 40) but past the user's (10) together.
     let mut m1 = WsClient::connect(gw, &mallory, "tablet").await?;
@@ -368,8 +451,8 @@ async fn a_flooding_user_is_throttled_then_closed_and_others_are_not() -> anyhow
     m2.sync().await?;
     let (r1, r2) = tokio::join!(ping_flood(&mut m1, "t", 15), ping_flood(&mut m2, "l", 15));
     let ((p1, l1, _), (p2, l2, _)) = (r1?, r2?);
-    ensure!(l1 + l2 >= 1, "the user's shared limit refused nothing ({p1} + {p2} answered)");
-    ensure!(p1 + p2 <= 25, "{} pings answered past the user's burst of 10", p1 + p2);
+    promise!(l1 + l2 >= 1, "the user's shared limit refused nothing ({p1} + {p2} answered)");
+    promise!(p1 + p2 <= 25, "{} pings answered past the user's burst of 10", p1 + p2);
 
     // Connections per user: a fourth session of Mallory is refused with 429. (The flooding connection's place
     // is given back once its session has ended, which takes a moment after the close.)
@@ -381,44 +464,52 @@ async fn a_flooding_user_is_throttled_then_closed_and_others_are_not() -> anyhow
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _m3 = m3.context("the closed connection's place was never given back")?;
-    let r = WsClient::connect_with(gw, &mallory, "desktop", Some(&tests::token(&mallory, JWT_SECRET)))
-        .await
-        .err()
-        .context("a fourth session was admitted")?;
-    ensure!(r.status == 429 && r.body.contains("too_many_connections"), "refused with {r:?}");
+    let Some(_m3) = m3 else { broken!("the closed connection's place was never given back") };
+    let token = tests::token(&mallory, JWT_SECRET);
+    let attempt = WsClient::connect_with(gw, &mallory, "desktop", Some(&token));
+    refused_with(attempt, 429, "too_many_connections", "a fourth session of one user").await?;
     a.close().await?;
     p.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_capped_and_given_back() -> anyhow::Result<()> {
-    let p =
-        Platform::start(PlatformOptions { gateways: 1, max_connections_per_address: 5, ..PlatformOptions::default() })
-            .await?;
+    let cap = 5;
+    let p = Platform::start(PlatformOptions {
+        gateways: 1,
+        max_connections_per_address: cap,
+        ..PlatformOptions::default()
+    })
+    .await?;
     let gw = p.gateways[0].ws_addr;
     let mut open = Vec::new();
-    for i in 0..5 {
-        open.push(WsClient::connect(gw, &user(&format!("u{i}")), "phone").await?);
+    for i in 0..cap {
+        match WsClient::connect(gw, &user(&format!("u{i}")), "phone").await {
+            Ok(c) => open.push(c),
+            Err(e) => broken!("connection {} of {cap} from one address was not admitted: {e:#}", i + 1),
+        }
     }
-    // The sixth from the same address is closed before anything is read.
+    // Over the cap, the gateway closes the TCP connection before reading anything: a client that sends
+    // nothing sees it end, and one that sends a whole upgrade request gets no answer to it.
     let sixth = user("sixth");
-    let r = WsClient::connect_with(gw, &sixth, "phone", Some(&tests::token(&sixth, JWT_SECRET))).await;
-    ensure!(r.is_err(), "a sixth connection from one address was admitted");
-    ensure!(!present(&p, &sixth).await?, "the refused connection wrote presence");
-    // One closes: its place is given back.
+    closed_at_accept(gw, b"", "a connection over the address cap that sends nothing").await?;
+    let request = upgrade_request(gw, &sixth, "phone");
+    closed_at_accept(gw, request.as_bytes(), "an upgrade over the address cap").await?;
+    promise!(!present(&p, &sixth).await?, "the refused connection wrote presence");
+    // One closes: its place is given back (once its session has ended, a moment after the close).
     if let Some(c) = open.pop() {
         c.close().await?;
     }
     let mut again = None;
     for _ in 0..50 {
-        if let Ok(c) = WsClient::connect_with(gw, &sixth, "phone", Some(&tests::token(&sixth, JWT_SECRET))).await {
+        let attempt = WsClient::connect(gw, &sixth, "phone");
+        if let Ok(Ok(c)) = tokio::time::timeout(ANSWER_WAIT, attempt).await {
             again = Some(c);
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ensure!(again.is_some(), "the freed place was not given back");
+    promise!(again.is_some(), "the freed place was not given back");
     p.stop().await
 }
 
@@ -452,23 +543,31 @@ async fn a_silent_connection_is_pinged_then_closed_with_4002_and_one_that_answer
     p.stop().await
 }
 
+/// How an internal gRPC call ended.
+#[derive(Debug)]
+enum Call {
+    Answered,
+    /// It failed before the deadline: the connection was refused (the reason as the client saw it).
+    Refused(String),
+    /// Nothing within [`ANSWER_WAIT`]: not a refusal.
+    NoAnswer,
+}
+
 /// Tries one call on the chat service at `chat_addr` (reading `conv` as its member `member`) and one on the
-/// gateway's push server at `gw`, as an internal client with `tls` (`None`: plaintext); answers the two
-/// errors (None: the call was answered).
+/// gateway's push server at `gw`, as an internal client with `tls` (`None`: plaintext). The clients set no
+/// timeout of their own, so an error can only come from the other side; the wait is bounded here.
 async fn internal_calls(
     chat_addr: std::net::SocketAddr,
     gw: std::net::SocketAddr,
     (conv, member): (&str, &str),
     tls: Option<tonic::transport::ClientTlsConfig>,
-) -> (Option<String>, Option<String>) {
+) -> (Call, Call) {
     async fn channel(
         addr: std::net::SocketAddr,
         tls: &Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<tonic::transport::Channel> {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut e = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5));
+        let mut e = tonic::transport::Channel::from_shared(format!("{scheme}://{addr}"))?;
         if let Some(tls) = tls {
             e = e.tls_config(tls.clone())?;
         }
@@ -484,8 +583,13 @@ async fn internal_calls(
         c.resync(v1::ResyncRequest { devices: Vec::new() }).await?;
         anyhow::Ok(())
     };
-    let (a, b) = tokio::join!(chat, push);
-    (a.err().map(|e| format!("{e:#}")), b.err().map(|e| format!("{e:#}")))
+    let ended = |r: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => Call::Answered,
+        Ok(Err(e)) => Call::Refused(format!("{e:#}")),
+        Err(_) => Call::NoAnswer,
+    };
+    let (a, b) = tokio::join!(tokio::time::timeout(ANSWER_WAIT, chat), tokio::time::timeout(ANSWER_WAIT, push));
+    (ended(a), ended(b))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,9 +614,9 @@ async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_
     a.sync().await?;
     b.sync().await?;
     let sent = a.send_message(&conv, "m1", "over mutual TLS").await?;
-    ensure!(sent["type"] == "sent", "the send over mutual TLS was answered {sent}");
+    promise!(sent["type"] == "sent", "the send over mutual TLS was answered {sent}");
     let got = b.expect("message").await?;
-    ensure!(got["body"] == "over mutual TLS", "bob got {got}");
+    promise!(got["body"] == "over mutual TLS", "bob got {got}");
 
     let (chat_addr, push_addr) = (p.chat_addr, p.gateways[0].grpc_addr);
     let ca = Certificate::from_pem(std::fs::read(&service.ca)?);
@@ -522,7 +626,10 @@ async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_
     let client = internal.leaf("client")?;
     let ok = ClientTlsConfig::new().ca_certificate(ca.clone()).identity(identity(&client)?);
     let (chat, push) = internal_calls(chat_addr, push_addr, (&conv, &alice), Some(ok)).await;
-    ensure!(chat.is_none() && push.is_none(), "a client of the internal CA was refused: {chat:?} {push:?}");
+    promise!(
+        matches!((&chat, &push), (Call::Answered, Call::Answered)),
+        "a client of the internal CA was not answered: {chat:?} {push:?}"
+    );
 
     let foreign_ca = tests::pki::Ca::new("foreign")?;
     let foreign = foreign_ca.leaf("intruder")?;
@@ -539,9 +646,11 @@ async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_
     ];
     for (what, tls) in attempts {
         let (chat, push) = internal_calls(chat_addr, push_addr, (&conv, &alice), tls).await;
-        ensure!(chat.is_some(), "the chat service answered {what}");
-        ensure!(push.is_some(), "the gateway's push server answered {what}");
-        println!("[security] internal gRPC, {what}: chat service: {chat:?}; gateway: {push:?}");
+        let (chat, push) = match (chat, push) {
+            (Call::Refused(chat), Call::Refused(push)) => (chat, push),
+            (chat, push) => broken!("{what} was not refused: chat service {chat:?}, gateway's push server {push:?}"),
+        };
+        println!("[security] internal gRPC, {what}: chat service: {chat}; gateway: {push}");
     }
     // Nothing refused changed anything: the conversation still holds the one message.
     let h = p
@@ -554,7 +663,7 @@ async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_
         })
         .await?
         .into_inner();
-    ensure!(h.messages.len() == 1, "history holds {} messages", h.messages.len());
+    promise!(h.messages.len() == 1, "history holds {} messages", h.messages.len());
     a.close().await?;
     b.close().await?;
     p.stop().await
@@ -575,22 +684,28 @@ async fn a_gateway_at_its_open_file_limit_refuses_the_excess_and_goes_on_serving
     let cluster = Cluster::start(options).await?;
     let gw = cluster.gateway_ws[0];
     let before = cluster.open_files(Kind::Gateway, 0).context("the gateway's open files")?;
+    // Up to the cap every connection is admitted (upgraded); past it, each is closed before anything is
+    // read: half of them send nothing, half a whole upgrade request.
     let mut open = Vec::new();
-    let mut refused = 0;
-    for i in 0..(cap + 300) {
+    for i in 0..cap {
         match tests::raw::RawWs::connect(gw, &user(&format!("fd{i}")), "phone").await {
             Ok(c) => open.push(c),
-            Err(_) => refused += 1,
+            Err(e) => broken!("connection {} of {cap}, within the cap, was not admitted: {e:#}", i + 1),
         }
+    }
+    let mut refused = 0;
+    for i in 0..300 {
+        let request = if i % 2 == 0 { String::new() } else { upgrade_request(gw, &user(&format!("over{i}")), "phone") };
+        closed_at_accept(gw, request.as_bytes(), &format!("connection {} past the cap of {cap}", cap + i + 1)).await?;
+        refused += 1;
     }
     let peak = cluster.open_files(Kind::Gateway, 0).context("the gateway's open files")?;
     println!(
         "[security] open-file limit {limit}: {} connections admitted, {refused} refused; gateway files {before} → {peak}",
         open.len()
     );
-    ensure!(open.len() <= cap && open.len() + 10 >= cap, "{} connections admitted with a cap of {cap}", open.len());
-    ensure!(refused + open.len() == cap + 300, "connections neither admitted nor refused");
-    ensure!(peak < limit as usize, "the gateway holds {peak} files, at its limit of {limit}");
+    promise!(open.len() == cap && refused == 300, "{} admitted and {refused} refused, not {cap} and 300", open.len());
+    promise!(peak < limit as usize, "the gateway holds {peak} files, at its limit of {limit}");
     drop(open);
     // Everything given back: a client connects and a message goes through this gateway both ways.
     let mut chat =
@@ -616,13 +731,13 @@ async fn a_gateway_at_its_open_file_limit_refuses_the_excess_and_goes_on_serving
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut a = connected.context("no connection admitted after the others closed")?;
+    let Some(mut a) = connected else { broken!("no connection admitted after the others closed") };
     let mut b = WsClient::connect(gw, &bob, "phone").await?;
     a.sync().await?;
     b.sync().await?;
     a.send_message(&conv, "after-the-limit", "still serving").await?;
     let got = b.expect("message").await?;
-    ensure!(got["body"] == "still serving", "bob got {got}");
+    promise!(got["body"] == "still serving", "bob got {got}");
     a.close().await?;
     b.close().await?;
     cluster.shutdown().await
@@ -677,15 +792,39 @@ async fn wss_with_tls_1_2_and_1_3_and_stalled_handshakes_are_cut() -> anyhow::Re
     let gw = p.gateways[0].ws_addr;
     for version in [&TLS13, &TLS12] {
         let (mut ws, welcome) = wss(gw, &pem, version, &user("alice")).await?;
-        ensure!(welcome["type"] == "welcome", "over {version:?}: {welcome}");
+        promise!(welcome["type"] == "welcome", "over {version:?}: {welcome}");
         ws.close(None).await?;
     }
-    // A client that does not trust the certificate, and a plain ws:// client, get no session.
+    // A client that does not trust the certificate refuses it (its own check, unknown issuer), and a plain
+    // ws:// client gets no HTTP answer, only the connection closed (after a TLS alert, at most): no session.
     let other = tests::pki::Ca::new("other")?;
     let other_pem = std::fs::read_to_string(other.ca_file())?;
-    ensure!(wss(gw, &other_pem, &TLS13, &user("eve")).await.is_err(), "a client trusting another CA connected");
+    let eve = user("eve");
+    match tokio::time::timeout(ANSWER_WAIT, wss(gw, &other_pem, &TLS13, &eve)).await {
+        Err(_) => broken!("a client trusting another CA got no answer within {ANSWER_WAIT:?}"),
+        Ok(Ok(_)) => broken!("a client trusting another CA connected"),
+        Ok(Err(e)) => {
+            use tokio_rustls::rustls::{CertificateError, Error as TlsError};
+            let reason = e.chain().find_map(|c| {
+                c.downcast_ref::<TlsError>()
+                    .or_else(|| c.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<TlsError>())
+            });
+            promise!(
+                matches!(reason, Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer))),
+                "a client trusting another CA failed otherwise than on the certificate's issuer: {e:#}"
+            );
+        }
+    }
     let plain = user("plain");
-    ensure!(WsClient::connect(gw, &plain, "phone").await.is_err(), "plain ws:// got through to a TLS port");
+    match knock(gw, upgrade_request(gw, &plain, "phone").as_bytes(), ANSWER_WAIT).await? {
+        None => broken!("plain ws:// to the TLS port: still open after {ANSWER_WAIT:?}"),
+        Some(answer) => promise!(
+            !answer.starts_with(b"HTTP/"),
+            "plain ws:// to the TLS port got an HTTP answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+    promise!(!present(&p, &eve).await? && !present(&p, &plain).await?, "a refused client wrote presence");
 
     // A thousand connections stalled in the TLS handshake (half sent part of a ClientHello, half nothing):
     // each is cut within the handshake timeout, while a normal client still connects.
@@ -699,20 +838,19 @@ async fn wss_with_tls_1_2_and_1_3_and_stalled_handshakes_are_cut() -> anyhow::Re
         stalled.push(s);
     }
     let (mut ws, welcome) = wss(gw, &pem, &TLS13, &user("bob")).await?;
-    ensure!(welcome["type"] == "welcome", "a normal client among stalled ones: {welcome}");
+    promise!(welcome["type"] == "welcome", "a normal client among stalled ones: {welcome}");
     ws.close(None).await?;
+    // Cut: the connection ended (end of stream or a reset) with nothing sent, within 10 s of the start.
+    let deadline = started + Duration::from_secs(10);
     let mut cut = 0;
     for mut s in stalled {
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
-        // Closed: end of stream (or a reset); anything but still waiting.
-        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if until_closed(&mut s, left).await.is_some_and(|answer| answer.is_empty()) {
             cut += 1;
         }
     }
     let took = started.elapsed();
-    ensure!(cut == 1000, "{cut} of 1000 stalled handshakes were cut");
-    ensure!(took < Duration::from_secs(10), "cutting them took {took:?}");
+    promise!(cut == 1000, "{cut} of 1000 stalled handshakes were cut within 10 s (took {took:?})");
     println!("[security] 1000 stalled TLS handshakes cut within {took:?} (timeout 2 s)");
     p.stop().await
 }
@@ -735,18 +873,20 @@ async fn stalled_request_headers_are_cut_while_others_connect() -> anyhow::Resul
     }
     let mut c = WsClient::connect(gw, &user("alice"), "phone").await?;
     c.sync().await?;
+    // Cut: the connection ended within 10 s of the start, after nothing or hyper's 408 answer.
+    let deadline = started + Duration::from_secs(10);
     let mut cut = 0;
     for mut s in stalled {
-        let mut buf = [0u8; 512];
-        let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
-        // hyper may answer 408 before closing; either way the connection ends.
-        if matches!(read, Ok(Ok(_)) | Ok(Err(_))) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if until_closed(&mut s, left)
+            .await
+            .is_some_and(|answer| answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"))
+        {
             cut += 1;
         }
     }
     let took = started.elapsed();
-    ensure!(cut == 1000, "{cut} of 1000 stalled requests were cut");
-    ensure!(took < Duration::from_secs(10), "cutting them took {took:?}");
+    promise!(cut == 1000, "{cut} of 1000 stalled requests were cut within 10 s (took {took:?})");
     println!("[security] 1000 stalled HTTP requests cut within {took:?} (timeout 2 s)");
     c.close().await?;
     p.stop().await
@@ -944,4 +1084,210 @@ async fn malformed_frames_are_closed_with_their_code_and_the_gateway_stays_up() 
     );
     ensure!(after < before + 16 * 1024, "gateway memory grew from {before} to {after} KiB");
     cluster.shutdown().await
+}
+
+/// The presence entry of `user`'s `device`, as written (push address, connection id), if any.
+async fn presence_entry(p: &Platform, user: &str, device: &str) -> anyhow::Result<Option<presence::Entry>> {
+    let mut redis = p.redis().await?;
+    let key = presence::key(&p.redis_prefix, &UserId::parse(user)?);
+    let value: Option<String> = redis::cmd("HGET").arg(key).arg(device).query_async(&mut redis).await?;
+    Ok(value.as_deref().and_then(presence::Entry::decode))
+}
+
+/// Connects `user` on `device` to `gw` and reads its inbox; answers the connection and its session id.
+async fn online(gw: std::net::SocketAddr, user: &str, device: &str) -> anyhow::Result<(WsClient, u64)> {
+    let mut c = WsClient::connect_with(gw, user, device, Some(&tests::token(user, JWT_SECRET)))
+        .await
+        .map_err(|r| anyhow::anyhow!("{user}/{device} refused: {r:?}"))?;
+    let welcome = c.expect("welcome").await?;
+    let session = welcome["session_id"].as_str().and_then(|s| s.parse().ok()).context("no session id")?;
+    c.sync().await?;
+    Ok((c, session))
+}
+
+/// Requires that `c` is closed with 4000 (`what`: which connection replaced it).
+async fn closed_as_replaced(c: &mut WsClient, what: &str) -> anyhow::Result<()> {
+    let (code, reason) = c.recv_close(ANSWER_WAIT).await?;
+    promise!(code == 4000, "the older connection, replaced {what}, was closed with {code} ({reason:?}), not 4000");
+    Ok(())
+}
+
+/// Requires that `c` is open and answers a ping.
+async fn still_open(c: &mut WsClient, what: &str) -> anyhow::Result<()> {
+    c.send_json(json!({"v": 1, "type": "ping", "id": "still-open"})).await?;
+    match c.expect("pong").await {
+        Ok(pong) => promise!(pong["id"] == "still-open", "{what}: answered {pong}"),
+        Err(e) => broken!("{what} is not open: {e:#}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_again_to_the_same_gateway_closes_its_older_connection_with_4000() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &bob, &alice).await?;
+    let (mut first, _) = online(gw, &alice, "phone").await?;
+    let (mut second, session) = online(gw, &alice, "phone").await?;
+    closed_as_replaced(&mut first, "on the same gateway").await?;
+    // The newer connection stays, is the device's presence, and gets the device's messages.
+    still_open(&mut second, "the newer connection").await?;
+    let entry = presence_entry(&p, &alice, "phone").await?;
+    let expected = p.gateways[0].grpc_addr.to_string();
+    promise!(
+        entry.as_ref().is_some_and(|e| e.push_addr == expected && e.conn_id == session),
+        "presence names {entry:?}, not the newer connection {session} on {expected}"
+    );
+    let (mut b, _) = online(gw, &bob, "phone").await?;
+    b.send_message(&conv, "to-the-newer", "hello").await?;
+    let got = second.expect("message").await?;
+    promise!(got["body"] == "hello", "the newer connection got {got}");
+    second.close().await?;
+    b.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connecting_again_to_another_gateway_closes_its_older_connection_with_4000() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 2, ..PlatformOptions::default() }).await?;
+    let (gw0, gw1) = (p.gateways[0].ws_addr, p.gateways[1].ws_addr);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &bob, &alice).await?;
+    let (mut on0, _) = online(gw0, &alice, "phone").await?;
+    let (mut on1, _) = online(gw1, &alice, "phone").await?;
+    closed_as_replaced(&mut on0, "on another gateway").await?;
+    still_open(&mut on1, "the newer connection").await?;
+    // And back: the device returns to the first gateway, which closes the connection on the second. The
+    // first gateway's own, newer connection is not closed by the request naming the older one there.
+    let (mut back, session) = online(gw0, &alice, "phone").await?;
+    closed_as_replaced(&mut on1, "on the first gateway again").await?;
+    still_open(&mut back, "the newest connection").await?;
+    let entry = presence_entry(&p, &alice, "phone").await?;
+    let expected = p.gateways[0].grpc_addr.to_string();
+    promise!(
+        entry.as_ref().is_some_and(|e| e.push_addr == expected && e.conn_id == session),
+        "presence names {entry:?}, not the newest connection {session} on {expected}"
+    );
+    let (mut b, _) = online(gw1, &bob, "phone").await?;
+    b.send_message(&conv, "to-the-newest", "hello").await?;
+    let got = back.expect("message").await?;
+    promise!(got["body"] == "hello", "the newest connection got {got}");
+    back.close().await?;
+    b.close().await?;
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_closes_its_connections_with_1001_and_they_resume_elsewhere() -> anyhow::Result<()> {
+    let mut p = Platform::start(PlatformOptions { gateways: 2, ..PlatformOptions::default() }).await?;
+    let (gw0, gw1) = (p.gateways[0].ws_addr, p.gateways[1].ws_addr);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &bob, &alice).await?;
+    let (mut a, _) = online(gw0, &alice, "phone").await?;
+    let (mut b, _) = online(gw1, &bob, "phone").await?;
+    // The client reads while the gateway stops: the gateway waits for its sessions to end.
+    let (stopped, closed) = tokio::join!(p.stop_gateway(0), a.recv_close(ANSWER_WAIT));
+    stopped?;
+    let (code, reason) = closed?;
+    promise!(code == 1001, "a stopping gateway closed its connection with {code} ({reason:?}), not 1001");
+    promise!(presence_entry(&p, &alice, "phone").await?.is_none(), "the stopped gateway left its presence");
+    // Bob, on the other gateway, is untouched; Alice reconnects there and gets what is sent to her.
+    still_open(&mut b, "a connection on the other gateway").await?;
+    let (mut again, _) = online(gw1, &alice, "phone").await?;
+    b.send_message(&conv, "after-the-stop", "hello again").await?;
+    let got = again.expect("message").await?;
+    promise!(got["body"] == "hello again", "alice, reconnected, got {got}");
+    again.close().await?;
+    b.close().await?;
+    p.stop().await
+}
+
+/// Sends `request` over a new TCP connection and answers the response's status and body (the gateway
+/// closes the connection after it: `Connection: close`); no complete HTTP answer in time is broken.
+async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    let Some(answer) = knock(addr, request.as_bytes(), ANSWER_WAIT).await? else {
+        broken!("no complete answer within {ANSWER_WAIT:?}")
+    };
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let parsed = answer.split_once("\r\n\r\n").and_then(|(head, body)| {
+        let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    });
+    match parsed {
+        Some(answer) => Ok(answer),
+        None => broken!("not an HTTP answer: {answer:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_no_websocket_upgrade_or_name_no_device_are_refused_with_400() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let alice = user("alice");
+    let token = tests::token(&alice, JWT_SECRET);
+    // A plain GET, and an upgrade of another WebSocket version, each with a valid token and device.
+    let plain = format!(
+        "GET /v1/ws?device_id=phone HTTP/1.1\r\nHost: {gw}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let version_8 = format!(
+        "GET /v1/ws?device_id=phone HTTP/1.1\r\nHost: {gw}\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    for (what, request) in [("a plain GET", plain), ("a version 8 upgrade", version_8)] {
+        let (status, body) = http_exchange(gw, &request).await?;
+        let code = serde_json::from_str::<Value>(&body).ok().and_then(|b| b["code"].as_str().map(str::to_owned));
+        promise!(
+            status == 400 && code.as_deref() == Some("not_websocket"),
+            "{what} to /v1/ws was answered {status} {body:?}, not 400 not_websocket"
+        );
+    }
+    // The device: named by neither the query nor the token, or by both differently.
+    let key = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let with_device = |did: &str| {
+        encode(&Header::default(), &json!({"sub": alice, "exp": now() + 600, "did": did}), &key).unwrap_or_default()
+    };
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let attempt = WsClient::connect_request(gw, &alice, "", "phone", &headers);
+    refused_with(attempt, 400, "bad_device", "no device id").await?;
+    let tablet = format!("Bearer {}", with_device("tablet"));
+    let headers = [("authorization", tablet.as_str())];
+    let attempt = WsClient::connect_request(gw, &alice, "device_id=phone", "phone", &headers);
+    refused_with(attempt, 400, "bad_device", "the query's device phone and the token's tablet").await?;
+    promise!(!present(&p, &alice).await?, "a refused upgrade wrote presence");
+    // The token's device alone, or both agreeing, is accepted.
+    let phone = format!("Bearer {}", with_device("phone"));
+    for query in ["", "device_id=phone"] {
+        match WsClient::connect_request(gw, &alice, query, "phone", &[("authorization", phone.as_str())]).await {
+            Ok(mut c) => {
+                let welcome = c.expect("welcome").await?;
+                promise!(welcome["device_id"] == "phone", "query {query:?}: welcomed as {welcome}");
+                c.close().await?;
+            }
+            Err(r) => broken!("the token's device with the query {query:?} was refused: {r:?}"),
+        }
+    }
+    p.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_frame_is_answered_bad_frame_and_the_connection_stays_open() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let (mut c, _) = online(gw, &user("alice"), "phone").await?;
+    c.send_binary(br#"{"v":1,"type":"ping","id":"in-binary"}"#).await?;
+    let f = match c.recv().await {
+        Ok(f) => f,
+        Err(e) => broken!("a binary frame was not answered: {e:#}"),
+    };
+    promise!(
+        f["type"] == "error" && f["code"] == "bad_frame" && f["retryable"] == false && f.get("id").is_none(),
+        "a binary frame was answered {f}, not an error bad_frame"
+    );
+    still_open(&mut c, "the connection after a binary frame").await?;
+    c.close().await?;
+    p.stop().await
 }

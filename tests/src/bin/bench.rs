@@ -57,7 +57,7 @@ enum Command {
     FloorWs,
     /// Holds connections to one gateway for the scale-out scenario (one process may hold at most 20,000
     /// open files, so the scenario runs several): prints `connected N`, then `received N` as messages
-    /// arrive; closes them and ends when its standard input closes.
+    /// arrive (distinct numbers per connection); closes them and ends when its standard input closes.
     Hold(HoldArgs),
 }
 
@@ -774,7 +774,10 @@ struct Storm {
     clients: usize,
     missed_each: usize,
     expected: u64,
+    /// Distinct (conversation, number) per client: what counts as caught up.
     received: u64,
+    /// `message` frames, repeats included (delivery is at least once).
+    frames: u64,
     seconds_to_catch_up: f64,
     target_seconds: f64,
     #[serde(flatten)]
@@ -844,11 +847,13 @@ async fn storm(cluster: &Cluster, size: &Size) -> anyhow::Result<Storm> {
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu.stop();
     let received = again.messages.load(Ordering::Relaxed);
+    let frames = again.frames.load(Ordering::Relaxed);
     for c in conns.iter().flatten() {
         c.close();
     }
     println!(
-        "[bench] reconnect storm: {} clients caught up on {received} of {expected} messages in {seconds:.2} s",
+        "[bench] reconnect storm: {} clients caught up on {received} of {expected} messages in {seconds:.2} s \
+         ({frames} message frames)",
         users.len()
     );
     Ok(Storm {
@@ -856,6 +861,7 @@ async fn storm(cluster: &Cluster, size: &Size) -> anyhow::Result<Storm> {
         missed_each: size.storm_missed,
         expected,
         received,
+        frames,
         seconds_to_catch_up: seconds,
         target_seconds: 10.0,
         cost: Cost::new(cpu, received),
