@@ -6,13 +6,36 @@
 use prost::Message as _;
 use proto::v1;
 
-use crate::{Body, ClientMsgId, ConversationId, DeviceId, IdError, Message, MessageId, Seq, UserId};
+use crate::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, IdError, Message, MessageId, Seq, UserId};
 
 /// One fact on the log. The log is the source of truth; every table is a projection of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
     MessageSent(Message),
     ReceiptRecorded(Receipt),
+    ConversationCreated(Created),
+    MembersChanged(MembersChange),
+}
+
+/// A conversation came to be, with its first members (the creator among them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub conversation_id: ConversationId,
+    pub kind: ConversationKind,
+    pub created_by: UserId,
+    pub members: Vec<UserId>,
+    pub title: String,
+    pub created_at_ms: i64,
+}
+
+/// Members were added to or removed from a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersChange {
+    pub conversation_id: ConversationId,
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+    pub changed_by: UserId,
+    pub at_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +59,8 @@ impl LogEvent {
         match self {
             LogEvent::MessageSent(m) => m.conversation_id,
             LogEvent::ReceiptRecorded(r) => r.conversation_id,
+            LogEvent::ConversationCreated(c) => c.conversation_id,
+            LogEvent::MembersChanged(c) => c.conversation_id,
         }
     }
 
@@ -47,8 +72,29 @@ impl LogEvent {
             LogEvent::ReceiptRecorded(r) => {
                 format!("receipt/{}/{}/{}/{:?}/{}", r.conversation_id, r.user_id, r.device_id, r.kind, r.up_to)
             }
+            LogEvent::ConversationCreated(c) => format!("created/{}", c.conversation_id),
+            LogEvent::MembersChanged(c) => format!("members/{}/{}/{}", c.conversation_id, c.changed_by, c.at_ms),
         }
     }
+}
+
+fn kind_to_proto(kind: ConversationKind) -> v1::ConversationKind {
+    match kind {
+        ConversationKind::Direct => v1::ConversationKind::Direct,
+        ConversationKind::Group => v1::ConversationKind::Group,
+    }
+}
+
+fn users(field: &str, ids: &[String]) -> Result<Vec<UserId>, DecodeError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(UserId::parse(id).map_err(|e| DecodeError::Field(format!("{field}: {e}")))?);
+    }
+    Ok(out)
+}
+
+fn strings(ids: &[UserId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
 }
 
 pub fn receipt_kind_to_proto(kind: ReceiptKind) -> v1::ReceiptKind {
@@ -112,6 +158,29 @@ pub fn encode(event: &LogEvent, created_at_ms: i64) -> Vec<u8> {
                 body: m.body.as_str().to_owned(),
             })),
         },
+        LogEvent::ConversationCreated(c) => v1::Event {
+            event_id: event.event_id(),
+            conversation_id: c.conversation_id.to_string(),
+            created_at_ms,
+            traceparent: String::new(),
+            kind: Some(v1::event::Kind::ConversationCreated(v1::ConversationCreated {
+                kind: kind_to_proto(c.kind) as i32,
+                created_by: c.created_by.to_string(),
+                member_ids: strings(&c.members),
+                title: c.title.clone(),
+            })),
+        },
+        LogEvent::MembersChanged(c) => v1::Event {
+            event_id: event.event_id(),
+            conversation_id: c.conversation_id.to_string(),
+            created_at_ms,
+            traceparent: String::new(),
+            kind: Some(v1::event::Kind::MembersChanged(v1::MembersChanged {
+                added: strings(&c.added),
+                removed: strings(&c.removed),
+                changed_by: c.changed_by.to_string(),
+            })),
+        },
     };
     envelope.encode_to_vec()
 }
@@ -149,8 +218,34 @@ pub fn decode(bytes: &[u8]) -> Result<LogEvent, DecodeError> {
                 up_to: Seq::new(r.up_to_seq).ok_or_else(|| DecodeError::Field("up_to_seq is 0".into()))?,
             }))
         }
-        // Membership events are not produced yet; a consumer cannot use what it does not know.
-        Some(_) | None => Err(DecodeError::UnknownKind),
+        Some(v1::event::Kind::ConversationCreated(c)) => {
+            let kind = match v1::ConversationKind::try_from(c.kind) {
+                Ok(v1::ConversationKind::Direct) => ConversationKind::Direct,
+                Ok(v1::ConversationKind::Group) => ConversationKind::Group,
+                _ => return Err(DecodeError::Field(format!("conversation kind {}", c.kind))),
+            };
+            let members = users("member_ids", &c.member_ids)?;
+            if members.is_empty() {
+                return Err(DecodeError::Field("a conversation is created with its members".into()));
+            }
+            Ok(LogEvent::ConversationCreated(Created {
+                conversation_id,
+                kind,
+                created_by: UserId::parse(&c.created_by)?,
+                members,
+                title: c.title,
+                created_at_ms: envelope.created_at_ms,
+            }))
+        }
+        Some(v1::event::Kind::MembersChanged(c)) => Ok(LogEvent::MembersChanged(MembersChange {
+            conversation_id,
+            added: users("added", &c.added)?,
+            removed: users("removed", &c.removed)?,
+            changed_by: UserId::parse(&c.changed_by)?,
+            at_ms: envelope.created_at_ms,
+        })),
+        // Written by a newer producer: a consumer cannot use what it does not know.
+        None => Err(DecodeError::UnknownKind),
     }
 }
 
@@ -189,6 +284,55 @@ mod tests {
         };
         let bytes = encode(&LogEvent::ReceiptRecorded(r.clone()), 5);
         assert_eq!(decode(&bytes), Ok(LogEvent::ReceiptRecorded(r)));
+    }
+
+    #[test]
+    fn membership_events_survive_the_round_trip() {
+        let conversation_id = ConversationId::generate();
+        let alice = UserId::parse("alice").expect("valid");
+        let bob = UserId::parse("bob").expect("valid");
+        let created = LogEvent::ConversationCreated(Created {
+            conversation_id,
+            kind: ConversationKind::Group,
+            created_by: alice.clone(),
+            members: vec![alice.clone(), bob.clone()],
+            title: "ünïcode".into(),
+            created_at_ms: 11,
+        });
+        assert_eq!(decode(&encode(&created, 11)), Ok(created));
+        let changed = LogEvent::MembersChanged(MembersChange {
+            conversation_id,
+            added: vec![bob.clone()],
+            removed: vec![],
+            changed_by: alice,
+            at_ms: 12,
+        });
+        assert_eq!(decode(&encode(&changed, 12)), Ok(changed));
+    }
+
+    #[test]
+    fn a_creation_without_members_or_kind_is_refused() {
+        let envelope = v1::Event {
+            event_id: "x".into(),
+            conversation_id: ConversationId::generate().to_string(),
+            created_at_ms: 1,
+            traceparent: String::new(),
+            kind: Some(v1::event::Kind::ConversationCreated(v1::ConversationCreated {
+                kind: v1::ConversationKind::Group as i32,
+                created_by: "alice".into(),
+                member_ids: vec![],
+                title: String::new(),
+            })),
+        };
+        assert!(matches!(decode(&envelope.encode_to_vec()), Err(DecodeError::Field(_))));
+        let mut no_kind = envelope;
+        no_kind.kind = Some(v1::event::Kind::ConversationCreated(v1::ConversationCreated {
+            kind: 0,
+            created_by: "alice".into(),
+            member_ids: vec!["alice".into()],
+            title: String::new(),
+        }));
+        assert!(matches!(decode(&no_kind.encode_to_vec()), Err(DecodeError::Field(_))));
     }
 
     #[test]

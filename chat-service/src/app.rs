@@ -9,9 +9,18 @@ use proto::v1::chat_service_server::ChatServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::Config;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, OrderKind};
 use crate::event_log::KafkaEventLog;
-use crate::grpc::ChatGrpc;
+use crate::grpc::{ChatGrpc, Order};
+use crate::members::Members;
+use crate::owned::Owned;
+use crate::owner::Batching;
+use crate::owner::group::{Owners, OwnersConfig, partition_count};
+use crate::owner::kafka::LogConfig;
+use crate::route::Router;
 use crate::send::Sequencer;
 
 /// Largest gRPC message the service accepts or sends: a page of history at the largest body size, with room.
@@ -22,6 +31,8 @@ const CALL_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct App {
     listener: TcpListener,
     service: ChatGrpc,
+    /// This replica's share of the log's partitions (`CHAT_ORDER=log`).
+    owners: Option<Owners>,
     tls: Option<lifecycle::grpc_tls::GrpcTls>,
     /// Longest any call may run (a caller's shorter `grpc-timeout` wins).
     call_timeout: std::time::Duration,
@@ -32,16 +43,61 @@ impl App {
     pub async fn build(config: &Config) -> anyhow::Result<App> {
         let tls = config.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
-        let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, config.send_timeout())
-            .context("creating the kafka producer")?;
         let listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
-        let sequencer =
-            Sequencer::new(store.clone(), log.clone(), std::time::Duration::from_millis(config.members_cache_ms));
-        let service = ChatGrpc { store, sequencer, log, send_timeout: config.send_timeout() };
+        let bound = listener.local_addr()?;
+        let advertise = config.advertise_addr.clone().unwrap_or_else(|| bound.to_string());
+        let log_config = LogConfig {
+            brokers: config.kafka_brokers.clone(),
+            topic: config.events_topic.clone(),
+            transactional_prefix: config.owner_group_id.clone(),
+            call_timeout: config.send_timeout() / 2,
+            transaction_timeout: Duration::from_millis(config.transaction_timeout_ms),
+            projector_group: config.projector_group_id.clone(),
+        };
+        let partitions = partition_count(&log_config).await.context("reading the events topic's partitions")?;
+        let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, partitions, config.send_timeout())
+            .context("creating the kafka producer")?;
+        let members = Members::new(store.clone(), Duration::from_millis(config.members_cache_ms));
+        let (order, owners) = match config.order {
+            OrderKind::Claim => (Order::Claim(Sequencer::new(store.clone(), log.clone(), members)), None),
+            OrderKind::Log => {
+                let owners = Owners::start(
+                    OwnersConfig {
+                        log: log_config,
+                        group: config.owner_group_id.clone(),
+                        advertise: advertise.clone(),
+                        batching: Batching {
+                            max: config.batch_max,
+                            linger: Duration::from_micros(config.batch_linger_us),
+                            ..Batching::default()
+                        },
+                        session_timeout: Duration::from_millis(config.owner_session_timeout_ms),
+                    },
+                    store.clone(),
+                )
+                .await
+                .context("joining the owners' group")?;
+                // Serve once the group has given this replica its partitions (or after the wait: then every
+                // write is forwarded, or answered `unavailable` until the group settles).
+                if !owners.wait_serving(Duration::from_millis(config.owner_session_timeout_ms) * 3).await {
+                    tracing::warn!("no partition of the log acquired yet; serving anyway");
+                }
+                let router = Router::new(
+                    store.clone(),
+                    &config.events_topic,
+                    &advertise,
+                    tls.as_ref().map(|t| t.client()),
+                    config.send_timeout(),
+                );
+                let owned = Owned { owners: owners.clone(), store: store.clone(), members, router };
+                (Order::Log(Arc::new(owned)), Some(owners))
+            }
+        };
+        let service = ChatGrpc { store, order, log, send_timeout: config.send_timeout() };
         // A send may take its whole timeout; a history page a few store requests.
         let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;
-        Ok(App { listener, service, tls, call_timeout })
+        Ok(App { listener, service, owners, tls, call_timeout })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -72,6 +128,10 @@ impl App {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .context("grpc server")?;
+        // Leaving the owners' group hands this replica's partitions to the others at once.
+        if let Some(owners) = self.owners {
+            owners.stop().await;
+        }
         Ok(())
     }
 }

@@ -38,9 +38,43 @@ pub struct Config {
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_timeout_ms: u64,
+    /// Who gives messages their numbers: `claim`, a conditional write per send in the store, by any
+    /// replica; or `log`, the replica owning the conversation's partition of the log, in Kafka transactions
+    /// (ARCHITECTURE.md, "The order of a conversation").
+    #[arg(long, env = "CHAT_ORDER", value_enum, default_value_t = OrderKind::Claim)]
+    pub order: OrderKind,
+    /// The address other replicas forward a partition's writes to (default: the bound gRPC address).
+    #[arg(long, env = "CHAT_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// The consumer group of the chat-service replicas: it decides which replica owns which partition.
+    #[arg(long, env = "CHAT_OWNER_GROUP_ID", default_value = "chat-owners")]
+    pub owner_group_id: String,
+    /// The delivery workers' consumer group (their WORKER_GROUP_ID): what it committed is in the store, so a
+    /// new owner reads the log only from there.
+    #[arg(long, env = "CHAT_PROJECTOR_GROUP_ID", default_value = "delivery-worker")]
+    pub projector_group_id: String,
+    /// Most events in one transaction of a partition's owner.
+    #[arg(long, env = "CHAT_BATCH_MAX", default_value_t = 256)]
+    pub batch_max: usize,
+    /// How long the first send of a batch waits for others, in microseconds.
+    #[arg(long, env = "CHAT_BATCH_LINGER_US", default_value_t = 500)]
+    pub batch_linger_us: u64,
+    /// The broker aborts a transaction left open longer than this (a stalled owner's), in milliseconds.
+    #[arg(long, env = "CHAT_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub transaction_timeout_ms: u64,
+    /// How long a replica that stopped answering keeps its partitions (the owners' group session timeout).
+    #[arg(long, env = "CHAT_OWNER_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
+    pub owner_session_timeout_ms: u64,
     /// Mutual TLS with the gateways (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
+}
+
+/// See [`Config::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderKind {
+    Claim,
+    Log,
 }
 
 impl lifecycle::Config for Config {
@@ -63,6 +97,21 @@ impl lifecycle::Config for Config {
         if !(100..=120_000).contains(&self.send_timeout_ms) {
             return Err("CHAT_SEND_TIMEOUT_MS must be between 100 and 120000".into());
         }
+        if !(1..=10_000).contains(&self.batch_max) {
+            return Err("CHAT_BATCH_MAX must be between 1 and 10000".into());
+        }
+        if self.batch_linger_us > 100_000 {
+            return Err("CHAT_BATCH_LINGER_US must be at most 100000".into());
+        }
+        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            return Err("CHAT_TRANSACTION_TIMEOUT_MS must be between 1000 and 900000".into());
+        }
+        if !(1_000..=300_000).contains(&self.owner_session_timeout_ms) {
+            return Err("CHAT_OWNER_SESSION_TIMEOUT_MS must be between 1000 and 300000".into());
+        }
+        if self.owner_group_id.is_empty() || self.projector_group_id.is_empty() {
+            return Err("CHAT_OWNER_GROUP_ID and CHAT_PROJECTOR_GROUP_ID must not be empty".into());
+        }
         self.grpc_tls.load()?;
         Ok(())
     }
@@ -79,6 +128,10 @@ impl Config {
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_millis(self.store_timeout_ms),
             message_ttl_secs: self.message_ttl_secs,
+            heads: match self.order {
+                OrderKind::Claim => chat_store::HeadSource::Sequencer,
+                OrderKind::Log => chat_store::HeadSource::Projected,
+            },
         }
     }
 }

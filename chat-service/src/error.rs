@@ -26,6 +26,16 @@ pub enum ChatError {
     Contended,
     #[error("deadline exceeded")]
     Timeout,
+    /// This replica does not own the conversation's partition (any more), and will not forward: retry.
+    #[error("not the owner of the conversation's partition; retry")]
+    NotOwner,
+    /// The partition's owner could not write (its transaction aborted, its outcome is being settled, it is
+    /// moving): nothing was acknowledged; retry with the same client id.
+    #[error("not written, retry: {0}")]
+    Owner(String),
+    /// The owner's answer to a forwarded call, passed on as it is.
+    #[error("{}", .0.message())]
+    Forwarded(Status),
 }
 
 impl ChatError {
@@ -38,8 +48,13 @@ impl ChatError {
             ChatError::Store(StoreError::Corrupt { .. }) | ChatError::Store(StoreError::Migration(_)) => Code::Internal,
             ChatError::Store(StoreError::Expired { .. }) => Code::OutOfRange,
             // Retryable: nothing was acknowledged, and a retry with the same client id is safe.
-            ChatError::Store(StoreError::Unavailable(_)) | ChatError::Log(_) | ChatError::Timeout => Code::Unavailable,
+            ChatError::Store(StoreError::Unavailable(_))
+            | ChatError::Log(_)
+            | ChatError::Timeout
+            | ChatError::NotOwner
+            | ChatError::Owner(_) => Code::Unavailable,
             ChatError::Contended => Code::Aborted,
+            ChatError::Forwarded(s) => s.code(),
         }
     }
 }
@@ -49,6 +64,9 @@ pub const FIRST_SEQ_METADATA: &str = "x-first-seq";
 
 impl From<ChatError> for Status {
     fn from(e: ChatError) -> Status {
+        if let ChatError::Forwarded(status) = e {
+            return status;
+        }
         let mut status = Status::new(e.code(), e.to_string());
         if let ChatError::Store(StoreError::Expired { first_available }) = &e
             && let Ok(v) = first_available.to_string().parse()

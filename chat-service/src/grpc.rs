@@ -1,6 +1,7 @@
 //! `chat.v1.ChatService` over gRPC: converts prost requests to checked domain values and back.
 //! Prost types stop here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_model::event::{LogEvent, Receipt, ReceiptKind, message_to_proto};
@@ -11,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
 use crate::event_log::KafkaEventLog;
-use crate::send::{SendRequest, Sequencer};
+use crate::owned::Owned;
+use crate::route::{CONVERSATION_ID, FORWARDED};
+use crate::send::{SendRequest, Sent, Sequencer};
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
@@ -23,9 +26,44 @@ const DEFAULT_PAGE: u32 = 100;
 
 pub struct ChatGrpc {
     pub store: CassandraStore,
-    pub sequencer: Sequencer,
+    pub order: Order,
     pub log: KafkaEventLog,
     pub send_timeout: Duration,
+}
+
+/// Who gives a message its number (`CHAT_ORDER`).
+pub enum Order {
+    /// Any replica, by a conditional write on the conversation's head in the store.
+    Claim(Sequencer),
+    /// The owner of the conversation's partition of the log, in its transactions.
+    Log(Arc<Owned>),
+}
+
+fn send_response(sent: Sent) -> v1::SendMessageResponse {
+    v1::SendMessageResponse {
+        message_id: sent.message_id.to_string(),
+        seq: sent.seq.get(),
+        sent_at_ms: sent.sent_at_ms,
+        duplicate: sent.duplicate,
+    }
+}
+
+/// The owner's answer to a forwarded call; an owner that did not answer is forgotten (read again next time).
+fn forwarded_answer<T>(
+    router: &crate::route::Router,
+    partition: i32,
+    r: Result<Response<T>, Status>,
+) -> Result<T, ChatError> {
+    match r {
+        Ok(r) => Ok(r.into_inner()),
+        Err(status) => {
+            if status.code() == tonic::Code::Unavailable || std::error::Error::source(&status).is_some() {
+                router.forget(partition);
+                return Err(ChatError::Owner(format!("the partition's owner did not answer: {}", status.message())));
+            }
+            Err(ChatError::Forwarded(status))
+        }
+    }
 }
 
 fn user(field: &str, s: &str) -> Result<UserId, ChatError> {
@@ -98,6 +136,7 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<v1::SendMessageRequest>,
     ) -> Result<Response<v1::SendMessageResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let r = request.into_inner();
         let req = SendRequest {
             conversation_id: conversation(&r.conversation_id)?,
@@ -105,19 +144,14 @@ impl ChatService for ChatGrpc {
             sender_device_id: device("sender_device_id", &r.sender_device_id)?,
             client_msg_id: ClientMsgId::parse(&r.client_msg_id)
                 .map_err(|e| ChatError::Invalid(format!("client_msg_id: {e}")))?,
-            body: Body::parse(r.body).map_err(|e| ChatError::Invalid(e.to_string()))?,
+            body: Body::parse(r.body.clone()).map_err(|e| ChatError::Invalid(e.to_string()))?,
         };
         let conversation_id = req.conversation_id;
-        let sent = tokio::time::timeout(self.send_timeout, self.sequencer.send(req))
+        let sent = tokio::time::timeout(self.send_timeout, self.send(req, r, forwarded))
             .await
             .unwrap_or(Err(ChatError::Timeout))
             .inspect_err(|e| tracing::warn!(%conversation_id, error = %e, "send failed"))?;
-        Ok(Response::new(v1::SendMessageResponse {
-            message_id: sent.message_id.to_string(),
-            seq: sent.seq.get(),
-            sent_at_ms: sent.sent_at_ms,
-            duplicate: sent.duplicate,
-        }))
+        Ok(Response::new(sent))
     }
 
     async fn get_history(
@@ -144,7 +178,17 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<v1::CreateConversationRequest>,
     ) -> Result<Response<v1::CreateConversationResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        // A forwarding replica names the id it chose; only a forwarded call may.
+        let chosen = request
+            .metadata()
+            .get(CONVERSATION_ID)
+            .filter(|_| forwarded)
+            .and_then(|v| v.to_str().ok())
+            .map(conversation)
+            .transpose()?;
         let r = request.into_inner();
+        let raw = r.clone();
         let creator = user("created_by", &r.created_by)?;
         let mut members = vec![creator.clone()];
         for u in users("member_ids", &r.member_ids)? {
@@ -172,8 +216,31 @@ impl ChatService for ChatGrpc {
         }
         let new =
             NewConversation { id: ConversationId::generate(), kind, title: r.title, created_by: creator, members };
-        self.store.create_conversation(&new).await.map_err(ChatError::from)?;
-        let conversation = self.reload(new.id).await?;
+        let id = match &self.order {
+            Order::Claim(_) => {
+                self.store.create_conversation(&new).await.map_err(ChatError::from)?;
+                new.id
+            }
+            Order::Log(owned) => match (chosen, owned.local_id()) {
+                (Some(id), _) => {
+                    let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
+                    owned.create(local, NewConversation { id, ..new }).await?
+                }
+                (None, Some((id, local))) => owned.create(local, NewConversation { id, ..new }).await?,
+                (None, None) if forwarded => return Err(ChatError::NotOwner.into()),
+                // This replica owns no partition (yet): the owner of the new id's partition creates it.
+                (None, None) => {
+                    let p = owned.route(new.id).0;
+                    let mut owner = owned.router.owner(p).await?;
+                    let mut request = owned.router.forwarded(raw);
+                    let id = new.id.to_string().parse().map_err(|_| ChatError::Invalid("conversation id".into()))?;
+                    request.metadata_mut().insert(CONVERSATION_ID, id);
+                    let answer = owner.create_conversation(request).await;
+                    return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+                }
+            },
+        };
+        let conversation = self.reload(id).await?;
         Ok(Response::new(v1::CreateConversationResponse { conversation: Some(conversation) }))
     }
 
@@ -181,10 +248,22 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<v1::AddMembersRequest>,
     ) -> Result<Response<v1::AddMembersResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let r = request.into_inner();
         let id = conversation(&r.conversation_id)?;
         let actor = user("acting_user_id", &r.acting_user_id)?;
         let add = users("user_ids", &r.user_ids)?;
+        if let Order::Log(owned) = &self.order {
+            let (p, local) = owned.route(id);
+            if local.is_none() {
+                if forwarded {
+                    return Err(ChatError::NotOwner.into());
+                }
+                let mut owner = owned.router.owner(p).await?;
+                let answer = owner.add_members(owned.router.forwarded(r)).await;
+                return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+            }
+        }
         let c = self.member_conversation(id, &actor).await?;
         if c.kind == ConversationKind::Direct {
             return Err(
@@ -197,7 +276,13 @@ impl ChatService for ChatGrpc {
                 ChatError::FailedPrecondition(format!("a group has at most {MAX_GROUP_MEMBERS} members")).into()
             );
         }
-        self.store.add_members(id, &add).await.map_err(ChatError::from)?;
+        match &self.order {
+            Order::Claim(_) => self.store.add_members(id, &add, chat_model::now_ms()).await.map_err(ChatError::from)?,
+            Order::Log(owned) => {
+                let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
+                owned.change_members(local, id, c.kind, actor, add, Vec::new()).await?;
+            }
+        }
         Ok(Response::new(v1::AddMembersResponse { conversation: Some(self.reload(id).await?) }))
     }
 
@@ -205,18 +290,38 @@ impl ChatService for ChatGrpc {
         &self,
         request: Request<v1::RemoveMembersRequest>,
     ) -> Result<Response<v1::RemoveMembersResponse>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let r = request.into_inner();
         let id = conversation(&r.conversation_id)?;
         let actor = user("acting_user_id", &r.acting_user_id)?;
         let remove = users("user_ids", &r.user_ids)?;
+        if let Order::Log(owned) = &self.order {
+            let (p, local) = owned.route(id);
+            if local.is_none() {
+                if forwarded {
+                    return Err(ChatError::NotOwner.into());
+                }
+                let mut owner = owned.router.owner(p).await?;
+                let answer = owner.remove_members(owned.router.forwarded(r)).await;
+                return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+            }
+        }
         let c = self.member_conversation(id, &actor).await?;
         if c.kind == ConversationKind::Direct {
             return Err(
                 ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
             );
         }
-        self.store.remove_members(id, &remove).await.map_err(ChatError::from)?;
-        self.sequencer.forget_members(id, &remove);
+        match &self.order {
+            Order::Claim(sequencer) => {
+                self.store.remove_members(id, &remove).await.map_err(ChatError::from)?;
+                sequencer.members.forget(id, &remove);
+            }
+            Order::Log(owned) => {
+                let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
+                owned.change_members(local, id, c.kind, actor, Vec::new(), remove).await?;
+            }
+        }
         Ok(Response::new(v1::RemoveMembersResponse { conversation: Some(self.reload(id).await?) }))
     }
 
@@ -283,12 +388,33 @@ impl ChatService for ChatGrpc {
         // The log first (the source of truth), then its projection.
         let receipt = Receipt { conversation_id: id, user_id: u.clone(), device_id: d, kind: ReceiptKind::Read, up_to };
         self.log.append(&LogEvent::ReceiptRecorded(receipt), chat_model::now_ms()).await.map_err(ChatError::from)?;
-        let read_seq = self.store.raise_read_position(id, &u, up_to).await.map_err(ChatError::from)?;
+        let read_seq = self.store.mark_read(id, &u, up_to).await.map_err(ChatError::from)?;
         Ok(Response::new(v1::MarkReadResponse { read_seq }))
     }
 }
 
 impl ChatGrpc {
+    /// A send, by this replica's order: claimed here, numbered here (an owned partition), or forwarded.
+    async fn send(
+        &self,
+        req: SendRequest,
+        raw: v1::SendMessageRequest,
+        forwarded: bool,
+    ) -> Result<v1::SendMessageResponse, ChatError> {
+        match &self.order {
+            Order::Claim(sequencer) => sequencer.send(req).await.map(send_response),
+            Order::Log(owned) => match owned.route(req.conversation_id) {
+                (_, Some(local)) => owned.send(local, req).await.map(send_response),
+                (_, None) if forwarded => Err(ChatError::NotOwner),
+                (p, None) => {
+                    let mut owner = owned.router.owner(p).await?;
+                    let answer = owner.send_message(owned.router.forwarded(raw)).await;
+                    forwarded_answer(&owned.router, p, answer)
+                }
+            },
+        }
+    }
+
     /// A receipt's checks: the user is a member, and the position is within the conversation. Nothing is
     /// written (store or log) for a receipt that fails them.
     async fn check_position(&self, id: ConversationId, u: &UserId, up_to: Seq) -> Result<(), Status> {

@@ -9,7 +9,12 @@ pub mod config;
 pub mod error;
 pub mod event_log;
 pub mod grpc;
+pub mod members;
+pub mod owned;
+pub mod owner;
+pub mod rebuild;
+pub mod route;
 pub mod send;
 
 pub use app::App;
-pub use config::Config;
+pub use config::{Config, OrderKind};

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use chat_model::event::LogEvent;
 use chat_model::{Body, ClientMsgId, ConversationId, DeviceId, Message, MessageId, Seq, UserId};
@@ -11,6 +10,7 @@ use tokio::sync::Mutex;
 
 use crate::error::ChatError;
 use crate::event_log::KafkaEventLog;
+use crate::members::Members;
 
 /// A checked send request.
 #[derive(Debug, Clone)]
@@ -41,9 +41,6 @@ const HEADS_PER_STRIPE: usize = 4096;
 /// message took the number, so the conversation is progressing).
 const MAX_ATTEMPTS: usize = 1000;
 
-/// Senders known to be members, before the cache is cleared.
-const MEMBERS_CAPACITY: usize = 100_000;
-
 /// Gives messages their numbers and publishes them.
 #[derive(Clone)]
 pub struct Sequencer {
@@ -51,9 +48,7 @@ pub struct Sequencer {
     log: KafkaEventLog,
     /// Per stripe: the last head this process saw for each conversation (a hint; the store decides).
     heads: Arc<Vec<Mutex<HashMap<ConversationId, u64>>>>,
-    /// Senders recently found to be members, and when: a send within `members_ttl` skips the read.
-    members: Arc<std::sync::Mutex<HashMap<(ConversationId, UserId), Instant>>>,
-    members_ttl: Duration,
+    pub members: Members,
 }
 
 fn stripe_of(id: ConversationId) -> usize {
@@ -63,43 +58,16 @@ fn stripe_of(id: ConversationId) -> usize {
 }
 
 impl Sequencer {
-    /// `members_ttl`: how long a sender found to be a member is trusted without reading again.
-    pub fn new(store: CassandraStore, log: KafkaEventLog, members_ttl: Duration) -> Sequencer {
+    pub fn new(store: CassandraStore, log: KafkaEventLog, members: Members) -> Sequencer {
         let heads = (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect();
-        Sequencer { store, log, heads: Arc::new(heads), members: Arc::default(), members_ttl }
-    }
-
-    /// Forgets that `users` were members (they were just removed through this replica).
-    pub fn forget_members(&self, id: ConversationId, users: &[UserId]) {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        for u in users {
-            members.remove(&(id, u.clone()));
-        }
-    }
-
-    async fn is_member(&self, id: ConversationId, user: &UserId) -> Result<bool, ChatError> {
-        let key = (id, user.clone());
-        if let Some(at) = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
-            && at.elapsed() < self.members_ttl
-        {
-            return Ok(true);
-        }
-        let member = self.store.is_member(id, user).await?;
-        if member && !self.members_ttl.is_zero() {
-            let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-            if members.len() >= MEMBERS_CAPACITY {
-                members.clear();
-            }
-            members.insert(key, Instant::now());
-        }
-        Ok(member)
+        Sequencer { store, log, heads: Arc::new(heads), members }
     }
 
     /// Sends a message. Answers only once it is in the log and in history (P1); a retry with the same
     /// (sender, client id) returns the first answer and stores nothing new (P3).
     pub async fn send(&self, req: SendRequest) -> Result<Sent, ChatError> {
-        if !self.is_member(req.conversation_id, &req.sender_id).await? {
-            return Err(self.not_member_or_missing(req.conversation_id).await);
+        if !self.members.is_member(req.conversation_id, &req.sender_id).await? {
+            return Err(self.members.refusal(req.conversation_id).await);
         }
         let mut message = Message {
             conversation_id: req.conversation_id,
@@ -196,13 +164,5 @@ impl Sequencer {
             tracing::warn!(conversation_id = %m.conversation_id, seq = %m.seq, error = %e, "could not mark message published");
         }
         Ok(())
-    }
-
-    async fn not_member_or_missing(&self, id: ConversationId) -> ChatError {
-        match self.store.head(id).await {
-            Ok(Some(_)) => ChatError::NotMember,
-            Ok(None) => ChatError::ConversationNotFound,
-            Err(e) => e.into(),
-        }
     }
 }

@@ -36,4 +36,7 @@ unavailable_from!(
     scylla::errors::SchemaAgreementError,
     scylla::errors::FirstRowError,
     scylla::errors::MaybeFirstRowError,
+    scylla::errors::PagerExecutionError,
+    scylla::errors::NextRowError,
+    scylla::deserialize::TypeCheckError,
 );

@@ -7,13 +7,16 @@
 
 mod error;
 mod migrate;
+mod projection;
+mod snapshot;
 mod store;
 
 pub use error::StoreError;
 pub use migrate::{MIGRATIONS, migrate};
+pub use snapshot::ConversationSnapshot;
 pub use store::{
-    BUCKET_SIZE, CassandraStore, ClaimOutcome, ConversationRecord, Existing, IDEMPOTENCY_TTL_SECS, NewConversation,
-    StoreConfig, bucket_of, connect_session,
+    BUCKET_SIZE, CassandraStore, ClaimOutcome, ConversationRecord, Existing, HeadSource, IDEMPOTENCY_TTL_SECS,
+    NewConversation, SendRecord, StoreConfig, bucket_of, connect_session,
 };
 
 pub use chat_model::now_ms;

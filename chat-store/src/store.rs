@@ -35,6 +35,26 @@ pub struct StoreConfig {
     pub request_timeout: Duration,
     /// How long history keeps a message, in seconds; 0 keeps it forever.
     pub message_ttl_secs: i32,
+    /// Where a conversation's last number comes from: the sequencer's head row (numbers claimed in the
+    /// store), or history as the delivery workers projected it from the log (numbers given by the log's
+    /// partition owners).
+    pub heads: HeadSource,
+}
+
+/// See [`StoreConfig::heads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadSource {
+    #[default]
+    Sequencer,
+    Projected,
+}
+
+/// A send's idempotency record, as projected from the log (`sends`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRecord {
+    pub message_id: MessageId,
+    pub seq: Seq,
+    pub sent_at_ms: i64,
 }
 
 /// A conversation to create.
@@ -91,6 +111,7 @@ pub struct CassandraStore {
     message_ttl: i32,
     /// TTL of claim rows: they only need to outlive publication, and must not outlive the history they repair.
     claim_ttl: i32,
+    heads: HeadSource,
 }
 
 struct Statements {
@@ -124,6 +145,14 @@ struct Statements {
     insert_read: PreparedStatement,
     select_read_serial: PreparedStatement,
     select_reads: PreparedStatement,
+    insert_send: PreparedStatement,
+    select_send: PreparedStatement,
+    select_last_in_bucket: PreparedStatement,
+    upsert_read_mark: PreparedStatement,
+    select_read_mark: PreparedStatement,
+    select_read_marks: PreparedStatement,
+    insert_owner: PreparedStatement,
+    select_owner: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at";
@@ -162,7 +191,7 @@ impl CassandraStore {
         let st = Statements::prepare(&session).await?;
         let message_ttl = config.message_ttl_secs.max(0);
         let claim_ttl = if message_ttl > 0 { message_ttl.min(IDEMPOTENCY_TTL_SECS) } else { IDEMPOTENCY_TTL_SECS };
-        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st), message_ttl, claim_ttl })
+        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st), message_ttl, claim_ttl, heads: config.heads })
     }
 
     pub fn session(&self) -> &Session {
@@ -187,6 +216,29 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// Writes a conversation's rows (members, the reverse index, then the descriptive row, so that it is
+    /// visible only when whole), without the sequencer's head: what the log's `ConversationCreated` says.
+    pub async fn write_conversation(
+        &self,
+        id: ConversationId,
+        kind: ConversationKind,
+        title: &str,
+        created_by: &UserId,
+        members: &[UserId],
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let uuid = id.as_uuid();
+        let at = CqlTimestamp(at_ms);
+        for m in members {
+            self.session.execute_unpaged(&self.st.insert_member, (uuid, m.as_str(), at)).await?;
+            self.session.execute_unpaged(&self.st.insert_by_user, (m.as_str(), uuid)).await?;
+        }
+        self.session
+            .execute_unpaged(&self.st.insert_conversation, (uuid, kind_code(kind), title, created_by.as_str(), at))
+            .await?;
+        Ok(())
+    }
+
     pub async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationRecord>, StoreError> {
         let row = self
             .session
@@ -206,7 +258,7 @@ impl CassandraStore {
         };
         let members = self.members(id).await?;
         let last_seq = self.head(id).await?.unwrap_or(0);
-        let read_positions = self.read_positions(id).await?;
+        let read_positions = self.read_marks(id).await?;
         Ok(Some(ConversationRecord { id, kind, title: title.unwrap_or_default(), members, last_seq, read_positions }))
     }
 
@@ -230,8 +282,9 @@ impl CassandraStore {
         Ok(row.is_some())
     }
 
-    pub async fn add_members(&self, id: ConversationId, users: &[UserId]) -> Result<(), StoreError> {
-        let now = CqlTimestamp(now_ms());
+    /// Adds members, as of `at_ms` (the time of the log's event, so that a replay writes the same rows).
+    pub async fn add_members(&self, id: ConversationId, users: &[UserId], at_ms: i64) -> Result<(), StoreError> {
+        let now = CqlTimestamp(at_ms);
         for u in users {
             self.session.execute_unpaged(&self.st.insert_member, (id.as_uuid(), u.as_str(), now)).await?;
             self.session.execute_unpaged(&self.st.insert_by_user, (u.as_str(), id.as_uuid())).await?;
@@ -247,10 +300,112 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// The last number claimed in the conversation, or `None` when it does not exist.
-    /// A plain read: it may lag a concurrent claim, which only costs that claim a retry.
+    /// The conversation's last number, or `None` when it does not exist: the sequencer's head (a plain read
+    /// that may lag a concurrent claim, which only costs that claim a retry), or the last number in history
+    /// (see [`HeadSource`]).
     pub async fn head(&self, id: ConversationId) -> Result<Option<u64>, StoreError> {
-        self.read_head(&self.st.select_head, id).await
+        match self.heads {
+            HeadSource::Sequencer => self.read_head(&self.st.select_head, id).await,
+            HeadSource::Projected => {
+                if !self.conversation_exists(id).await? {
+                    return Ok(None);
+                }
+                self.projected_head(id).await.map(Some)
+            }
+        }
+    }
+
+    pub async fn conversation_exists(&self, id: ConversationId) -> Result<bool, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_conversation, (id.as_uuid(),))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i8>, Option<String>)>()?;
+        Ok(row.is_some())
+    }
+
+    /// The last number history holds for a conversation (0 for none): history is dense and written in
+    /// order by the delivery workers, so from their delivery cursor (a lower bound, saved lazily) the
+    /// buckets are read forward to the last row.
+    pub async fn projected_head(&self, id: ConversationId) -> Result<u64, StoreError> {
+        let mut head = self.delivery_cursor(id).await?;
+        loop {
+            let Some(next) = Seq::new(head + 1) else { return Ok(head) };
+            let bucket = bucket_of(next);
+            let row = self
+                .session
+                .execute_unpaged(&self.st.select_last_in_bucket, (id.as_uuid(), bucket))
+                .await?
+                .into_rows_result()?
+                .maybe_first_row::<(i64,)>()?;
+            match row.and_then(|(n,)| u64::try_from(n).ok()) {
+                Some(last) if last > head => {
+                    head = last;
+                    // The bucket is full up to its end: the next one may hold more.
+                    if last % BUCKET_SIZE != 0 {
+                        return Ok(head);
+                    }
+                }
+                _ => return Ok(head),
+            }
+        }
+    }
+
+    /// The idempotency record of (sender, client id) in a conversation, once the workers projected it.
+    pub async fn send_record(
+        &self,
+        id: ConversationId,
+        sender: &UserId,
+        client_msg_id: &ClientMsgId,
+    ) -> Result<Option<SendRecord>, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_send, (id.as_uuid(), sender.as_str(), client_msg_id.as_str()))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i64>, Option<Uuid>, Option<CqlTimestamp>)>()?;
+        let Some((seq, message_id, sent_at)) = row else { return Ok(None) };
+        let corrupt = |reason: &str| StoreError::Corrupt { table: "sends", reason: reason.to_owned() };
+        let seq = seq.and_then(|s| u64::try_from(s).ok()).and_then(Seq::new).ok_or_else(|| corrupt("seq"))?;
+        let message_id = MessageId::from_uuid(message_id.ok_or_else(|| corrupt("message_id"))?);
+        Ok(Some(SendRecord { message_id, seq, sent_at_ms: sent_at.map(|t| t.0).unwrap_or(0) }))
+    }
+
+    /// Writes a message's idempotency record. Idempotent: a replay writes the same values.
+    pub async fn put_send_record(&self, m: &Message) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(
+                &self.st.insert_send,
+                (
+                    m.conversation_id.as_uuid(),
+                    m.sender_id.as_str(),
+                    m.client_msg_id.as_str(),
+                    to_i64(m.seq.get()),
+                    m.message_id.as_uuid(),
+                    CqlTimestamp(m.sent_at_ms),
+                    self.message_ttl,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records which replica owns a partition of `topic` (its advertised address).
+    pub async fn set_partition_owner(&self, topic: &str, partition: i32, owner: &str) -> Result<(), StoreError> {
+        self.session.execute_unpaged(&self.st.insert_owner, (topic, partition, owner, CqlTimestamp(now_ms()))).await?;
+        Ok(())
+    }
+
+    /// The replica last recorded as the owner of a partition of `topic`.
+    pub async fn partition_owner(&self, topic: &str, partition: i32) -> Result<Option<String>, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_owner, (topic, partition))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<String>,)>()?;
+        Ok(row.and_then(|(o,)| o))
     }
 
     async fn read_head(&self, st: &PreparedStatement, id: ConversationId) -> Result<Option<u64>, StoreError> {
@@ -582,6 +737,33 @@ impl CassandraStore {
 }
 
 impl CassandraStore {
+    /// Moves a member's read position forward to `seq` (never back), with a plain write whose timestamp is
+    /// the position: the highest write wins in any order, and a replay changes nothing. Answers the
+    /// position after the call.
+    pub async fn mark_read(&self, id: ConversationId, user: &UserId, seq: Seq) -> Result<u64, StoreError> {
+        let n = to_i64(seq.get());
+        self.session.execute_unpaged(&self.st.upsert_read_mark, (n, n, id.as_uuid(), user.as_str())).await?;
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_read_mark, (id.as_uuid(), user.as_str()))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i64>,)>()?;
+        Ok(row.and_then(|(n,)| n).and_then(|n| u64::try_from(n).ok()).unwrap_or(seq.get()))
+    }
+
+    /// Every member's read position in a conversation (from `read_marks`).
+    pub async fn read_marks(&self, id: ConversationId) -> Result<Vec<(UserId, u64)>, StoreError> {
+        let rows =
+            self.session.execute_unpaged(&self.st.select_read_marks, (id.as_uuid(),)).await?.into_rows_result()?;
+        let mut out = Vec::new();
+        for r in rows.rows::<(String, Option<i64>)>()? {
+            let (user, seq) = r?;
+            out.push((parse_user(&user, "read_marks")?, seq.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     /// Moves a member's read position forward to `seq` (never back); answers the position after the call.
     pub async fn raise_read_position(&self, id: ConversationId, user: &UserId, seq: Seq) -> Result<u64, StoreError> {
         let n = to_i64(seq.get());
@@ -787,6 +969,32 @@ impl Statements {
                 st
             },
             select_reads: s.prepare("SELECT user_id, read_seq FROM read_positions WHERE conversation_id = ?").await?,
+            insert_send: s
+                .prepare(
+                    "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+                )
+                .await?,
+            select_send: s
+                .prepare(
+                    "SELECT seq, message_id, sent_at FROM sends \
+                     WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
+                )
+                .await?,
+            select_last_in_bucket: s
+                .prepare("SELECT seq FROM messages WHERE conversation_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1")
+                .await?,
+            upsert_read_mark: s
+                .prepare("UPDATE read_marks USING TIMESTAMP ? SET read_seq = ? WHERE conversation_id = ? AND user_id = ?")
+                .await?,
+            select_read_mark: s
+                .prepare("SELECT read_seq FROM read_marks WHERE conversation_id = ? AND user_id = ?")
+                .await?,
+            select_read_marks: s.prepare("SELECT user_id, read_seq FROM read_marks WHERE conversation_id = ?").await?,
+            insert_owner: s
+                .prepare("INSERT INTO partition_owners (topic, partition, owner, since) VALUES (?, ?, ?, ?)")
+                .await?,
+            select_owner: s.prepare("SELECT owner FROM partition_owners WHERE topic = ? AND partition = ?").await?,
         })
     }
 }

@@ -38,6 +38,8 @@ impl App {
             .set("client.id", format!("delivery-worker-{}", std::process::id()))
             // A new group starts from the beginning of the log, not its end: nothing is skipped.
             .set("auto.offset.reset", "earliest")
+            // Only committed transactions: a record of an aborted batch (its numbers given again) is never seen.
+            .set("isolation.level", "read_committed")
             // Offsets are stored by the loop after a record is handled, and committed in the background.
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")

@@ -80,6 +80,7 @@ impl Config {
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_secs(5),
             message_ttl_secs: self.message_ttl_secs,
+            heads: chat_store::HeadSource::default(),
         }
     }
 }

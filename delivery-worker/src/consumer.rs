@@ -261,6 +261,9 @@ impl Handler {
             let handled = match &event {
                 LogEvent::MessageSent(m) => self.deliverer.handle(cursors, m).await,
                 LogEvent::ReceiptRecorded(r) => self.deliverer.deliver_receipt(r).await,
+                LogEvent::ConversationCreated(_) | LogEvent::MembersChanged(_) => {
+                    self.deliverer.apply_membership(&event).await
+                }
             };
             match handled {
                 Ok(outcome) => {

@@ -59,6 +59,10 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
     }
 
+    fn forget(&self, key: &K) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
     /// The cached value of `key`, or the one `load` reads (then cached).
     async fn get<F, Fut>(&self, key: &K, load: F) -> Result<Arc<V>, StoreError>
     where
@@ -165,9 +169,13 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Delivers one message to every device of every member but the sending device.
+    /// Projects one message into the store (its history row and idempotency record), then delivers it to
+    /// every device of every member but the sending device: history shows a message no later than it is
+    /// delivered (P1).
     pub async fn deliver(&self, m: &Message) -> Result<Outcome, DeliverError> {
-        let members = self.members(m.conversation_id).await?;
+        let (projected, members) = tokio::join!(self.store.project_message(m), self.members(m.conversation_id));
+        projected?;
+        let members = members?;
         let online = self.presence.online(&members).await;
         let mut targets: Vec<Target> = Vec::new();
         for user in members.iter() {
@@ -215,6 +223,7 @@ impl Deliverer {
     /// Routes a receipt to every online device of every member but the one that made it. Receipts are not
     /// kept in inboxes: read positions are state (`read_positions`), which a device reads when it comes back.
     pub async fn deliver_receipt(&self, r: &Receipt) -> Result<Outcome, DeliverError> {
+        self.store.project(&chat_model::event::LogEvent::ReceiptRecorded(r.clone())).await?;
         let members = self.members(r.conversation_id).await?;
         let online = self.presence.online(&members).await;
         let receipt = v1::Receipt {
@@ -227,6 +236,14 @@ impl Deliverer {
         let request = v1::PushRequest { message: None, devices: Vec::new(), receipt: Some(receipt), typing: None };
         let pushed = self.pushers.fan_out(&online, Some((&r.user_id, &r.device_id)), request).await.len();
         Ok(Outcome { messages: 0, pushed, inboxed: 0, skipped: false })
+    }
+
+    /// Projects a change of a conversation (created, members changed) into the store, and forgets the
+    /// cached member list so that the next message reaches the new members.
+    pub async fn apply_membership(&self, event: &chat_model::event::LogEvent) -> Result<Outcome, DeliverError> {
+        self.store.project(event).await?;
+        self.members.forget(&event.conversation_id());
+        Ok(Outcome::default())
     }
 
     async fn members(&self, id: ConversationId) -> Result<Arc<Vec<UserId>>, StoreError> {

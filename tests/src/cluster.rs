@@ -181,6 +181,9 @@ impl Cluster {
                 ("CHAT_EVENTS_TOPIC".into(), topic.clone()),
                 ("CHAT_CASSANDRA_NODES".into(), cassandra_node()),
                 ("CHAT_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
+                ("CHAT_ORDER".into(), format!("{:?}", crate::platform::order()).to_lowercase()),
+                ("CHAT_OWNER_GROUP_ID".into(), format!("faults.{id}.owners")),
+                ("CHAT_PROJECTOR_GROUP_ID".into(), format!("faults.{id}.workers")),
             ];
             procs.insert((Kind::ChatService, i), Proc::new(Kind::ChatService, i, &id, env, Some(port)));
         }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod device;
 pub mod group;
 pub mod load;
+pub mod logcheck;
 pub mod pki;
 pub mod platform;
 pub mod prove;

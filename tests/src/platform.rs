@@ -29,6 +29,15 @@ pub fn redis_url() -> String {
     format!("redis://127.0.0.1:{}/", std::env::var("REDIS_PORT").unwrap_or_else(|_| "16379".into()))
 }
 
+/// Who numbers messages in the services the tests start: `TEST_CHAT_ORDER` (`claim` or `log`; default
+/// `claim`), so that the whole suite runs against either order.
+pub fn order() -> chat_service::OrderKind {
+    match std::env::var("TEST_CHAT_ORDER").as_deref() {
+        Ok("log") => chat_service::OrderKind::Log,
+        _ => chat_service::OrderKind::Claim,
+    }
+}
+
 /// The keyspace end-to-end tests share.
 pub const KEYSPACE: &str = "chat_e2e";
 
@@ -164,6 +173,14 @@ impl Platform {
             members_cache_ms: 2_000,
             store_timeout_ms: 5_000,
             message_ttl_secs: opts.message_ttl_secs,
+            order: order(),
+            advertise_addr: None,
+            owner_group_id: format!("e2e.{id}.owners"),
+            projector_group_id: format!("e2e.{id}.workers"),
+            batch_max: 256,
+            batch_linger_us: 500,
+            transaction_timeout_ms: 10_000,
+            owner_session_timeout_ms: 6_000,
             grpc_tls: opts.grpc_tls.clone(),
         };
         lifecycle::Config::validate(&chat_config).map_err(anyhow::Error::msg)?;
@@ -261,6 +278,7 @@ impl Platform {
             keyspace: KEYSPACE.into(),
             request_timeout: Duration::from_secs(10),
             message_ttl_secs: 0,
+            heads: chat_store::HeadSource::default(),
         })
         .await?;
         Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers, worker_metrics, grpc_tls })
@@ -344,6 +362,59 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
         r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
     }
     Ok(())
+}
+
+/// A store on the end-to-end keyspace, as the services see it.
+pub async fn store() -> anyhow::Result<CassandraStore> {
+    migrate_once().await?;
+    Ok(CassandraStore::connect(&chat_store::StoreConfig {
+        nodes: vec![cassandra_node()],
+        keyspace: KEYSPACE.into(),
+        request_timeout: Duration::from_secs(10),
+        message_ttl_secs: 0,
+        heads: chat_store::HeadSource::Projected,
+    })
+    .await?)
+}
+
+/// Every committed event of `topic`, partition by partition, from its beginning to its end (records that
+/// do not decode are skipped). Blocking.
+pub fn read_topic(topic: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent>> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", "e2e-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut done = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < partitions.len() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{topic} not read to its end within 60 s");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                if let Ok(e) = chat_model::event::decode(m.payload().unwrap_or_default()) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The body of `GET path` at `addr` (HTTP/1.1, one request); fails unless the status is 200.

@@ -239,19 +239,54 @@ fn record(acked: &mut AckedMap, seq: u64, ack: Acked) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until the delivery workers have committed every record of the cluster's topic.
-async fn wait_all_handled(cluster: &Cluster) -> anyhow::Result<()> {
-    let (group, topic) = (cluster.worker_group(), cluster.topic.clone());
+/// Waits until a device's inbox holds `n` messages (the workers have handled every one for it).
+async fn wait_inbox(user: &str, device: &str, n: usize) -> anyhow::Result<()> {
+    let store = tests::platform::store().await?;
+    let (user, device) = (chat_model::UserId::parse(user)?, chat_model::DeviceId::parse(device)?);
     let deadline = Instant::now() + CATCH_UP;
     loop {
-        let (g, t) = (group.clone(), topic.clone());
-        let lag = tokio::task::spawn_blocking(move || tests::group::lag(&g, &t)).await??;
-        if lag == 0 {
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = store.inbox(&user, &device, after, 500).await?;
+            count += page.len();
+            match page.last() {
+                Some(m) => after = Some((m.conversation_id, m.seq)),
+                None => break,
+            }
+        }
+        if count >= n {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "the workers still have {lag} records to handle after {CATCH_UP:?}");
+        ensure!(Instant::now() < deadline, "the inbox holds {count} of {n} messages after {CATCH_UP:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// With the log as the order: the log holds each conversation's acknowledged messages as 1..=n in log
+/// order, and a keyspace rebuilt from the log equals the live one (0 differences). Prints what it checked.
+async fn check_log(cluster: &Cluster, acked: &[(&str, &AckedMap)]) -> anyhow::Result<()> {
+    if tests::platform::order() != chat_service::OrderKind::Log {
+        return Ok(());
+    }
+    let log = tests::logcheck::check_order(&cluster.topic).await?;
+    for (conv, acked) in acked {
+        let in_log: HashMap<u64, String> = log.get(*conv).into_iter().flatten().cloned().collect();
+        let expected: HashMap<u64, String> = acked.iter().map(|(s, a)| (*s, a.message_id.clone())).collect();
+        promise!(
+            in_log == expected,
+            "the log of {conv} holds {} messages, {} were acknowledged",
+            in_log.len(),
+            expected.len()
+        );
+    }
+    let (events, compared, differences) = tests::logcheck::rebuild_and_diff(&cluster.topic).await?;
+    println!(
+        "[faults] log: every conversation numbered 1..n in log order; rebuilt from {events} events, {compared} conversations compared, {} differences",
+        differences.len()
+    );
+    promise!(differences.is_empty(), "the rebuilt keyspace differs: {:?}", &differences[..differences.len().min(5)]);
+    Ok(())
 }
 
 /// A device to check: the device, its conversation, what was acknowledged there, what arrivals to expect.
@@ -315,6 +350,7 @@ async fn s1_concurrent_senders_share_one_order() -> anyhow::Result<()> {
     let each = devices.into_iter().map(|d| (d, conv.as_str(), &acked, Expect::default())).collect();
     check_devices(each, &mut tally).await?;
     check_history(&cluster, &conv, &users[0], &acked).await?;
+    check_log(&cluster, &[(conv.as_str(), &acked)]).await?;
     print("1 concurrent senders", &tally);
     cluster.shutdown().await
 }
@@ -510,6 +546,7 @@ async fn s4_a_killed_chat_service_stores_each_send_once() -> anyhow::Result<()> 
     let each = devices.into_iter().map(|d| (d, conv.as_str(), &acked, Expect::default())).collect();
     check_devices(each, &mut tally).await?;
     check_history(&cluster, &conv, &users[0], &acked).await?;
+    check_log(&cluster, &[(conv.as_str(), &acked)]).await?;
     print("4 kill -9 a chat-service replica", &tally);
     cluster.shutdown().await
 }
@@ -538,7 +575,7 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     }
     // Once the workers have handled every record (all in the inbox), it comes back without reading
     // history: only its inbox can bring what it missed.
-    wait_all_handled(&cluster).await?;
+    wait_inbox(&reader, "tablet", n).await?;
     let mut d = Device::spawn_with(&reader, "tablet", gateways, 1, &names, Rules::INBOX_ONLY);
     for (j, name) in names.iter().enumerate() {
         d.wait_shown(name, acked[j].len() as u64, Duration::from_secs(30)).await?;
@@ -894,7 +931,8 @@ async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow
     let (code, reason) = stalled.recv_close(Duration::from_secs(60)).await?;
     promise!(code == 4008, "the stalled client was closed with {code} ({reason}), not 4008");
     // Reconnecting, Bob resumes by cursor and misses nothing.
-    let mut d = Device::spawn_with(&bob, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv), Rules::STRICT);
+    let mut d =
+        Device::spawn_with(&bob, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv), Rules::STRICT);
     d.wait_shown(&conv, n as u64, CATCH_UP).await?;
     let r = d.stop().await?;
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };

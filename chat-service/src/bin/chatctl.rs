@@ -1,6 +1,7 @@
 //! `chatctl`: operator commands. `migrate` applies the CQL migrations; `create-topics` creates the Kafka
-//! topics through the admin API (both are safe to run again); `token` mints a development token;
-//! `conversation` creates a conversation through the chat service's gRPC API.
+//! topics through the admin API (both are safe to run again); `rebuild` replays the log into a keyspace and
+//! `diff` compares two keyspaces; `token` mints a development token; `conversation` creates a conversation
+//! through the chat service's gRPC API.
 
 use std::time::Duration;
 
@@ -44,6 +45,40 @@ enum Command {
         partitions: i32,
         #[arg(long, env = "CHAT_EVENTS_REPLICATION", default_value_t = 1)]
         replication: i32,
+    },
+    /// Replays the whole events topic, from its beginning, into a keyspace (migrated first; normally a new
+    /// one): every projection of the log (history, idempotency records, read positions, conversations and
+    /// their members) is rebuilt from the log alone.
+    Rebuild {
+        #[arg(long, env = "CHAT_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+        kafka_brokers: String,
+        #[arg(long, env = "CHAT_EVENTS_TOPIC", default_value = "chat.events.v1")]
+        topic: String,
+        #[arg(long, env = "CHAT_CASSANDRA_NODES", default_value = "127.0.0.1:19042", value_delimiter = ',')]
+        cassandra_nodes: Vec<String>,
+        /// The keyspace to rebuild into.
+        #[arg(long)]
+        keyspace: String,
+        #[arg(
+            long,
+            env = "CHAT_CASSANDRA_REPLICATION",
+            default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+        )]
+        replication: String,
+    },
+    /// Compares what two keyspaces hold of each conversation (the projections of the log); prints every
+    /// difference and exits 1 if there is one.
+    Diff {
+        #[arg(long, env = "CHAT_CASSANDRA_NODES", default_value = "127.0.0.1:19042", value_delimiter = ',')]
+        cassandra_nodes: Vec<String>,
+        #[arg(long)]
+        keyspace: String,
+        #[arg(long)]
+        other: String,
+        /// Compare only the conversations the other keyspace holds (e.g. a keyspace rebuilt from one topic,
+        /// against a live keyspace that other topics also fill).
+        #[arg(long)]
+        only_other_conversations: bool,
     },
     /// Prints a signed HS256 token for a user (development: production tokens come from your identity provider).
     Token {
@@ -96,9 +131,16 @@ async fn main() -> anyhow::Result<()> {
             let admin: AdminClient<DefaultClientContext> =
                 ClientConfig::new().set("bootstrap.servers", &kafka_brokers).create().context("kafka admin client")?;
             let dead_letter = format!("{topic}.dlq");
+            // The log is the source of truth: kept forever (in production, on tiered storage), so that every
+            // projection can be rebuilt from it. With three replicas or more, a write needs two of them.
+            let min_insync = if replication >= 3 { "2" } else { "1" };
             let topics = [
-                NewTopic::new(&topic, partitions, TopicReplication::Fixed(replication)),
-                NewTopic::new(&dead_letter, 1, TopicReplication::Fixed(replication)),
+                NewTopic::new(&topic, partitions, TopicReplication::Fixed(replication))
+                    .set("retention.ms", "-1")
+                    .set("min.insync.replicas", min_insync),
+                NewTopic::new(&dead_letter, 1, TopicReplication::Fixed(replication))
+                    .set("retention.ms", "-1")
+                    .set("min.insync.replicas", min_insync),
             ];
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
             for result in admin.create_topics(&topics, &opts).await.context("create topics")? {
@@ -109,6 +151,35 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Err((name, code)) => bail!("creating topic {name}: {code}"),
                 }
+            }
+        }
+        Command::Rebuild { kafka_brokers, topic, cassandra_nodes, keyspace, replication } => {
+            let session = chat_store::connect_session(&cassandra_nodes, Duration::from_secs(30))
+                .await
+                .context("connecting to cassandra")?;
+            chat_store::migrate(&session, &keyspace, &replication).await?;
+            let store = open(&cassandra_nodes, &keyspace).await?;
+            let started = std::time::Instant::now();
+            let r = chat_service::rebuild::rebuild(&kafka_brokers, &topic, &store).await?;
+            println!(
+                "rebuilt keyspace {keyspace} from {topic}: {} events from {} partitions in {:.1} s ({} undecodable)",
+                r.events,
+                r.partitions,
+                started.elapsed().as_secs_f64(),
+                r.undecodable
+            );
+        }
+        Command::Diff { cassandra_nodes, keyspace, other, only_other_conversations } => {
+            let a = open(&cassandra_nodes, &keyspace).await?;
+            let b = open(&cassandra_nodes, &other).await?;
+            let scope = if only_other_conversations { Some(b.conversation_ids().await?) } else { None };
+            let (compared, differences) = chat_service::rebuild::diff((&keyspace, &a), (&other, &b), scope).await?;
+            for d in &differences {
+                println!("{d}");
+            }
+            println!("{compared} conversations compared, {} differences", differences.len());
+            if !differences.is_empty() {
+                std::process::exit(1);
             }
         }
         Command::Token { user, device, ttl_secs, secret } => {
@@ -138,4 +209,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A store on `keyspace` (already migrated).
+async fn open(nodes: &[String], keyspace: &str) -> anyhow::Result<chat_store::CassandraStore> {
+    let config = chat_store::StoreConfig {
+        nodes: nodes.to_vec(),
+        keyspace: keyspace.to_owned(),
+        request_timeout: Duration::from_secs(10),
+        message_ttl_secs: 0,
+        heads: chat_store::HeadSource::Projected,
+    };
+    chat_store::CassandraStore::connect(&config).await.with_context(|| format!("opening keyspace {keyspace}"))
 }

@@ -1,0 +1,722 @@
+//! The owner of one partition of the events topic: the only writer of its numbers.
+//!
+//! Exactly one chat-service replica owns a partition at a time (ownership comes from a Kafka consumer
+//! group, [`group`]), and the broker enforces it: each partition has its own transactional producer whose
+//! `transactional.id` names the partition, so a new owner's `init_transactions` fences the old one, whose
+//! writes then fail and are never acknowledged ([`kafka`]). The owner numbers the sends of the partition's
+//! conversations from memory, in batches: one transaction per batch, the senders answered only after the
+//! commit (P1). A batch whose transaction aborts gives its numbers back (they were never committed, so
+//! nobody saw them) and its senders get `unavailable`; they retry with the same client id. An outcome the
+//! owner cannot know (a commit that timed out) makes it fence itself (open the writer again) and read the
+//! partition's tail to learn what was committed, before it numbers anything again.
+//!
+//! What the owner knows: every conversation's head and every send's answer committed after the point up to
+//! which the delivery workers have projected the log into the store (their committed offset); before that
+//! point the store knows (`sends`, history). On taking a partition it reads the log from that point to
+//! the end ([`PartitionLog::read_from`]).
+//!
+//! The logic here is generic over the log ([`PartitionLog`]) and the store reads it needs ([`Projected`]),
+//! so that it is unit-tested with in-memory fakes; the real ones are Kafka and Cassandra.
+
+pub mod group;
+pub mod kafka;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chat_model::event::LogEvent;
+use chat_model::{ClientMsgId, ConversationId, Message, MessageId, Seq, UserId};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a send was answered, first or again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub message_id: MessageId,
+    pub seq: Seq,
+    pub sent_at_ms: i64,
+}
+
+/// A send is known by its conversation, its sender and the sender's id for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SendKey {
+    pub conversation: ConversationId,
+    pub sender: UserId,
+    pub client_msg_id: ClientMsgId,
+}
+
+impl SendKey {
+    pub fn of(m: &Message) -> SendKey {
+        SendKey { conversation: m.conversation_id, sender: m.sender_id.clone(), client_msg_id: m.client_msg_id.clone() }
+    }
+}
+
+/// Why a batch is not in the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Another owner took the partition: this writer is finished.
+    #[error("fenced: another owner writes this partition")]
+    Fenced,
+    /// The transaction was aborted: none of the batch is in the log.
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
+    /// The outcome is unknown (a commit timed out): the batch may or may not be in the log.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// One partition of the log, as its owner writes and reads it.
+pub trait PartitionLog: Send + 'static {
+    /// Appends `events` in one transaction; answers each one's offset once committed.
+    fn commit(&mut self, events: Vec<LogEvent>) -> impl Future<Output = Result<Vec<i64>, WriteError>> + Send;
+    /// Opens the writer again after an unknown outcome: fences every earlier writer (this one included) and
+    /// settles any transaction left open.
+    fn reopen(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// The committed events from `from` to the end of the partition, with their offsets.
+    fn read_from(&mut self, from: i64) -> impl Future<Output = Result<Vec<(i64, LogEvent)>, WriteError>> + Send;
+}
+
+/// What the store knows of what the delivery workers have projected: everything before their committed
+/// offset of the partition.
+pub trait Projected: Send + Sync + 'static {
+    /// A conversation's last number in history (0 when it has none).
+    fn head(&self, conversation: ConversationId) -> impl Future<Output = Result<u64, String>> + Send;
+    /// The first offset of the partition the workers have not projected yet.
+    fn projected_offset(&self) -> impl Future<Output = Result<i64, String>> + Send;
+}
+
+/// Where a send's answer goes: the answer and whether it was given before (a retry), or why not.
+pub type SendReply = oneshot::Sender<Result<(Answer, bool), OwnerError>>;
+
+/// A send to number, with what the caller already found in the store: the conversation's head there (a
+/// conversation the owner does not hold has all its numbers in the store).
+#[derive(Debug)]
+pub struct SendJob {
+    pub message: Message,
+    pub store_head: Option<u64>,
+    pub reply: SendReply,
+}
+
+/// Another event of the partition's conversations (a conversation created, members changed): appended in
+/// the owner's order, answered once committed.
+#[derive(Debug)]
+pub struct EventJob {
+    pub event: LogEvent,
+    pub reply: oneshot::Sender<Result<i64, OwnerError>>,
+}
+
+#[derive(Debug)]
+pub enum Job {
+    Send(SendJob),
+    Event(EventJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    /// Not in the log: retry with the same client id (at this owner or the next).
+    #[error("not written, retry: {0}")]
+    Retry(String),
+    /// This replica does not own the partition (any more).
+    #[error("this replica does not own the partition")]
+    NotOwner,
+}
+
+/// How a partition's owner batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most events in one transaction.
+    pub max: usize,
+    /// How long the first job of a batch waits for others.
+    pub linger: Duration,
+    /// How long an answer is kept in memory after the workers projected it (a caller that found no
+    /// record in the store just before the projection must still find it here).
+    pub grace: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching { max: 256, linger: Duration::from_millis(1), grace: Duration::from_secs(60) }
+    }
+}
+
+/// What the owner holds in memory, shared between its batcher (which writes) and the callers (which look
+/// up answers and heads before queueing).
+#[derive(Debug)]
+pub struct Known {
+    /// Committed heads, and the offset of each conversation's last committed record.
+    heads: HashMap<ConversationId, (u64, i64)>,
+    /// Committed answers not yet safely in the store, with their offsets.
+    answers: HashMap<SendKey, (Answer, i64)>,
+    /// The highest offset known committed (-1: none).
+    last_offset: i64,
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known { heads: HashMap::new(), answers: HashMap::new(), last_offset: -1 }
+    }
+}
+
+impl Known {
+    pub fn answer(&self, key: &SendKey) -> Option<Answer> {
+        self.answers.get(key).map(|(a, _)| a.clone())
+    }
+
+    pub fn holds(&self, conversation: ConversationId) -> bool {
+        self.heads.contains_key(&conversation)
+    }
+
+    pub fn head(&self, conversation: ConversationId) -> Option<u64> {
+        self.heads.get(&conversation).map(|(h, _)| *h)
+    }
+
+    /// Learns a committed event at `offset`.
+    fn learn(&mut self, offset: i64, event: &LogEvent) {
+        self.last_offset = self.last_offset.max(offset);
+        match event {
+            LogEvent::MessageSent(m) => {
+                let head = self.heads.entry(m.conversation_id).or_insert((0, offset));
+                if m.seq.get() >= head.0 {
+                    *head = (m.seq.get(), offset);
+                }
+                let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
+                self.answers.insert(SendKey::of(m), (answer, offset));
+            }
+            LogEvent::ConversationCreated(c) => {
+                self.heads.entry(c.conversation_id).or_insert((0, offset));
+            }
+            LogEvent::MembersChanged(_) | LogEvent::ReceiptRecorded(_) => {}
+        }
+    }
+
+    /// Forgets what is in the store: everything before `projected` (an offset the workers passed long
+    /// enough ago).
+    fn forget_before(&mut self, projected: i64) {
+        self.answers.retain(|_, (_, offset)| *offset >= projected);
+        self.heads.retain(|_, (_, offset)| *offset >= projected);
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.heads.len(), self.answers.len())
+    }
+}
+
+/// A shared [`Known`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedKnown(Arc<Mutex<Known>>);
+
+impl SharedKnown {
+    pub fn lock(&self) -> MutexGuard<'_, Known> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters of one partition's owner (summed into the service's metrics).
+#[derive(Debug, Default)]
+pub struct OwnerStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub events: std::sync::atomic::AtomicU64,
+    pub aborted: std::sync::atomic::AtomicU64,
+    pub fenced: std::sync::atomic::AtomicU64,
+    pub unknown: std::sync::atomic::AtomicU64,
+}
+
+/// The batcher of one owned partition: takes jobs, numbers the sends, commits each batch, answers.
+pub struct Batcher<L: PartitionLog, P: Projected> {
+    pub log: L,
+    pub projected: Arc<P>,
+    pub known: SharedKnown,
+    pub batching: Batching,
+    pub stats: Arc<OwnerStats>,
+}
+
+/// A send numbered in the current batch.
+struct Numbered {
+    message: Message,
+    reply: SendReply,
+}
+
+impl<L: PartitionLog, P: Projected> Batcher<L, P> {
+    /// Takes the partition: reads the log from what the workers have projected to its end, so that every
+    /// head and answer not in the store is known. Call after the writer fenced the previous owner.
+    pub async fn acquire(&mut self) -> Result<(), String> {
+        let from = self.projected.projected_offset().await?;
+        let events = self.log.read_from(from).await.map_err(|e| e.to_string())?;
+        let mut known = self.known.lock();
+        // Everything before `from` is in the store; the settling after an unknown outcome reads on from here.
+        known.last_offset = known.last_offset.max(from - 1);
+        for (offset, event) in &events {
+            known.learn(*offset, event);
+        }
+        Ok(())
+    }
+
+    /// Handles jobs until the channel closes (the partition was revoked) or the writer is fenced.
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut projected_at: Vec<(Instant, i64)> = Vec::new();
+        let mut last_forget = Instant::now();
+        while let Some(first) = jobs.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.batching.linger;
+            while batch.len() < self.batching.max {
+                match tokio::time::timeout_at(deadline, jobs.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            match self.handle(batch).await {
+                Flow::Go => {}
+                Flow::Fenced => {
+                    // Answer what is queued, and everything after, until the partition is revoked.
+                    jobs.close();
+                    while let Some(job) = jobs.recv().await {
+                        refuse(job, OwnerError::NotOwner);
+                    }
+                    return;
+                }
+            }
+            if last_forget.elapsed() >= Duration::from_secs(1) {
+                last_forget = Instant::now();
+                self.forget_projected(&mut projected_at).await;
+            }
+        }
+    }
+
+    /// Forgets answers and heads the store has held for longer than the grace.
+    async fn forget_projected(&mut self, seen: &mut Vec<(Instant, i64)>) {
+        if let Ok(offset) = self.projected.projected_offset().await {
+            seen.push((Instant::now(), offset));
+        }
+        let grace = self.batching.grace;
+        let old_enough = seen.iter().filter(|(at, _)| at.elapsed() >= grace).map(|(_, o)| *o).max();
+        if let Some(offset) = old_enough {
+            self.known.lock().forget_before(offset);
+            seen.retain(|(at, _)| at.elapsed() < grace);
+            seen.push((Instant::now() - grace, offset));
+        }
+    }
+
+    /// Numbers and commits one batch; answers every job in it.
+    async fn handle(&mut self, batch: Vec<Job>) -> Flow {
+        let mut sends: Vec<Numbered> = Vec::new();
+        let mut events: Vec<EventJob> = Vec::new();
+        // Heads as this batch moves them, and the sends it holds, so that a second attempt of one send in
+        // the same batch gets the first's number.
+        let mut heads: HashMap<ConversationId, u64> = HashMap::new();
+        let mut in_batch: HashMap<SendKey, usize> = HashMap::new();
+        let mut waiting: Vec<(usize, SendReply)> = Vec::new();
+        {
+            let known = self.known.lock();
+            for job in batch {
+                match job {
+                    Job::Event(e) => events.push(e),
+                    Job::Send(SendJob { mut message, store_head, reply }) => {
+                        // A caller that gave up (its deadline passed) has been told to retry: do not write
+                        // what nobody waits for.
+                        if reply.is_closed() {
+                            continue;
+                        }
+                        let key = SendKey::of(&message);
+                        if let Some(answer) = known.answer(&key) {
+                            let _ = reply.send(Ok((answer, true)));
+                            continue;
+                        }
+                        if let Some(i) = in_batch.get(&key) {
+                            waiting.push((*i, reply));
+                            continue;
+                        }
+                        let conversation = message.conversation_id;
+                        let head = match heads.get(&conversation).copied().or_else(|| known.head(conversation)) {
+                            Some(h) => h,
+                            None => match store_head {
+                                Some(h) => h,
+                                None => {
+                                    let _ = reply.send(Err(OwnerError::Retry("conversation head unknown".into())));
+                                    continue;
+                                }
+                            },
+                        };
+                        // The bug of failpoint `chat-number-twice`: the number the last send got.
+                        let next = if head > 0 && lifecycle::failpoint("chat-number-twice") { head } else { head + 1 };
+                        let Some(seq) = Seq::new(next) else {
+                            let _ = reply.send(Err(OwnerError::Retry("number overflow".into())));
+                            continue;
+                        };
+                        heads.insert(conversation, seq.get());
+                        message.seq = seq;
+                        in_batch.insert(key, sends.len());
+                        sends.push(Numbered { message, reply });
+                    }
+                }
+            }
+        }
+        if sends.is_empty() && events.is_empty() {
+            return Flow::Go;
+        }
+        let mut log_events: Vec<LogEvent> = events.iter().map(|e| e.event.clone()).collect();
+        log_events.extend(sends.iter().map(|s| LogEvent::MessageSent(s.message.clone())));
+        let count = log_events.len() as u64;
+        if !sends.is_empty() && lifecycle::failpoint("chat-crash-after-number") {
+            // A crash between numbering a batch and its commit, at the worst moment (fault tests).
+            std::process::abort();
+        }
+        match self.log.commit(log_events.clone()).await {
+            Ok(offsets) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats.batches.fetch_add(1, Relaxed);
+                self.stats.events.fetch_add(count, Relaxed);
+                {
+                    let mut known = self.known.lock();
+                    for (offset, event) in offsets.iter().zip(&log_events) {
+                        known.learn(*offset, event);
+                    }
+                }
+                let mut answers = Vec::with_capacity(sends.len());
+                for (e, offset) in events.into_iter().zip(&offsets) {
+                    let _ = e.reply.send(Ok(*offset));
+                }
+                for s in sends {
+                    let m = &s.message;
+                    let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
+                    answers.push(answer.clone());
+                    let _ = s.reply.send(Ok((answer, false)));
+                }
+                for (i, reply) in waiting {
+                    let _ = reply.send(Ok((answers[i].clone(), true)));
+                }
+                Flow::Go
+            }
+            Err(e) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let error = OwnerError::Retry(e.to_string());
+                for ev in events {
+                    let _ = ev.reply.send(Err(error.clone()));
+                }
+                for s in sends {
+                    let _ = s.reply.send(Err(error.clone()));
+                }
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                match e {
+                    // Nothing of the batch is in the log: its numbers are free again (the heads were only
+                    // moved in this batch's copy).
+                    WriteError::Aborted(reason) => {
+                        self.stats.aborted.fetch_add(1, Relaxed);
+                        tracing::warn!(%reason, "batch aborted; its senders retry");
+                        Flow::Go
+                    }
+                    WriteError::Fenced => {
+                        self.stats.fenced.fetch_add(1, Relaxed);
+                        tracing::warn!("fenced: another replica owns the partition now");
+                        Flow::Fenced
+                    }
+                    WriteError::Unknown(reason) => {
+                        self.stats.unknown.fetch_add(1, Relaxed);
+                        tracing::warn!(%reason, "batch outcome unknown; fencing this writer and reading the log");
+                        self.settle().await
+                    }
+                }
+            }
+        }
+    }
+
+    /// After an unknown outcome: opens the writer again (which settles the open transaction) and learns
+    /// from the log what was committed, retrying until both succeed or the writer is fenced.
+    async fn settle(&mut self) -> Flow {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let from = self.known.lock().last_offset + 1;
+            let result = match self.log.reopen().await {
+                Ok(()) => self.log.read_from(from).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(events) => {
+                    let mut known = self.known.lock();
+                    for (offset, event) in &events {
+                        known.learn(*offset, event);
+                    }
+                    return Flow::Go;
+                }
+                Err(WriteError::Fenced) => return Flow::Fenced,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot settle the partition yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+enum Flow {
+    Go,
+    Fenced,
+}
+
+fn refuse(job: Job, error: OwnerError) {
+    match job {
+        Job::Send(s) => {
+            let _ = s.reply.send(Err(error));
+        }
+        Job::Event(e) => {
+            let _ = e.reply.send(Err(error));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_model::{Body, DeviceId};
+    use std::collections::VecDeque;
+
+    /// The log of one partition in memory: committed events, and failures to inject.
+    #[derive(Default)]
+    struct FakeLog {
+        committed: Arc<Mutex<Vec<LogEvent>>>,
+        failures: VecDeque<WriteError>,
+        /// When an unknown outcome is injected, whether the batch was in fact committed.
+        unknown_committed: bool,
+        reopened: usize,
+    }
+
+    impl PartitionLog for FakeLog {
+        async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
+            let mut log = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            match self.failures.pop_front() {
+                None => {}
+                Some(WriteError::Unknown(r)) => {
+                    if self.unknown_committed {
+                        log.extend(events);
+                    }
+                    return Err(WriteError::Unknown(r));
+                }
+                Some(e) => return Err(e),
+            }
+            let start = log.len() as i64;
+            log.extend(events);
+            Ok((start..log.len() as i64).collect())
+        }
+
+        async fn reopen(&mut self) -> Result<(), WriteError> {
+            self.reopened += 1;
+            Ok(())
+        }
+
+        async fn read_from(&mut self, from: i64) -> Result<Vec<(i64, LogEvent)>, WriteError> {
+            let log = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(log.iter().enumerate().skip(from.max(0) as usize).map(|(i, e)| (i as i64, e.clone())).collect())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeStore {
+        heads: Mutex<HashMap<ConversationId, u64>>,
+        projected: Mutex<i64>,
+    }
+
+    impl Projected for FakeStore {
+        async fn head(&self, conversation: ConversationId) -> Result<u64, String> {
+            Ok(self.heads.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation).copied().unwrap_or(0))
+        }
+
+        async fn projected_offset(&self) -> Result<i64, String> {
+            Ok(*self.projected.lock().unwrap_or_else(|p| p.into_inner()))
+        }
+    }
+
+    fn message(conversation: ConversationId, sender: &str, client: &str) -> Message {
+        Message {
+            conversation_id: conversation,
+            seq: Seq::FIRST,
+            message_id: MessageId::generate(),
+            sender_id: UserId::parse(sender).expect("valid"),
+            sender_device_id: DeviceId::parse("phone").expect("valid"),
+            client_msg_id: ClientMsgId::parse(client).expect("valid"),
+            body: Body::parse(format!("body of {client}")).expect("valid"),
+            sent_at_ms: 1,
+        }
+    }
+
+    fn batcher(log: FakeLog, store: Arc<FakeStore>) -> Batcher<FakeLog, FakeStore> {
+        Batcher {
+            log,
+            projected: store,
+            known: SharedKnown::default(),
+            batching: Batching { max: 64, linger: Duration::from_millis(5), grace: Duration::from_secs(60) },
+            stats: Arc::default(),
+        }
+    }
+
+    type Reply = oneshot::Receiver<Result<(Answer, bool), OwnerError>>;
+
+    fn send(jobs: &mpsc::Sender<Job>, m: Message, store_head: Option<u64>) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        jobs.try_send(Job::Send(SendJob { message: m, store_head, reply })).expect("queued");
+        rx
+    }
+
+    async fn answer(rx: Reply) -> Result<(Answer, bool), OwnerError> {
+        rx.await.expect("answered")
+    }
+
+    fn seqs(log: &Arc<Mutex<Vec<LogEvent>>>, conversation: ConversationId) -> Vec<u64> {
+        let log = log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter()
+            .filter_map(|e| match e {
+                LogEvent::MessageSent(m) if m.conversation_id == conversation => Some(m.seq.get()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sends_are_numbered_densely_from_the_store_head_and_a_duplicate_gets_the_first_answer() {
+        let c = ConversationId::generate();
+        let store = Arc::new(FakeStore::default());
+        let log = FakeLog::default();
+        let committed = log.committed.clone();
+        let b = batcher(log, store);
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        let first = send(&jobs, message(c, "alice", "a1"), Some(41));
+        let again = send(&jobs, message(c, "alice", "a1"), Some(41));
+        let second = send(&jobs, message(c, "bob", "b1"), Some(41));
+        let (a1, dup1) = answer(first).await.expect("sent");
+        let (a1b, dup2) = answer(again).await.expect("sent");
+        let (b1, _) = answer(second).await.expect("sent");
+        assert_eq!((a1.seq.get(), dup1), (42, false));
+        assert_eq!((a1b.clone(), dup2), (a1.clone(), true), "a retry in the same batch gets the first answer");
+        assert_eq!(b1.seq.get(), 43);
+        // A retry in a later batch too, from memory.
+        let later = send(&jobs, message(c, "alice", "a1"), Some(0));
+        assert_eq!(answer(later).await.expect("sent"), (a1, true));
+        assert_eq!(seqs(&committed, c), vec![42, 43], "the log holds each send once, in order");
+        drop(jobs);
+        task.await.expect("stops");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_batch_gives_its_numbers_back_and_its_senders_retry() {
+        let c = ConversationId::generate();
+        let store = Arc::new(FakeStore::default());
+        let mut log = FakeLog::default();
+        log.failures.push_back(WriteError::Aborted("broker said no".into()));
+        let committed = log.committed.clone();
+        let b = batcher(log, store);
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        let lost = send(&jobs, message(c, "alice", "a1"), Some(0));
+        assert!(matches!(answer(lost).await, Err(OwnerError::Retry(_))));
+        // The retry (same id) and another send: numbers 1 and 2, nothing skipped.
+        let retry = send(&jobs, message(c, "alice", "a1"), Some(0));
+        let other = send(&jobs, message(c, "bob", "b1"), Some(0));
+        assert_eq!(answer(retry).await.expect("sent").0.seq.get(), 1);
+        assert_eq!(answer(other).await.expect("sent").0.seq.get(), 2);
+        assert_eq!(seqs(&committed, c), vec![1, 2]);
+        drop(jobs);
+        task.await.expect("stops");
+    }
+
+    #[tokio::test]
+    async fn a_fenced_writer_answers_not_owner_and_writes_nothing_more() {
+        let c = ConversationId::generate();
+        let store = Arc::new(FakeStore::default());
+        let mut log = FakeLog::default();
+        log.failures.push_back(WriteError::Fenced);
+        let committed = log.committed.clone();
+        let b = batcher(log, store);
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        let first = send(&jobs, message(c, "alice", "a1"), Some(0));
+        assert!(matches!(answer(first).await, Err(OwnerError::Retry(_))), "the fenced batch is not acknowledged");
+        task.await.expect("the batcher stops once fenced");
+        assert!(
+            jobs.try_send(Job::Event(EventJob {
+                event: LogEvent::MessageSent(message(c, "x", "y")),
+                reply: oneshot::channel().0
+            }))
+            .is_err()
+        );
+        assert!(seqs(&committed, c).is_empty(), "nothing reached the log");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_settled_from_the_log_before_numbering_again() {
+        for was_committed in [true, false] {
+            let c = ConversationId::generate();
+            let store = Arc::new(FakeStore::default());
+            let mut log = FakeLog::default();
+            log.failures.push_back(WriteError::Unknown("commit timed out".into()));
+            log.unknown_committed = was_committed;
+            let committed = log.committed.clone();
+            let b = batcher(log, store);
+            let (jobs, rx) = mpsc::channel(64);
+            let task = tokio::spawn(b.run(rx));
+            let first = send(&jobs, message(c, "alice", "a1"), Some(0));
+            assert!(matches!(answer(first).await, Err(OwnerError::Retry(_))));
+            let retry = send(&jobs, message(c, "alice", "a1"), Some(0));
+            let next = send(&jobs, message(c, "bob", "b1"), Some(0));
+            let (a, duplicate) = answer(retry).await.expect("sent");
+            assert_eq!((a.seq.get(), duplicate), (1, was_committed), "committed before: {was_committed}");
+            assert_eq!(answer(next).await.expect("sent").0.seq.get(), 2);
+            assert_eq!(seqs(&committed, c), vec![1, 2], "no number skipped or given twice");
+            drop(jobs);
+            task.await.expect("stops");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_owner_learns_heads_and_answers_from_the_log_after_the_projected_offset() {
+        let c = ConversationId::generate();
+        let store = Arc::new(FakeStore::default());
+        let old = FakeLog::default();
+        let committed = old.committed.clone();
+        // The old owner commits three sends; the workers projected the first one only.
+        let b = batcher(old, store.clone());
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        let mut answers = Vec::new();
+        for i in 0..3 {
+            answers.push(answer(send(&jobs, message(c, "alice", &format!("a{i}")), Some(0))).await.expect("sent").0);
+        }
+        drop(jobs);
+        task.await.expect("stops");
+        store.heads.lock().unwrap_or_else(|p| p.into_inner()).insert(c, 1);
+        *store.projected.lock().unwrap_or_else(|p| p.into_inner()) = 1;
+        // The new owner reads the same partition from offset 1.
+        let new_log = FakeLog { committed: committed.clone(), ..FakeLog::default() };
+        let mut b = batcher(new_log, store);
+        b.acquire().await.expect("acquired");
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        // A retry of a send it learned from the log, and a new send numbered after the head it learned
+        // (not the store's lagging one).
+        let retry = answer(send(&jobs, message(c, "alice", "a2"), Some(1))).await.expect("sent");
+        assert_eq!(retry, (answers[2].clone(), true));
+        let next = answer(send(&jobs, message(c, "bob", "b1"), Some(1))).await.expect("sent");
+        assert_eq!(next.0.seq.get(), 4);
+        assert_eq!(seqs(&committed, c), vec![1, 2, 3, 4]);
+        drop(jobs);
+        task.await.expect("stops");
+    }
+
+    #[test]
+    fn forgetting_keeps_what_the_store_does_not_hold_yet() {
+        let c = ConversationId::generate();
+        let mut known = Known::default();
+        let mut m = message(c, "alice", "a1");
+        known.learn(5, &LogEvent::MessageSent(m.clone()));
+        m.seq = Seq::new(2).expect("non-zero");
+        m.client_msg_id = ClientMsgId::parse("a2").expect("valid");
+        known.learn(9, &LogEvent::MessageSent(m.clone()));
+        known.forget_before(6);
+        assert_eq!(known.head(c), Some(2), "the conversation's last record is not projected yet");
+        assert!(known.answer(&SendKey::of(&m)).is_some());
+        assert_eq!(known.len().1, 1, "the projected answer is forgotten: the store has it");
+        known.forget_before(10);
+        assert!(!known.holds(c));
+    }
+}

@@ -1,0 +1,319 @@
+//! Which partitions this replica owns: the chat-service replicas are the members of one Kafka consumer
+//! group over the events topic, and a replica owns the partitions the group assigns it.
+//!
+//! The group's consumer runs on a thread of its own, where the rebalance callbacks run: on an assignment,
+//! each new partition is acquired (its writer opened, which fences the previous owner; its tail read; its
+//! owner written to the store for the other replicas to forward to), then served; on a revocation the
+//! partition stops taking sends, and its batcher finishes the batch in hand before the callback returns.
+//! The consumer never reads records itself: its partitions are paused.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chat_model::ConversationId;
+use chat_store::CassandraStore;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use super::kafka::{KafkaPartition, LogConfig};
+use super::{Batcher, Batching, Job, OwnerStats, Projected, SharedKnown};
+
+/// Jobs waiting per partition; past it callers wait (backpressure).
+const QUEUE: usize = 4096;
+
+/// How a replica takes part in ownership.
+#[derive(Debug, Clone)]
+pub struct OwnersConfig {
+    pub log: LogConfig,
+    /// The owners' consumer group (every chat-service replica of one deployment).
+    pub group: String,
+    /// The address other replicas forward sends to (written to the store with each owned partition).
+    pub advertise: String,
+    pub batching: Batching,
+    /// The group's session timeout: how long a replica that stopped answering keeps its partitions.
+    pub session_timeout: Duration,
+}
+
+/// A partition this replica owns and serves.
+#[derive(Clone)]
+pub struct Local {
+    pub partition: i32,
+    pub jobs: mpsc::Sender<Job>,
+    pub known: SharedKnown,
+}
+
+/// The store's half of what a new owner needs (see [`Projected`]).
+pub struct StoreProjected {
+    store: CassandraStore,
+    log: LogConfig,
+    partition: i32,
+}
+
+impl Projected for StoreProjected {
+    async fn head(&self, conversation: ConversationId) -> Result<u64, String> {
+        self.store.projected_head(conversation).await.map_err(|e| e.to_string())
+    }
+
+    async fn projected_offset(&self) -> Result<i64, String> {
+        super::kafka::projected_offset(&self.log, self.partition).await
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Partitions assigned to this replica, each with the epoch of its assignment.
+    assigned: HashMap<i32, u64>,
+    /// Assigned partitions that are acquired and served, with their batcher task.
+    serving: HashMap<i32, (Local, tokio::task::JoinHandle<()>)>,
+}
+
+struct Inner {
+    config: OwnersConfig,
+    store: CassandraStore,
+    runtime: Handle,
+    partitions: i32,
+    state: Mutex<State>,
+    epochs: AtomicU64,
+    stop: AtomicBool,
+    pub stats: Arc<OwnerStats>,
+    acquisitions: AtomicU64,
+}
+
+/// This replica's share of the partitions. Cheap to clone.
+#[derive(Clone)]
+pub struct Owners {
+    inner: Arc<Inner>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+struct OwnerContext {
+    inner: Arc<Inner>,
+}
+
+impl ClientContext for OwnerContext {}
+
+impl ConsumerContext for OwnerContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(?partitions, "partitions revoked");
+            self.inner.revoke(&partitions);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+                // The consumer only holds the assignment; it reads nothing itself.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "could not pause the owned partitions");
+                }
+                for p in partitions {
+                    self.inner.assign(p, self.inner.clone());
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl Owners {
+    /// Joins the owners' group; partitions are acquired as they are assigned.
+    pub async fn start(config: OwnersConfig, store: CassandraStore) -> anyhow::Result<Owners> {
+        let partitions = partition_count(&config.log).await?;
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            runtime: Handle::current(),
+            partitions,
+            state: Mutex::new(State::default()),
+            epochs: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            stats: Arc::default(),
+            acquisitions: AtomicU64::new(0),
+        });
+        let consumer: BaseConsumer<OwnerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &inner.config.log.brokers)
+            .set("group.id", &inner.config.group)
+            .set("client.id", format!("chat-service-{}", inner.config.advertise))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", inner.config.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (inner.config.session_timeout.as_millis() / 4).max(100).to_string())
+            .create_with_context(OwnerContext { inner: inner.clone() })?;
+        consumer.subscribe(&[&inner.config.log.topic])?;
+        let thread_inner = inner.clone();
+        let thread = std::thread::Builder::new().name("owners-group".into()).spawn(move || {
+            while !thread_inner.stop.load(Ordering::Relaxed) {
+                if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
+                    tracing::warn!(error = %e, "owners' group consumer");
+                }
+            }
+            // Leaving the group revokes every partition (callbacks included) before the consumer is gone.
+            drop(consumer);
+        })?;
+        Ok(Owners { inner, thread: Arc::new(Mutex::new(Some(thread))) })
+    }
+
+    /// Waits until this replica serves at least one partition (the group has settled around it), for at
+    /// most `within`; answers whether it does.
+    pub async fn wait_serving(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if !lock(&self.inner.state).serving.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.inner.partitions
+    }
+
+    /// The partition of a conversation.
+    pub fn partition_of(&self, conversation: ConversationId) -> i32 {
+        chat_model::partition_of(conversation, self.inner.partitions)
+    }
+
+    /// The partition, if this replica owns and serves it.
+    pub fn local(&self, partition: i32) -> Option<Local> {
+        lock(&self.inner.state).serving.get(&partition).map(|(l, _)| l.clone())
+    }
+
+    /// Partitions this replica serves now.
+    pub fn serving(&self) -> Vec<i32> {
+        let mut p: Vec<i32> = lock(&self.inner.state).serving.keys().copied().collect();
+        p.sort_unstable();
+        p
+    }
+
+    pub fn stats(&self) -> &OwnerStats {
+        &self.inner.stats
+    }
+
+    /// How many times a partition was acquired by this replica.
+    pub fn acquisitions(&self) -> u64 {
+        self.inner.acquisitions.load(Ordering::Relaxed)
+    }
+
+    /// Leaves the group (its partitions move to the other replicas at once) and stops the batchers.
+    pub async fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Inner {
+    fn revoke(&self, partitions: &[i32]) {
+        let mut tasks = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for p in partitions {
+                state.assigned.remove(p);
+                if let Some((local, task)) = state.serving.remove(p) {
+                    drop(local);
+                    tasks.push(task);
+                }
+            }
+        }
+        // The batchers see their queue close once every sender is gone (callers hold clones only for the
+        // time of one send); each finishes its batch in hand. Bounded: the partition moves on regardless,
+        // and the next owner's fence settles whatever this one left open.
+        let wait = self.config.log.call_timeout * 2;
+        self.runtime.block_on(async {
+            for t in tasks {
+                if tokio::time::timeout(wait, t).await.is_err() {
+                    tracing::warn!("a revoked partition's batcher did not stop in time");
+                }
+            }
+        });
+    }
+
+    fn assign(&self, partition: i32, me: Arc<Inner>) {
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.state).assigned.insert(partition, epoch);
+        self.runtime.spawn(async move { me.acquire(partition, epoch).await });
+    }
+
+    fn still_assigned(&self, partition: i32, epoch: u64) -> bool {
+        lock(&self.state).assigned.get(&partition) == Some(&epoch)
+    }
+
+    /// Acquires a partition, retrying until it succeeds or the partition is no longer assigned here.
+    async fn acquire(self: Arc<Self>, partition: i32, epoch: u64) {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(100);
+        while self.still_assigned(partition, epoch) && !self.stop.load(Ordering::Relaxed) {
+            match self.try_acquire(partition).await {
+                Ok(batcher) => {
+                    let (jobs, rx) = mpsc::channel(QUEUE);
+                    let local = Local { partition, jobs, known: batcher.known.clone() };
+                    let mut state = lock(&self.state);
+                    if state.assigned.get(&partition) != Some(&epoch) {
+                        return;
+                    }
+                    let task = self.runtime.spawn(batcher.run(rx));
+                    state.serving.insert(partition, (local, task));
+                    self.acquisitions.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(partition, took_ms = started.elapsed().as_millis() as u64, "partition acquired");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "partition not acquired yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn try_acquire(&self, partition: i32) -> Result<Batcher<KafkaPartition, StoreProjected>, String> {
+        let log = KafkaPartition::open(self.config.log.clone(), partition).await.map_err(|e| e.to_string())?;
+        let projected = Arc::new(StoreProjected { store: self.store.clone(), log: self.config.log.clone(), partition });
+        let mut batcher = Batcher {
+            log,
+            projected,
+            known: SharedKnown::default(),
+            batching: self.config.batching,
+            stats: self.stats.clone(),
+        };
+        batcher.acquire().await?;
+        self.store
+            .set_partition_owner(&self.config.log.topic, partition, &self.config.advertise)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(batcher)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The topic's partition count, from the brokers' metadata.
+pub async fn partition_count(log: &LogConfig) -> anyhow::Result<i32> {
+    let (brokers, topic, timeout) = (log.brokers.clone(), log.topic.clone(), log.call_timeout);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let t = metadata.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
+        let n = t.partitions().len();
+        anyhow::ensure!(n > 0, "topic {topic} has no partitions (create it with `chatctl create-topics`)");
+        Ok(i32::try_from(n)?)
+    })
+    .await?
+}

@@ -1,0 +1,237 @@
+//! One partition of the events topic in Kafka, as its owner writes and reads it: a transactional producer
+//! whose `transactional.id` names the topic and the partition (so a new owner's `init_transactions` fences
+//! the old one), and a `read_committed` reader of the partition's tail.
+//!
+//! librdkafka's transactional calls block; they run on the blocking pool.
+
+use std::time::Duration;
+
+use chat_model::event::{self, LogEvent};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaError};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+
+use super::{PartitionLog, WriteError};
+
+/// How to reach the log, shared by the partitions' writers and readers.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// Prefix of the partitions' transactional ids (`{prefix}.{topic}.{partition}`).
+    pub transactional_prefix: String,
+    /// Longest a transactional call (init, commit, abort) may take.
+    pub call_timeout: Duration,
+    /// The broker aborts a transaction left open longer than this (a stalled owner's).
+    pub transaction_timeout: Duration,
+    /// The consumer group of the projectors (the delivery workers): what they committed is in the store.
+    pub projector_group: String,
+}
+
+impl LogConfig {
+    pub fn transactional_id(&self, partition: i32) -> String {
+        format!("{}.{}.{}", self.transactional_prefix, self.topic, partition)
+    }
+}
+
+/// A partition's writer and reader.
+pub struct KafkaPartition {
+    config: LogConfig,
+    partition: i32,
+    producer: FutureProducer,
+}
+
+fn fenced(e: &RDKafkaError) -> bool {
+    matches!(
+        e.code(),
+        RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}
+
+/// Runs a blocking librdkafka call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, WriteError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| WriteError::Unknown(format!("blocking call failed: {e}")))
+}
+
+impl KafkaPartition {
+    /// Creates the partition's transactional producer and fences every earlier writer of the partition
+    /// (`init_transactions`, which also aborts a transaction an earlier owner left open).
+    pub async fn open(config: LogConfig, partition: i32) -> Result<KafkaPartition, WriteError> {
+        let producer = Self::producer(&config, partition).await?;
+        Ok(KafkaPartition { config, partition, producer })
+    }
+
+    async fn producer(config: &LogConfig, partition: i32) -> Result<FutureProducer, WriteError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("transactional.id", config.transactional_id(partition))
+            .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", config.call_timeout.as_millis().to_string())
+            .set("client.id", format!("chat-service-owner-{partition}"))
+            .create()
+            .map_err(|e| WriteError::Unknown(format!("creating the producer: {e}")))?;
+        let timeout = config.call_timeout;
+        let p = producer.clone();
+        match blocking(move || p.init_transactions(timeout)).await? {
+            Ok(()) => Ok(producer),
+            Err(KafkaError::Transaction(e)) if fenced(&e) => Err(WriteError::Fenced),
+            Err(e) => Err(WriteError::Unknown(format!("init_transactions: {e}"))),
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Aborts the open transaction; an abort that fails leaves the outcome unknown.
+    async fn abort(&self, why: String) -> WriteError {
+        let p = self.producer.clone();
+        let timeout = self.config.call_timeout;
+        match blocking(move || p.abort_transaction(timeout)).await {
+            Ok(Ok(())) => WriteError::Aborted(why),
+            Ok(Err(KafkaError::Transaction(e))) if fenced(&e) => WriteError::Fenced,
+            Ok(Err(e)) => WriteError::Unknown(format!("{why}; abort failed: {e}")),
+            Err(e) => e,
+        }
+    }
+}
+
+impl PartitionLog for KafkaPartition {
+    async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
+        let p = self.producer.clone();
+        match blocking(move || p.begin_transaction()).await? {
+            Ok(()) => {}
+            Err(KafkaError::Transaction(e)) if fenced(&e) => return Err(WriteError::Fenced),
+            // A producer that cannot begin is in a state only a new one leaves.
+            Err(e) => return Err(WriteError::Unknown(format!("begin_transaction: {e}"))),
+        }
+        let mut deliveries = Vec::with_capacity(events.len());
+        for ev in &events {
+            let payload = event::encode(ev, created_at(ev));
+            let key = ev.conversation_id().to_string();
+            let record = FutureRecord::to(&self.config.topic).partition(self.partition).key(&key).payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(d) => deliveries.push(d),
+                Err((e, _)) => return Err(self.abort(format!("producing: {e}")).await),
+            }
+        }
+        // The records' acknowledgements first (each gives its offset): then the commit's own flush has
+        // nothing left to wait for (rdkafka's flush would otherwise poll in 100 ms steps).
+        let mut offsets = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match tokio::time::timeout(self.config.call_timeout, d).await {
+                Ok(Ok(Ok(delivery))) => offsets.push(delivery.offset),
+                Ok(Ok(Err((e, _)))) => return Err(self.abort(format!("producing: {e}")).await),
+                Ok(Err(_)) => return Err(self.abort("delivery report lost".into()).await),
+                Err(_) => return Err(self.abort("records not acknowledged in time".into()).await),
+            }
+        }
+        let p = self.producer.clone();
+        let timeout = self.config.call_timeout;
+        match blocking(move || p.commit_transaction(timeout)).await? {
+            Ok(()) => Ok(offsets),
+            Err(KafkaError::Transaction(e)) if fenced(&e) => Err(WriteError::Fenced),
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => Err(self.abort(format!("commit: {e}")).await),
+            // Timed out, retriable or fatal for another reason: the commit may have happened.
+            Err(e) => Err(WriteError::Unknown(format!("commit: {e}"))),
+        }
+    }
+
+    async fn reopen(&mut self) -> Result<(), WriteError> {
+        self.producer = Self::producer(&self.config, self.partition).await?;
+        Ok(())
+    }
+
+    async fn read_from(&mut self, from: i64) -> Result<Vec<(i64, LogEvent)>, WriteError> {
+        read_partition(&self.config, self.partition, from, self.config.call_timeout * 3).await
+    }
+}
+
+/// The committed events of one partition from `from` to its end (its last stable offset), with offsets.
+/// A record that does not decode is skipped (the workers dead-letter it). Fails after `within`.
+pub async fn read_partition(
+    config: &LogConfig,
+    partition: i32,
+    from: i64,
+    within: Duration,
+) -> Result<Vec<(i64, LogEvent)>, WriteError> {
+    let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
+    blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "chat-service-owner-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| WriteError::Unknown(format!("creating the reader: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from.max(0)))
+            .map_err(|e| WriteError::Unknown(e.to_string()))?;
+        consumer.assign(&tpl).map_err(|e| WriteError::Unknown(format!("assigning: {e}")))?;
+        let deadline = std::time::Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(WriteError::Unknown(format!(
+                    "partition {partition} not read to its end within {within:?}"
+                )));
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "reading the partition");
+                    continue;
+                }
+                Some(Ok(record)) => {
+                    if let Ok(ev) = event::decode(record.payload().unwrap_or_default()) {
+                        out.push((record.offset(), ev));
+                    }
+                }
+            }
+        }
+    })
+    .await?
+}
+
+/// The first offset of `partition` the projectors (the delivery workers' group) have not committed: the
+/// store holds everything before it. 0 when they never committed.
+pub async fn projected_offset(config: &LogConfig, partition: i32) -> Result<i64, String> {
+    let (brokers, topic, group, timeout) =
+        (config.brokers.clone(), config.topic.clone(), config.projector_group.clone(), config.call_timeout);
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, partition);
+        let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| e.to_string())?;
+        let offset = committed.elements().first().map(|e| e.offset()).unwrap_or(Offset::Invalid);
+        Ok(match offset {
+            Offset::Offset(n) if n >= 0 => n,
+            _ => 0,
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The time an event happened, which its envelope carries.
+fn created_at(ev: &LogEvent) -> i64 {
+    match ev {
+        LogEvent::MessageSent(m) => m.sent_at_ms,
+        LogEvent::ConversationCreated(c) => c.created_at_ms,
+        LogEvent::MembersChanged(c) => c.at_ms,
+        LogEvent::ReceiptRecorded(_) => chat_model::now_ms(),
+    }
+}
