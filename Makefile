@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test faults faults-prove fuzz bench servers servers-down status lint clean-data
+.PHONY: help up down test faults faults-prove fuzz bench servers servers-down status lint clean-data infra-check images
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
@@ -16,6 +16,8 @@ help:
 	@echo "make fuzz      the decoders' fuzz targets with a long budget (FUZZ_CASES, default 200000 each)"
 	@echo "make bench     the benchmarks beside their floors (release build): bench-results/ (JSON, summary, charts)"
 	@echo "make lint      rustfmt check and clippy"
+	@echo "make infra-check  the Terraform modules' offline checks and the images' check (debug build; make test runs it)"
+	@echo "make images    OCI images of the release binaries in target/images, checked"
 	@echo "make status    what is running"
 	@echo "make clean-data  stop everything and delete local data and logs (.local/data, .local/logs)"
 
@@ -38,7 +40,7 @@ status:
 
 # Unit tests need nothing; the end-to-end tests in tests/ talk to the servers started here.
 # Locally the servers stay up for the next run; in CI (CI=true) they are stopped at the end.
-test: servers
+test: servers infra-check
 	$(CARGO) build --bins
 	@status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; \
 	if [ -n "$${CI:-}" ]; then infra/local/servers.sh down; fi; exit $$status
@@ -68,6 +70,18 @@ bench: servers
 	target/release/bench --out bench-results $(BENCH_ARGS)
 	.local/venv/bin/python tests/bench/charts.py bench-results
 	@cat bench-results/summary.md
+
+# The Terraform modules (fmt, tflint, checkov, the consistency test) and the OCI images of the debug binaries,
+# each run from its own root filesystem against the servers (infra/terraform/check.sh, infra/images/check.sh).
+infra-check: servers
+	$(CARGO) build --bins
+	infra/terraform/check.sh
+	infra/images/check.sh debug
+
+# The images to deploy: release binaries, built into target/images (an OCI layout) and checked.
+images: servers
+	nice -n 19 $(CARGO) build --release --bins
+	infra/images/check.sh release
 
 lint:
 	$(CARGO) fmt --all -- --check
