@@ -228,6 +228,9 @@ pub struct Batcher<L: PartitionLog, P: Projected> {
     pub known: SharedKnown,
     pub batching: Batching,
     pub stats: Arc<OwnerStats>,
+    /// Set when the partition is revoked: the batcher stops after the batch in hand, and stops settling an
+    /// unknown outcome (opening the writer again would fence the partition's new owner).
+    pub revoked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A send numbered in the current batch.
@@ -264,9 +267,11 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            match self.handle(batch).await {
-                Flow::Go => {}
-                Flow::Fenced => {
+            let flow = self.handle(batch).await;
+            let revoked = self.revoked.load(std::sync::atomic::Ordering::SeqCst);
+            match flow {
+                Flow::Go if !revoked => {}
+                Flow::Go | Flow::Fenced => {
                     // Answer what is queued, and everything after, until the partition is revoked.
                     jobs.close();
                     while let Some(job) = jobs.recv().await {
@@ -426,6 +431,9 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
     async fn settle(&mut self) -> Flow {
         let mut pause = Duration::from_millis(100);
         loop {
+            if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                return Flow::Fenced;
+            }
             let from = self.known.lock().last_offset + 1;
             let result = match self.log.reopen().await {
                 Ok(()) => self.log.read_from(from).await,
@@ -547,6 +555,7 @@ mod tests {
             known: SharedKnown::default(),
             batching: Batching { max: 64, linger: Duration::from_millis(5), grace: Duration::from_secs(60) },
             stats: Arc::default(),
+            revoked: Arc::default(),
         }
     }
 

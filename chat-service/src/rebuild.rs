@@ -86,13 +86,13 @@ fn read_partition(
     partition: i32,
     tx: &tokio::sync::mpsc::Sender<Result<Option<LogEvent>, String>>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<crate::owner::kafka::TailReader> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "chatctl-rebuild")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .create()?;
+        .create_with_context(crate::owner::kafka::TailReader)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&tpl)?;

@@ -180,5 +180,32 @@ async fn refresh_presence(shared: Arc<Shared>) {
                 Err(e) => tracing::warn!(error = %e, "presence refresh failed"),
             }
         }
+        register_again(&shared, &conns).await;
+    }
+}
+
+/// Registers the devices whose registration failed at connect (the store was down): without it, a worker
+/// that finds no presence for them keeps no inbox for them either. Each one registered is sent its inbox.
+async fn register_again(shared: &Shared, conns: &[Arc<crate::registry::ConnHandle>]) {
+    use std::sync::atomic::Ordering;
+    for conn in conns.iter().filter(|c| !c.registered.load(Ordering::Relaxed)) {
+        let request =
+            proto::v1::RegisterDeviceRequest { user_id: conn.user.to_string(), device_id: conn.device.to_string() };
+        let timeout = shared.rpc_timeout;
+        let done = shared
+            .chat
+            .call(|mut c| {
+                let r = crate::session::with_deadline(request.clone(), timeout);
+                async move { c.register_device(r).await }
+            })
+            .await;
+        match done {
+            Ok(_) => {
+                conn.registered.store(true, Ordering::Relaxed);
+                conn.resync.notify_one();
+            }
+            // The store is still down: the next refresh tries again.
+            Err(_) => return,
+        }
     }
 }

@@ -44,6 +44,9 @@ pub struct ConnHandle {
     /// Woken when the device's presence had been lost (Redis restarted empty, or expired): messages
     /// meanwhile went to its inbox, which the session then sends again.
     pub resync: tokio::sync::Notify,
+    /// Whether the device is registered in the store (so that workers keep an inbox for it when presence
+    /// is lost). A registration that failed at connect is tried again by the presence refresh.
+    pub registered: std::sync::atomic::AtomicBool,
 }
 
 impl ConnHandle {
@@ -64,6 +67,7 @@ impl ConnHandle {
             close,
             hold_limit,
             resync: tokio::sync::Notify::new(),
+            registered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -115,8 +115,10 @@ where
         let r = with_deadline(register.clone(), timeout);
         async move { c.register_device(r).await }
     });
-    if let Err(e) = Box::pin(registered).await {
-        tracing::warn!(user = %identity.user, error = %e, "device not registered; it relies on resume by cursor");
+    match Box::pin(registered).await {
+        Ok(_) => handle.registered.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::warn!(user = %identity.user, error = %e,
+            "device not registered yet; the presence refresh tries again (until then, only presence routes to it)"),
     }
     let welcome = ServerFrame::Welcome {
         user_id: identity.user.to_string(),
@@ -544,7 +546,7 @@ async fn send_inbox(
     }
 }
 
-fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+pub fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(timeout);
     r

@@ -223,7 +223,39 @@ impl Cluster {
                 cluster.start_proc(kind, i).await?;
             }
         }
+        if crate::platform::order() == chat_service::OrderKind::Log {
+            cluster.wait_owners_settled().await?;
+        }
         Ok(cluster)
+    }
+
+    /// Waits until every partition has exactly one owner among the running replicas, and each owner has
+    /// recorded itself in the store (where the others forward to): before that, writes of a partition that
+    /// is moving are answered `unavailable`, which a scenario would count as part of its fault.
+    pub async fn wait_owners_settled(&self) -> anyhow::Result<()> {
+        let group = format!("faults.{}.owners", self.id);
+        let replicas = self.chat_addrs.len();
+        crate::group::wait_settled(&group, &self.topic, replicas, self.options.partitions).await?;
+        let store = crate::platform::store().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (g, t) = (group.clone(), self.topic.clone());
+            let assigned = tokio::task::spawn_blocking(move || crate::group::assignments(&g, &t)).await??;
+            let mut agreed = true;
+            for (client, partitions) in &assigned {
+                let addr = client.strip_prefix("chat-service-").unwrap_or(client);
+                for p in partitions {
+                    agreed &= store.partition_owner(&self.topic, *p).await?.as_deref() == Some(addr);
+                }
+            }
+            if agreed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the partitions' owners did not record themselves within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The delivery workers' consumer group.
@@ -359,6 +391,35 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets (or, with `None`, removes) an environment variable of a process, for its next start.
+    pub fn set_env(&mut self, kind: Kind, i: usize, key: &str, value: Option<&str>) {
+        if let Some(p) = self.procs.get_mut(&(kind, i)) {
+            p.env.retain(|(k, _)| k != key);
+            if let Some(v) = value {
+                p.env.push((key.to_owned(), v.to_owned()));
+            }
+        }
+    }
+
+    /// Starts a process again if it died on its own (a crash the scenario expects); answers whether it had.
+    pub async fn restart_if_dead(&mut self, kind: Kind, i: usize) -> anyhow::Result<bool> {
+        if self.check_running(kind, i).is_ok() {
+            return Ok(false);
+        }
+        self.start_proc(kind, i).await?;
+        Ok(true)
+    }
+
+    /// The index of the chat-service replica whose advertised address is `addr`.
+    pub fn chat_index(&self, addr: &str) -> Option<usize> {
+        self.chat_addrs.iter().position(|a| a.to_string() == addr)
+    }
+
+    /// What a process has logged so far.
+    pub fn log_of(&self, kind: Kind, i: usize) -> Option<String> {
+        std::fs::read_to_string(&self.procs.get(&(kind, i))?.log).ok()
+    }
+
     /// The process id of a running process.
     pub fn pid(&self, kind: Kind, i: usize) -> Option<u32> {
         self.procs.get(&(kind, i)).and_then(|p| p.child.as_ref()).map(|c| c.id())
@@ -432,6 +493,19 @@ fn worker_env(topic: &str, id: &str, redis_prefix: &str, options: &ClusterOption
         ("WORKER_MEMBERS_CACHE_MS".into(), "500".into()),
         ("WORKER_PUSH_TIMEOUT_MS".into(), options.push_timeout_ms.to_string()),
     ]
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to one of the real servers (`kafka`, `cassandra`, `redis`), by the pid
+/// file `servers.sh` keeps.
+pub fn signal_server(name: &str, signal: &str) -> anyhow::Result<()> {
+    let pidfile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".local").join("run").join(format!("{name}.pid"));
+    let pid = std::fs::read_to_string(&pidfile).with_context(|| format!("{name} is not running"))?;
+    let status = Command::new("kill").arg(signal).arg(pid.trim()).status()?;
+    if !status.success() {
+        bail!("kill {signal} {name} failed");
+    }
+    Ok(())
 }
 
 /// Stops or starts one of the real servers through the project's script (`kafka`, `cassandra`, `redis`).

@@ -124,42 +124,65 @@ pub fn assignments(group: &str, topic: &str) -> anyhow::Result<HashMap<String, V
     Ok(out)
 }
 
-/// Per partition of `partitions`, how many records of `topic` the `group` has not yet committed.
+/// Per partition of `partitions`, how many records of `topic` the `group` has not yet committed: the
+/// committed records (data only: a transaction's commit marker takes an offset too, and is never a record
+/// a consumer handles) from the group's committed offset to the partition's end.
 pub fn lag_of(group: &str, topic: &str, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
-    let client: BaseConsumer =
+    let offsets: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(topic, *p);
     }
-    let committed = client.committed_offsets(tpl, Duration::from_secs(5))?;
+    let committed = offsets.committed_offsets(tpl, Duration::from_secs(5))?;
     let mut out = HashMap::new();
     for e in committed.elements() {
-        let (_, high) = client.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
-        let done = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
-        out.insert(e.partition(), (high - done).max(0));
+        let from = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+        out.insert(e.partition(), records_from(topic, e.partition(), from)?);
     }
     Ok(out)
 }
 
+/// How many committed records `partition` holds from `from` to its end.
+fn records_from(topic: &str, partition: i32, from: i64) -> anyhow::Result<i64> {
+    use rdkafka::error::KafkaError;
+    let (_, high) = {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+        c.fetch_watermarks(topic, partition, Duration::from_secs(5))?
+    };
+    if from >= high {
+        return Ok(0);
+    }
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", "e2e-lag-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(from))?;
+    reader.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "partition {partition} of {topic} not read to its end in 30 s");
+        match reader.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(n),
+            Some(Err(e)) => anyhow::bail!("reading {topic}/{partition}: {e}"),
+            Some(Ok(_)) => n += 1,
+        }
+    }
+}
+
 /// How many records of `topic` the `group` has not yet committed, over all partitions.
 pub fn lag(group: &str, topic: &str) -> anyhow::Result<i64> {
-    let client: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create()?;
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
     let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let t = metadata.topics().first().context("no such topic")?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in t.partitions() {
-        tpl.add_partition(topic, p.id());
-    }
-    let committed = client.committed_offsets(tpl, Duration::from_secs(5))?;
-    let mut lag = 0;
-    for e in committed.elements() {
-        let (_, high) = client.fetch_watermarks(topic, e.partition(), Duration::from_secs(5))?;
-        let done = e.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
-        lag += (high - done).max(0);
-    }
-    Ok(lag)
+    let partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    Ok(lag_of(group, topic, &partitions)?.values().sum())
 }
 
 #[cfg(test)]

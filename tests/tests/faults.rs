@@ -664,7 +664,12 @@ impl Load {
         let mut tasks = Vec::new();
         let pause = Duration::from_millis(1000 * conversations as u64 / per_second.max(1));
         for (i, (s, _, conv)) in pairs.iter().enumerate() {
-            let mut chats = vec![chat(cluster, i % cluster.chat_addrs.len()).await?];
+            // Its replica first, then the others: a replica that hangs or dies is left for the next.
+            let n = cluster.chat_addrs.len();
+            let mut chats = Vec::with_capacity(n);
+            for k in 0..n {
+                chats.push(chat(cluster, (i + k) % n).await?);
+            }
             let (s, conv, stop, tag) = (s.clone(), conv.clone(), stop.clone(), tag.to_owned());
             let (started, acked, latest, troubles) = (started.clone(), acked.clone(), latest.clone(), troubles.clone());
             tasks.push(tokio::spawn(async move {
@@ -739,6 +744,17 @@ impl Load {
         readers: Vec<Device>,
         expect: Expect,
     ) -> anyhow::Result<Checked> {
+        self.finish_and_check_with(cluster, readers, Vec::new(), expect).await
+    }
+
+    /// As [`Self::finish_and_check`], with more devices, each of the reader of the pair at its index.
+    async fn finish_and_check_with(
+        self,
+        cluster: &mut Cluster,
+        readers: Vec<Device>,
+        extra: Vec<(Device, usize)>,
+        expect: Expect,
+    ) -> anyhow::Result<Checked> {
         self.stop.store(true, Ordering::Relaxed);
         let mut acked = Vec::new();
         for t in self.tasks {
@@ -765,6 +781,8 @@ impl Load {
             .map(|((d, (_, _, conv)), a)| (d, conv.as_str(), a, expect))
             .collect();
         let reports = check_devices(each, &mut tally).await?;
+        let more = extra.into_iter().map(|(d, i)| (d, self.pairs[i].2.as_str(), &acked[i], expect)).collect();
+        check_devices(more, &mut tally).await?;
         for (i, (_, reader, conv)) in self.pairs.iter().enumerate() {
             check_history(cluster, conv, reader, &acked[i]).await?;
         }
@@ -958,6 +976,9 @@ async fn s6_a_store_outage_lost_presence_and_a_hung_gateway_lose_nothing() -> an
     // Cassandra down: claims fail as UNAVAILABLE and are retried; workers retry their records.
     let down = Instant::now();
     tests::cluster::server("down", "cassandra")?;
+    // A second device of the first reader connects while the store is down: its registration fails at
+    // connect, and must be made later, or no inbox would be kept for it when presence is lost below.
+    let late = strict_device(&cluster, &load.pairs[0].1, "tablet", 1, &load.pairs[0].2);
     tokio::time::sleep(Duration::from_secs(if large() { 20 } else { 5 })).await;
     tests::cluster::server("up", "cassandra")?;
     let up = Instant::now();
@@ -994,7 +1015,7 @@ async fn s6_a_store_outage_lost_presence_and_a_hung_gateway_lose_nothing() -> an
     load.wait_acked(after_presence).await?;
     // Pushes that failed (the hung gateway, lost presence) are kept in the inbox and sent at a resync.
     let expect = Expect { inbox_while_live: true, ..Expect::default() };
-    let checked = load.finish_and_check(&mut cluster, devices, expect).await?;
+    let checked = load.finish_and_check_with(&mut cluster, devices, vec![(late, 0)], expect).await?;
     // The slowest delivery to a reader on gateway 0 (even index, see `readers`) of a message acknowledged in
     // a window: (slowest, how many).
     let slowest_in = |window: std::ops::Range<Instant>| {
@@ -1048,5 +1069,211 @@ async fn s6_a_store_outage_lost_presence_and_a_hung_gateway_lose_nothing() -> an
     );
     let tally = checked.tally;
     print("6 cassandra stopped and restarted, redis restarted empty, a gateway hung", &tally);
+    cluster.shutdown().await
+}
+
+/// The chat-service replica recorded as the owner of a conversation's partition, and the partition.
+async fn owner_of(cluster: &Cluster, conv: &str) -> anyhow::Result<(Option<usize>, i32)> {
+    let id = chat_model::ConversationId::parse(conv)?;
+    let p = chat_model::partition_of(id, cluster.options().partitions);
+    let owner = tests::platform::store().await?.partition_owner(&cluster.topic, p).await?;
+    Ok((owner.and_then(|a| cluster.chat_index(&a)), p))
+}
+
+/// Waits until the owner of partition `p` is recorded as another replica than `was`; answers how long it took.
+async fn wait_owner_moved(cluster: &Cluster, conv: &str, was: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let (Some(now), _) = owner_of(cluster, conv).await?
+            && now != was
+        {
+            return Ok(started.elapsed());
+        }
+        ensure!(started.elapsed() < CATCH_UP, "the partition of {conv} did not move within {CATCH_UP:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many times a process's log says it was fenced (a write of a replica that no longer owned its
+/// partition, refused by the broker).
+fn fenced_in_log(cluster: &Cluster, i: usize) -> usize {
+    cluster.log_of(Kind::ChatService, i).map(|l| l.matches("fenced: another replica owns").count()).unwrap_or(0)
+}
+
+fn log_order_only(scenario: &str) -> bool {
+    if tests::platform::order() == chat_service::OrderKind::Log {
+        return true;
+    }
+    println!("[faults] {scenario}: partition owners exist only with the log as the order (TEST_CHAT_ORDER=log)");
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_a_zombie_owner_writes_nothing_after_its_partitions_moved() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    if !log_order_only("11 zombie owner") {
+        return Ok(());
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut load = Load::start(&cluster, 10, 200, "s11").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 1000)).await?;
+    // The owner of the first conversation's partition hangs (SIGSTOP) mid-traffic, until its partitions
+    // have moved to the other replica; then it goes on, as a zombie that still believes it owns them.
+    let busy = load.pairs[0].2.clone();
+    let (zombie, partition) = owner_of(&cluster, &busy).await?;
+    let zombie = zombie.context("the busy partition has no recorded owner")?;
+    let fenced_before = fenced_in_log(&cluster, zombie);
+    cluster.pause(Kind::ChatService, zombie)?;
+    let moved = wait_owner_moved(&cluster, &busy, zombie).await?;
+    let resumed_at = load.acked.load(Ordering::Relaxed) + scale(50, 500);
+    load.wait_acked(resumed_at).await?;
+    cluster.resume(Kind::ChatService, zombie)?;
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 1000)).await?;
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    let fenced = fenced_in_log(&cluster, zombie) - fenced_before;
+    println!(
+        "[faults] 11: partition {partition} moved from the hung replica {zombie} in {moved:?}; after it went on, \
+         its writes were refused as fenced {fenced} times"
+    );
+    let acked: Vec<(&str, &AckedMap)> =
+        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
+    check_log(&cluster, &acked).await?;
+    print("11 a zombie owner", &checked.tally);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_a_killed_owner_hands_its_partitions_over() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    if !log_order_only("12 killed owner") {
+        return Ok(());
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut load = Load::start(&cluster, 10, 200, "s12").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 1000)).await?;
+    let busy = load.pairs[0].2.clone();
+    let (owner, partition) = owner_of(&cluster, &busy).await?;
+    let owner = owner.context("the busy partition has no recorded owner")?;
+    let killed_at = Instant::now();
+    cluster.kill(Kind::ChatService, owner)?;
+    let moved = wait_owner_moved(&cluster, &busy, owner).await?;
+    // The first acknowledgement in the busy conversation after the kill: how long its senders waited.
+    let before = load.latest[0].load(Ordering::Relaxed);
+    while load.latest[0].load(Ordering::Relaxed) == before {
+        ensure!(killed_at.elapsed() < CATCH_UP, "no send of the busy conversation acknowledged after the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let served_again = killed_at.elapsed();
+    cluster.start_proc(Kind::ChatService, owner).await?;
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 1000)).await?;
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    println!(
+        "[faults] 12: after kill -9 of its owner, partition {partition} was taken over in {moved:?}, and the busy \
+         conversation's next send was acknowledged {served_again:?} after the kill"
+    );
+    let acked: Vec<(&str, &AckedMap)> =
+        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
+    check_log(&cluster, &acked).await?;
+    print("12 kill -9 a partition owner", &checked.tally);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_a_frozen_broker_fails_sends_and_skips_no_number() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    if !log_order_only("13 frozen Kafka") {
+        return Ok(());
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut load = Load::start(&cluster, 10, 200, "s13").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 1000)).await?;
+    // Kafka hangs (SIGSTOP) past the producers' call timeout (5 s) and the transactions' (10 s).
+    let frozen = Instant::now();
+    tests::cluster::signal_server("kafka", "-STOP")?;
+    tokio::time::sleep(Duration::from_secs(if large() { 30 } else { 15 })).await;
+    tests::cluster::signal_server("kafka", "-CONT")?;
+    let thawed = Instant::now();
+    let acked_then = load.acked.load(Ordering::Relaxed);
+    load.wait_acked(acked_then + scale(100, 1000)).await?;
+    let (failed, stalled) = load.troubles_during(frozen..thawed);
+    ensure!(failed + stalled > 0, "the fault did not land: no send failed or stalled while Kafka was frozen");
+    let back = thawed.elapsed();
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    println!(
+        "[faults] 13: while Kafka was frozen {:?}, {failed} send attempts failed retryably and {stalled} stalled; \
+         {} more were acknowledged within {back:?} of it going on",
+        thawed - frozen,
+        scale(100, 1000)
+    );
+    let acked: Vec<(&str, &AckedMap)> =
+        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
+    check_log(&cluster, &acked).await?;
+    print("13 Kafka frozen", &checked.tally);
+    cluster.shutdown().await
+}
+
+/// The p99 of acknowledgement → first arrival at the readers, over messages acknowledged in `window`.
+fn p99_delivery(checked: &Checked, window: std::ops::Range<Instant>) -> (Duration, usize) {
+    let mut waits: Vec<Duration> = Vec::new();
+    for (i, (_, _, conv)) in checked.pairs.iter().enumerate() {
+        let Some(arrived) = checked.reports[i].arrivals.get(conv) else { continue };
+        for (seq, ack) in &checked.acked[i] {
+            if window.contains(&ack.at)
+                && let Some(a) = arrived.get(seq)
+            {
+                waits.push(a.first_at().saturating_duration_since(ack.at));
+            }
+        }
+    }
+    waits.sort_unstable();
+    let n = waits.len();
+    let p99 = if n == 0 { Duration::ZERO } else { waits[((n * 99).div_ceil(100)).saturating_sub(1)] };
+    (p99, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_a_rolling_restart_loses_nothing() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut load = Load::start(&cluster, 10, 100, "s14").await?;
+    let devices = readers(&cluster, &load.pairs);
+    let steady_from = Instant::now();
+    load.wait_acked(scale(200, 1000)).await?;
+    // Every instance, one after the other: SIGTERM (it must exit cleanly after draining), start it again,
+    // wait until it serves, then the next one; as an orchestrator rolls a deployment.
+    let roll_from = Instant::now();
+    let mut rolled = Vec::new();
+    for kind in [Kind::ChatService, Kind::Worker, Kind::Gateway] {
+        for i in 0..cluster.count(kind) {
+            let t = Instant::now();
+            cluster.stop(kind, i).await?;
+            cluster.start_proc(kind, i).await?;
+            if kind == Kind::ChatService && tests::platform::order() == chat_service::OrderKind::Log {
+                cluster.wait_owners_settled().await?;
+            }
+            rolled.push(format!("{kind:?} {i} in {:.1} s", t.elapsed().as_secs_f64()));
+            load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(20, 100)).await?;
+        }
+    }
+    let roll_until = Instant::now();
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 500)).await?;
+    let (failed, stalled) = load.troubles_during(roll_from..roll_until);
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    let (steady, steady_n) = p99_delivery(&checked, steady_from..roll_from);
+    let (rolling, rolling_n) = p99_delivery(&checked, roll_from..roll_until);
+    println!(
+        "[faults] 14: rolled {} in {:.1} s; during the roll {failed} send attempts failed (retried with the same \
+         id) and {stalled} stalled; p99 acknowledgement → arrival {rolling:?} over {rolling_n} messages during \
+         the roll, {steady:?} over {steady_n} before it",
+        rolled.join(", "),
+        (roll_until - roll_from).as_secs_f64()
+    );
+    let acked: Vec<(&str, &AckedMap)> =
+        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
+    check_log(&cluster, &acked).await?;
+    print("14 a rolling restart of every instance", &checked.tally);
     cluster.shutdown().await
 }

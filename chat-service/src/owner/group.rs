@@ -45,6 +45,7 @@ pub struct Local {
     pub partition: i32,
     pub jobs: mpsc::Sender<Job>,
     pub known: SharedKnown,
+    revoked: Arc<AtomicBool>,
 }
 
 /// The store's half of what a new owner needs (see [`Projected`]).
@@ -80,6 +81,8 @@ struct Inner {
     state: Mutex<State>,
     epochs: AtomicU64,
     stop: AtomicBool,
+    /// Per partition: held by whoever writes it in this process (its acquisition, then its batcher).
+    gates: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<()>>>>,
     pub stats: Arc<OwnerStats>,
     acquisitions: AtomicU64,
 }
@@ -137,6 +140,7 @@ impl Owners {
             state: Mutex::new(State::default()),
             epochs: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            gates: Mutex::default(),
             stats: Arc::default(),
             acquisitions: AtomicU64::new(0),
         });
@@ -225,6 +229,7 @@ impl Inner {
             for p in partitions {
                 state.assigned.remove(p);
                 if let Some((local, task)) = state.serving.remove(p) {
+                    local.revoked.store(true, Ordering::SeqCst);
                     drop(local);
                     tasks.push(task);
                 }
@@ -235,9 +240,10 @@ impl Inner {
         // and the next owner's fence settles whatever this one left open.
         let wait = self.config.log.call_timeout * 2;
         self.runtime.block_on(async {
-            for t in tasks {
-                if tokio::time::timeout(wait, t).await.is_err() {
-                    tracing::warn!("a revoked partition's batcher did not stop in time");
+            for mut t in tasks {
+                if tokio::time::timeout(wait, &mut t).await.is_err() {
+                    tracing::warn!("a revoked partition's batcher did not stop in time; stopping it");
+                    t.abort();
                 }
             }
         });
@@ -255,18 +261,29 @@ impl Inner {
 
     /// Acquires a partition, retrying until it succeeds or the partition is no longer assigned here.
     async fn acquire(self: Arc<Self>, partition: i32, epoch: u64) {
+        // One writer of a partition at a time in this process: an earlier acquisition or batcher of the
+        // partition (revoked meanwhile) finishes first, so that its late `init_transactions` cannot fence
+        // this one.
+        let gate = lock(&self.gates).entry(partition).or_default().clone();
+        let guard = gate.lock_owned().await;
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(100);
         while self.still_assigned(partition, epoch) && !self.stop.load(Ordering::Relaxed) {
             match self.try_acquire(partition).await {
                 Ok(batcher) => {
                     let (jobs, rx) = mpsc::channel(QUEUE);
-                    let local = Local { partition, jobs, known: batcher.known.clone() };
+                    let local =
+                        Local { partition, jobs, known: batcher.known.clone(), revoked: batcher.revoked.clone() };
                     let mut state = lock(&self.state);
                     if state.assigned.get(&partition) != Some(&epoch) {
                         return;
                     }
-                    let task = self.runtime.spawn(batcher.run(rx));
+                    let me = self.clone();
+                    let task = self.runtime.spawn(async move {
+                        batcher.run(rx).await;
+                        drop(guard);
+                        me.after_batcher(partition, epoch);
+                    });
                     state.serving.insert(partition, (local, task));
                     self.acquisitions.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(partition, took_ms = started.elapsed().as_millis() as u64, "partition acquired");
@@ -281,6 +298,18 @@ impl Inner {
         }
     }
 
+    /// A batcher stopped. If the partition is still assigned here, it was fenced by a writer of this
+    /// partition that is gone now (a stale one, from before a revocation): acquire it again.
+    fn after_batcher(self: &Arc<Self>, partition: i32, epoch: u64) {
+        if !self.still_assigned(partition, epoch) || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        lock(&self.state).serving.remove(&partition);
+        tracing::warn!(partition, "the partition's writer was fenced while still assigned here; acquiring it again");
+        let me = self.clone();
+        self.runtime.spawn(async move { me.acquire(partition, epoch).await });
+    }
+
     async fn try_acquire(&self, partition: i32) -> Result<Batcher<KafkaPartition, StoreProjected>, String> {
         let log = KafkaPartition::open(self.config.log.clone(), partition).await.map_err(|e| e.to_string())?;
         let projected = Arc::new(StoreProjected { store: self.store.clone(), log: self.config.log.clone(), partition });
@@ -290,6 +319,7 @@ impl Inner {
             known: SharedKnown::default(),
             batching: self.config.batching,
             stats: self.stats.clone(),
+            revoked: Arc::default(),
         };
         batcher.acquire().await?;
         self.store

@@ -16,6 +16,20 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{PartitionLog, WriteError};
 
+/// The context of a reader that reads a partition to its end: reaching the end is reported as an error
+/// event (`enable.partition.eof`), which is what it waits for, not something to log.
+pub struct TailReader;
+
+impl rdkafka::ClientContext for TailReader {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for TailReader {}
+
 /// How to reach the log, shared by the partitions' writers and readers.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -163,13 +177,13 @@ pub async fn read_partition(
 ) -> Result<Vec<(i64, LogEvent)>, WriteError> {
     let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
     blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<TailReader> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", "chat-service-owner-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(TailReader)
             .map_err(|e| WriteError::Unknown(format!("creating the reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Offset(from.max(0)))
