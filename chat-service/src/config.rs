@@ -41,7 +41,7 @@ pub struct Config {
     /// Who gives messages their numbers: `claim`, a conditional write per send in the store, by any
     /// replica; or `log`, the replica owning the conversation's partition of the log, in Kafka transactions
     /// (ARCHITECTURE.md, "The order of a conversation").
-    #[arg(long, env = "CHAT_ORDER", value_enum, default_value_t = OrderKind::Claim)]
+    #[arg(long, env = "CHAT_ORDER", value_enum, default_value_t = OrderKind::Log)]
     pub order: OrderKind,
     /// The address other replicas forward a partition's writes to (default: the bound gRPC address).
     #[arg(long, env = "CHAT_ADVERTISE_ADDR")]

@@ -30,11 +30,11 @@ pub fn redis_url() -> String {
 }
 
 /// Who numbers messages in the services the tests start: `TEST_CHAT_ORDER` (`claim` or `log`; default
-/// `claim`), so that the whole suite runs against either order.
+/// `log`), so that the whole suite runs against either order.
 pub fn order() -> chat_service::OrderKind {
     match std::env::var("TEST_CHAT_ORDER").as_deref() {
-        Ok("log") => chat_service::OrderKind::Log,
-        _ => chat_service::OrderKind::Claim,
+        Ok("claim") => chat_service::OrderKind::Claim,
+        _ => chat_service::OrderKind::Log,
     }
 }
 
