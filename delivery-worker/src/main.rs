@@ -9,11 +9,12 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     lifecycle::init_tracing();
-    let app = match delivery_worker::App::build(&config).await {
+    let shutdown = lifecycle::Shutdown::on_signal();
+    let app = match shutdown.start("delivery worker", delivery_worker::App::build(&config)).await {
         Ok(app) => app,
-        Err(e) => return lifecycle::failed("delivery worker failed to start", &format!("{e:#}")),
+        Err(code) => return code,
     };
-    match app.run(lifecycle::shutdown_signal()).await {
+    match app.run(shutdown.requested()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => lifecycle::failed("delivery worker stopped with an error", &format!("{e:#}")),
     }

@@ -9,11 +9,12 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     lifecycle::init_tracing();
-    let app = match gateway::App::build(&config).await {
+    let shutdown = lifecycle::Shutdown::on_signal();
+    let app = match shutdown.start("gateway", gateway::App::build(&config)).await {
         Ok(app) => app,
-        Err(e) => return lifecycle::failed("gateway failed to start", &format!("{e:#}")),
+        Err(code) => return code,
     };
-    match app.run(lifecycle::shutdown_signal()).await {
+    match app.run(shutdown.requested()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => lifecycle::failed("gateway stopped with an error", &format!("{e:#}")),
     }

@@ -48,21 +48,55 @@ pub fn init_tracing() {
     failpoints::setup();
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM or Ctrl-C, watched from the moment [`Shutdown::on_signal`] is called: a signal that comes while
+/// the service is still starting (joining a group, rebuilding state) stops it cleanly rather than killing it.
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Installs the handlers now (must run inside the runtime).
+    pub fn on_signal() -> Shutdown {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        tokio::spawn(async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch for SIGTERM/SIGINT; stop with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutdown signal received");
+            let _ = tx.send(true);
+            // Kept open so that every clone still waiting sees the signal.
+            std::future::pending::<()>().await;
+        });
+        Shutdown(rx)
+    }
+
+    /// Resolves once the signal has come.
+    pub async fn requested(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// Runs a service's start-up unless the signal comes first: `Err(SUCCESS)` then, since stopping while
+    /// starting is what was asked; `Err(FAILURE)` when the start-up fails.
+    pub async fn start<A, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        build: impl Future<Output = Result<A, E>>,
+    ) -> Result<A, ExitCode> {
+        tokio::select! {
+            built = build => built.map_err(|e| failed(&format!("{what} failed to start"), &format!("{e:#}"))),
+            () = self.clone().requested() => {
+                tracing::warn!("{what} stopped while starting");
+                Err(ExitCode::SUCCESS)
+            }
         }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
-    tracing::info!("shutdown signal received");
+    }
 }
 
 /// Logs why a service could not start or stopped with an error, and gives the exit code.
