@@ -517,7 +517,7 @@ impl Runner {
                     }
                     Some(Cmd::Disconnect) => return End::Reconnect(None),
                     Some(Cmd::Stop) | None => {
-                        let _ = ws.close(None).await;
+                        self.close_handshake(&mut ws).await;
                         return End::Stop;
                     }
                 },
@@ -526,6 +526,29 @@ impl Runner {
                         return End::Reconnect(None);
                     }
                 }
+            }
+        }
+    }
+
+    /// Closes as a client should: sends the close frame, then reads until the gateway's close frame (at
+    /// most 5 s). What the gateway sent before it saw the close still arrives and is recorded, and once this
+    /// returns the gateway has stopped taking pushes for this connection (they go to the inbox): the device is
+    /// offline in the servers' eyes, not only in its own.
+    async fn close_handshake(&mut self, ws: &mut Ws) {
+        if ws.close(None).await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            match frame {
+                Message::Text(t) => {
+                    if let Ok(f) = serde_json::from_str::<Value>(t.as_str()) {
+                        // Acknowledgements cannot be sent after the close frame; the frame is still recorded.
+                        let _ = self.on_frame(ws, f).await;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
             }
         }
     }

@@ -22,10 +22,16 @@ pub struct TailReader;
 
 impl rdkafka::ClientContext for TailReader {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !end_of_partition(&error) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }
+}
+
+/// Whether `error` only says a partition was read to its end: the error callback gets it as a global error
+/// of code PartitionEOF, a consumer's poll as PartitionEOF.
+fn end_of_partition(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF))
 }
 
 impl rdkafka::consumer::ConsumerContext for TailReader {}
@@ -247,5 +253,17 @@ fn created_at(ev: &LogEvent) -> i64 {
         LogEvent::ConversationCreated(c) => c.created_at_ms,
         LogEvent::MembersChanged(c) => c.at_ms,
         LogEvent::ReceiptRecorded(_) => chat_model::now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_partition_is_not_an_error_but_a_broker_failure_is() {
+        assert!(end_of_partition(&KafkaError::PartitionEOF(3)));
+        assert!(end_of_partition(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF)));
+        assert!(!end_of_partition(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)));
     }
 }
