@@ -47,7 +47,7 @@ pub struct Message {
     pub sender_device_id: DeviceId,
     pub client_msg_id: ClientMsgId,
     pub body: Body,
-    /// Server time at which the message claimed its number, in milliseconds since the Unix epoch.
+    /// Server time at which the message was numbered, in milliseconds since the Unix epoch.
     pub sent_at_ms: i64,
 }
 

@@ -12,16 +12,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, OrderKind};
+use crate::config::Config;
 use crate::event_log::KafkaEventLog;
-use crate::grpc::{ChatGrpc, Order};
+use crate::grpc::ChatGrpc;
 use crate::members::Members;
 use crate::owned::Owned;
 use crate::owner::Batching;
 use crate::owner::group::{Owners, OwnersConfig, partition_count};
 use crate::owner::kafka::LogConfig;
 use crate::route::Router;
-use crate::send::Sequencer;
 
 /// Largest gRPC message the service accepts or sends: a page of history at the largest body size, with room.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -31,8 +30,8 @@ const CALL_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct App {
     listener: TcpListener,
     service: ChatGrpc,
-    /// This replica's share of the log's partitions (`CHAT_ORDER=log`).
-    owners: Option<Owners>,
+    /// This replica's share of the log's partitions.
+    owners: Owners,
     tls: Option<lifecycle::grpc_tls::GrpcTls>,
     /// Longest any call may run (a caller's shorter `grpc-timeout` wins).
     call_timeout: std::time::Duration,
@@ -59,42 +58,36 @@ impl App {
         let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, partitions, config.send_timeout())
             .context("creating the kafka producer")?;
         let members = Members::new(store.clone(), Duration::from_millis(config.members_cache_ms));
-        let (order, owners) = match config.order {
-            OrderKind::Claim => (Order::Claim(Sequencer::new(store.clone(), log.clone(), members)), None),
-            OrderKind::Log => {
-                let owners = Owners::start(
-                    OwnersConfig {
-                        log: log_config,
-                        group: config.owner_group_id.clone(),
-                        advertise: advertise.clone(),
-                        batching: Batching {
-                            max: config.batch_max,
-                            linger: Duration::from_micros(config.batch_linger_us),
-                            ..Batching::default()
-                        },
-                        session_timeout: Duration::from_millis(config.owner_session_timeout_ms),
-                    },
-                    store.clone(),
-                )
-                .await
-                .context("joining the owners' group")?;
-                // Serve once the group has given this replica its partitions (or after the wait: then every
-                // write is forwarded, or answered `unavailable` until the group settles).
-                if !owners.wait_serving(Duration::from_millis(config.owner_session_timeout_ms) * 3).await {
-                    tracing::warn!("no partition of the log acquired yet; serving anyway");
-                }
-                let router = Router::new(
-                    store.clone(),
-                    &config.events_topic,
-                    &advertise,
-                    tls.as_ref().map(|t| t.client()),
-                    config.send_timeout(),
-                );
-                let owned = Owned { owners: owners.clone(), store: store.clone(), members, router };
-                (Order::Log(Arc::new(owned)), Some(owners))
-            }
-        };
-        let service = ChatGrpc { store, order, log, send_timeout: config.send_timeout() };
+        let owners = Owners::start(
+            OwnersConfig {
+                log: log_config,
+                group: config.owner_group_id.clone(),
+                advertise: advertise.clone(),
+                batching: Batching {
+                    max: config.batch_max,
+                    linger: Duration::from_micros(config.batch_linger_us),
+                    ..Batching::default()
+                },
+                session_timeout: Duration::from_millis(config.owner_session_timeout_ms),
+            },
+            store.clone(),
+        )
+        .await
+        .context("joining the owners' group")?;
+        // Serve once the group has given this replica its partitions (or after the wait: then every write
+        // is forwarded, or answered `unavailable` until the group settles).
+        if !owners.wait_serving(Duration::from_millis(config.owner_session_timeout_ms) * 3).await {
+            tracing::warn!("no partition of the log acquired yet; serving anyway");
+        }
+        let router = Router::new(
+            store.clone(),
+            &config.events_topic,
+            &advertise,
+            tls.as_ref().map(|t| t.client()),
+            config.send_timeout(),
+        );
+        let owned = Arc::new(Owned { owners: owners.clone(), store: store.clone(), members, router });
+        let service = ChatGrpc { store, owned, log, send_timeout: config.send_timeout() };
         // A send may take its whole timeout; a history page a few store requests.
         let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;
         Ok(App { listener, service, owners, tls, call_timeout })
@@ -129,9 +122,7 @@ impl App {
             .await
             .context("grpc server")?;
         // Leaving the owners' group hands this replica's partitions to the others at once.
-        if let Some(owners) = self.owners {
-            owners.stop().await;
-        }
+        self.owners.stop().await;
         Ok(())
     }
 }

@@ -23,7 +23,8 @@ pub struct Config {
     pub cassandra_nodes: Vec<String>,
     #[arg(long, env = "CHAT_CASSANDRA_KEYSPACE", default_value = "chat")]
     pub cassandra_keyspace: String,
-    /// Longest time a send may take end to end (claim, Kafka, history) before it fails as retryable.
+    /// Longest time a send may take end to end (membership, numbering, the transaction's commit) before it
+    /// fails as retryable.
     #[arg(long, env = "CHAT_SEND_TIMEOUT_MS", default_value_t = 10_000)]
     pub send_timeout_ms: u64,
     /// How long history keeps a message, in seconds; 0 keeps it forever. Reading before what is kept is
@@ -38,11 +39,6 @@ pub struct Config {
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     pub store_timeout_ms: u64,
-    /// Who gives messages their numbers: `claim`, a conditional write per send in the store, by any
-    /// replica; or `log`, the replica owning the conversation's partition of the log, in Kafka transactions
-    /// (ARCHITECTURE.md, "The order of a conversation").
-    #[arg(long, env = "CHAT_ORDER", value_enum, default_value_t = OrderKind::Log)]
-    pub order: OrderKind,
     /// The address other replicas forward a partition's writes to (default: the bound gRPC address).
     #[arg(long, env = "CHAT_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
@@ -68,13 +64,6 @@ pub struct Config {
     /// Mutual TLS with the gateways (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
-}
-
-/// See [`Config::order`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OrderKind {
-    Claim,
-    Log,
 }
 
 impl lifecycle::Config for Config {
@@ -128,10 +117,6 @@ impl Config {
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_millis(self.store_timeout_ms),
             message_ttl_secs: self.message_ttl_secs,
-            heads: match self.order {
-                OrderKind::Claim => chat_store::HeadSource::Sequencer,
-                OrderKind::Log => chat_store::HeadSource::Projected,
-            },
         }
     }
 }

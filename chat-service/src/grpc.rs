@@ -12,9 +12,8 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
 use crate::event_log::KafkaEventLog;
-use crate::owned::Owned;
+use crate::owned::{Owned, SendRequest, Sent};
 use crate::route::{CONVERSATION_ID, FORWARDED};
-use crate::send::{SendRequest, Sent, Sequencer};
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
@@ -26,17 +25,10 @@ const DEFAULT_PAGE: u32 = 100;
 
 pub struct ChatGrpc {
     pub store: CassandraStore,
-    pub order: Order,
+    /// The writes of the partitions this replica owns, and the forwarding of the others'.
+    pub owned: Arc<Owned>,
     pub log: KafkaEventLog,
     pub send_timeout: Duration,
-}
-
-/// Who gives a message its number (`CHAT_ORDER`).
-pub enum Order {
-    /// Any replica, by a conditional write on the conversation's head in the store.
-    Claim(Sequencer),
-    /// The owner of the conversation's partition of the log, in its transactions.
-    Log(Arc<Owned>),
 }
 
 fn send_response(sent: Sent) -> v1::SendMessageResponse {
@@ -216,29 +208,24 @@ impl ChatService for ChatGrpc {
         }
         let new =
             NewConversation { id: ConversationId::generate(), kind, title: r.title, created_by: creator, members };
-        let id = match &self.order {
-            Order::Claim(_) => {
-                self.store.create_conversation(&new).await.map_err(ChatError::from)?;
-                new.id
+        let owned = &self.owned;
+        let id = match (chosen, owned.local_id()) {
+            (Some(id), _) => {
+                let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
+                owned.create(local, NewConversation { id, ..new }).await?
             }
-            Order::Log(owned) => match (chosen, owned.local_id()) {
-                (Some(id), _) => {
-                    let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
-                    owned.create(local, NewConversation { id, ..new }).await?
-                }
-                (None, Some((id, local))) => owned.create(local, NewConversation { id, ..new }).await?,
-                (None, None) if forwarded => return Err(ChatError::NotOwner.into()),
-                // This replica owns no partition (yet): the owner of the new id's partition creates it.
-                (None, None) => {
-                    let p = owned.route(new.id).0;
-                    let mut owner = owned.router.owner(p).await?;
-                    let mut request = owned.router.forwarded(raw);
-                    let id = new.id.to_string().parse().map_err(|_| ChatError::Invalid("conversation id".into()))?;
-                    request.metadata_mut().insert(CONVERSATION_ID, id);
-                    let answer = owner.create_conversation(request).await;
-                    return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
-                }
-            },
+            (None, Some((id, local))) => owned.create(local, NewConversation { id, ..new }).await?,
+            (None, None) if forwarded => return Err(ChatError::NotOwner.into()),
+            // This replica owns no partition (yet): the owner of the new id's partition creates it.
+            (None, None) => {
+                let p = owned.route(new.id).0;
+                let mut owner = owned.router.owner(p).await?;
+                let mut request = owned.router.forwarded(raw);
+                let id = new.id.to_string().parse().map_err(|_| ChatError::Invalid("conversation id".into()))?;
+                request.metadata_mut().insert(CONVERSATION_ID, id);
+                let answer = owner.create_conversation(request).await;
+                return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+            }
         };
         let conversation = self.reload(id).await?;
         Ok(Response::new(v1::CreateConversationResponse { conversation: Some(conversation) }))
@@ -253,17 +240,16 @@ impl ChatService for ChatGrpc {
         let id = conversation(&r.conversation_id)?;
         let actor = user("acting_user_id", &r.acting_user_id)?;
         let add = users("user_ids", &r.user_ids)?;
-        if let Order::Log(owned) = &self.order {
-            let (p, local) = owned.route(id);
-            if local.is_none() {
-                if forwarded {
-                    return Err(ChatError::NotOwner.into());
-                }
-                let mut owner = owned.router.owner(p).await?;
-                let answer = owner.add_members(owned.router.forwarded(r)).await;
-                return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+        let owned = &self.owned;
+        let (p, local) = owned.route(id);
+        let Some(local) = local else {
+            if forwarded {
+                return Err(ChatError::NotOwner.into());
             }
-        }
+            let mut owner = owned.router.owner(p).await?;
+            let answer = owner.add_members(owned.router.forwarded(r)).await;
+            return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+        };
         let c = self.member_conversation(id, &actor).await?;
         if c.kind == ConversationKind::Direct {
             return Err(
@@ -276,13 +262,7 @@ impl ChatService for ChatGrpc {
                 ChatError::FailedPrecondition(format!("a group has at most {MAX_GROUP_MEMBERS} members")).into()
             );
         }
-        match &self.order {
-            Order::Claim(_) => self.store.add_members(id, &add, chat_model::now_ms()).await.map_err(ChatError::from)?,
-            Order::Log(owned) => {
-                let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
-                owned.change_members(local, id, c.kind, actor, add, Vec::new()).await?;
-            }
-        }
+        owned.change_members(local, id, c.kind, actor, add, Vec::new()).await?;
         Ok(Response::new(v1::AddMembersResponse { conversation: Some(self.reload(id).await?) }))
     }
 
@@ -295,33 +275,23 @@ impl ChatService for ChatGrpc {
         let id = conversation(&r.conversation_id)?;
         let actor = user("acting_user_id", &r.acting_user_id)?;
         let remove = users("user_ids", &r.user_ids)?;
-        if let Order::Log(owned) = &self.order {
-            let (p, local) = owned.route(id);
-            if local.is_none() {
-                if forwarded {
-                    return Err(ChatError::NotOwner.into());
-                }
-                let mut owner = owned.router.owner(p).await?;
-                let answer = owner.remove_members(owned.router.forwarded(r)).await;
-                return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+        let owned = &self.owned;
+        let (p, local) = owned.route(id);
+        let Some(local) = local else {
+            if forwarded {
+                return Err(ChatError::NotOwner.into());
             }
-        }
+            let mut owner = owned.router.owner(p).await?;
+            let answer = owner.remove_members(owned.router.forwarded(r)).await;
+            return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
+        };
         let c = self.member_conversation(id, &actor).await?;
         if c.kind == ConversationKind::Direct {
             return Err(
                 ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
             );
         }
-        match &self.order {
-            Order::Claim(sequencer) => {
-                self.store.remove_members(id, &remove).await.map_err(ChatError::from)?;
-                sequencer.members.forget(id, &remove);
-            }
-            Order::Log(owned) => {
-                let local = owned.route(id).1.ok_or(ChatError::NotOwner)?;
-                owned.change_members(local, id, c.kind, actor, Vec::new(), remove).await?;
-            }
-        }
+        owned.change_members(local, id, c.kind, actor, Vec::new(), remove).await?;
         Ok(Response::new(v1::RemoveMembersResponse { conversation: Some(self.reload(id).await?) }))
     }
 
@@ -394,24 +364,22 @@ impl ChatService for ChatGrpc {
 }
 
 impl ChatGrpc {
-    /// A send, by this replica's order: claimed here, numbered here (an owned partition), or forwarded.
+    /// A send: numbered here (an owned partition), or forwarded to its partition's owner.
     async fn send(
         &self,
         req: SendRequest,
         raw: v1::SendMessageRequest,
         forwarded: bool,
     ) -> Result<v1::SendMessageResponse, ChatError> {
-        match &self.order {
-            Order::Claim(sequencer) => sequencer.send(req).await.map(send_response),
-            Order::Log(owned) => match owned.route(req.conversation_id) {
-                (_, Some(local)) => owned.send(local, req).await.map(send_response),
-                (_, None) if forwarded => Err(ChatError::NotOwner),
-                (p, None) => {
-                    let mut owner = owned.router.owner(p).await?;
-                    let answer = owner.send_message(owned.router.forwarded(raw)).await;
-                    forwarded_answer(&owned.router, p, answer)
-                }
-            },
+        let owned = &self.owned;
+        match owned.route(req.conversation_id) {
+            (_, Some(local)) => owned.send(local, req).await.map(send_response),
+            (_, None) if forwarded => Err(ChatError::NotOwner),
+            (p, None) => {
+                let mut owner = owned.router.owner(p).await?;
+                let answer = owner.send_message(owned.router.forwarded(raw)).await;
+                forwarded_answer(&owned.router, p, answer)
+            }
         }
     }
 

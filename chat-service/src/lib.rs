@@ -1,8 +1,10 @@
-//! The chat service: the only writer of messages and conversations.
+//! The chat service: the only writer of the log's events.
 //!
-//! A send is checked, given the conversation's next number by a conditional write in the store
-//! ([`send::Sequencer`]), appended to the Kafka log and written to history, and only then answered
-//! (promise P1). Everything else here is the gRPC surface ([`grpc`]) and the process around it ([`app`]).
+//! Each replica owns some partitions of the events topic ([`owner::group`]); the owner of a conversation's
+//! partition numbers its sends in memory and appends them in Kafka transactions ([`owner`]), answering
+//! each send once its transaction committed (promise P1). Writes of other partitions are forwarded to their
+//! owner ([`route`]). Everything else here is the gRPC surface ([`grpc`]), the process around it ([`app`])
+//! and the rebuild of the store from the log ([`rebuild`]).
 
 pub mod app;
 pub mod config;
@@ -14,7 +16,6 @@ pub mod owned;
 pub mod owner;
 pub mod rebuild;
 pub mod route;
-pub mod send;
 
 pub use app::App;
-pub use config::{Config, OrderKind};
+pub use config::Config;

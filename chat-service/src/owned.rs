@@ -1,7 +1,7 @@
-//! The writes of the conversations whose partition this replica owns, when the log is the order
-//! (`CHAT_ORDER=log`): a send, a conversation created, members changed. Each is checked against the store,
-//! then handed to the partition's batcher ([`crate::owner`]) and answered once the batcher's transaction
-//! committed. Writes of partitions owned elsewhere are forwarded ([`crate::route`]).
+//! The writes of the conversations whose partition this replica owns: a send, a conversation created,
+//! members changed. Each is checked against the store, then handed to the partition's batcher
+//! ([`crate::owner`]) and answered once the batcher's transaction committed. Writes of partitions owned
+//! elsewhere are forwarded ([`crate::route`]).
 
 use chat_model::event::{Created, LogEvent, MembersChange};
 use chat_model::{ConversationId, ConversationKind, Message, MessageId, Seq, UserId};
@@ -13,7 +13,25 @@ use crate::members::Members;
 use crate::owner::group::{Local, Owners};
 use crate::owner::{EventJob, Job, OwnerError, SendJob, SendKey};
 use crate::route::Router;
-use crate::send::{SendRequest, Sent};
+
+/// A checked send request.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub sender_device_id: chat_model::DeviceId,
+    pub client_msg_id: chat_model::ClientMsgId,
+    pub body: chat_model::Body,
+}
+
+/// The answer to a send: the message's id and place, and whether an earlier send already had them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub seq: Seq,
+    pub sent_at_ms: i64,
+    pub duplicate: bool,
+}
 
 /// Ids tried for a new conversation before giving up on finding one in a partition this replica owns.
 const ID_TRIES: usize = 256;

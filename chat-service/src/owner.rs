@@ -267,7 +267,15 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let flow = self.handle(batch).await;
+            // A partition revoked meanwhile is another replica's: nothing more is numbered here.
+            let flow = if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                for job in batch {
+                    refuse(job, OwnerError::NotOwner);
+                }
+                Flow::Fenced
+            } else {
+                self.handle(batch).await
+            };
             let revoked = self.revoked.load(std::sync::atomic::Ordering::SeqCst);
             match flow {
                 Flow::Go if !revoked => {}
@@ -650,6 +658,27 @@ mod tests {
             .is_err()
         );
         assert!(seqs(&committed, c).is_empty(), "nothing reached the log");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_partition_answers_not_owner_and_writes_nothing() {
+        let c = ConversationId::generate();
+        let store = Arc::new(FakeStore::default());
+        let log = FakeLog::default();
+        let committed = log.committed.clone();
+        let b = batcher(log, store);
+        let revoked = b.revoked.clone();
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        assert_eq!(answer(send(&jobs, message(c, "alice", "a1"), Some(0))).await.expect("sent").0.seq.get(), 1);
+        // The partition moves to another replica: what comes after is refused, not numbered.
+        revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        let late = send(&jobs, message(c, "bob", "b1"), Some(0));
+        let after = send(&jobs, message(c, "bob", "b2"), Some(0));
+        assert_eq!(answer(late).await, Err(OwnerError::NotOwner), "a send for a partition no longer owned");
+        assert_eq!(answer(after).await, Err(OwnerError::NotOwner));
+        task.await.expect("the batcher stops once revoked");
+        assert_eq!(seqs(&committed, c), vec![1], "nothing after the revocation reached the log");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_init", include_str!("../migrations/0001_init.cql")),
     (2, "0002_read_positions", include_str!("../migrations/0002_read_positions.cql")),
     (3, "0003_log_order", include_str!("../migrations/0003_log_order.cql")),
+    (4, "0004_drop_claims", include_str!("../migrations/0004_drop_claims.cql")),
 ];
 
 /// Creates the keyspace if needed and applies the migrations it has not seen yet.

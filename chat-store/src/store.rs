@@ -7,20 +7,15 @@ use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, 
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlTimestamp, CqlValue, Row};
+use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
 use crate::{StoreError, now_ms};
 
 /// Messages per history partition: `bucket = (seq - 1) / BUCKET_SIZE`.
 pub const BUCKET_SIZE: u64 = 1000;
-
-/// How long a send's idempotency record (and its claim row) is kept: a retry within this window returns the
-/// original message; a retry after it is a new message. Seven days.
-pub const IDEMPOTENCY_TTL_SECS: i32 = 7 * 24 * 3600;
 
 /// The history partition that holds `seq`.
 pub fn bucket_of(seq: Seq) -> i64 {
@@ -35,18 +30,6 @@ pub struct StoreConfig {
     pub request_timeout: Duration,
     /// How long history keeps a message, in seconds; 0 keeps it forever.
     pub message_ttl_secs: i32,
-    /// Where a conversation's last number comes from: the sequencer's head row (numbers claimed in the
-    /// store), or history as the delivery workers projected it from the log (numbers given by the log's
-    /// partition owners).
-    pub heads: HeadSource,
-}
-
-/// See [`StoreConfig::heads`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HeadSource {
-    #[default]
-    Sequencer,
-    Projected,
 }
 
 /// A send's idempotency record, as projected from the log (`sends`).
@@ -79,29 +62,6 @@ pub struct ConversationRecord {
     pub read_positions: Vec<(UserId, u64)>,
 }
 
-/// The idempotency record of a send that already holds a number.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Existing {
-    pub message_id: MessageId,
-    pub seq: Seq,
-    pub sent_at_ms: i64,
-    /// Set once the message is in Kafka and in the history table.
-    pub published: bool,
-}
-
-/// What a claim attempt found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// The message now holds its number; its claim row and idempotency record are durable.
-    Claimed,
-    /// Another message took the expected number first: the conversation's head is now this.
-    HeadMoved(u64),
-    /// This (sender, client id) was sent before.
-    Duplicate(Existing),
-    /// The conversation has no head row: it does not exist.
-    NoConversation,
-}
-
 /// The platform's CQL, behind domain operations. Cheap to clone.
 #[derive(Clone)]
 pub struct CassandraStore {
@@ -109,9 +69,6 @@ pub struct CassandraStore {
     st: Arc<Statements>,
     /// TTL of history rows (0: none).
     message_ttl: i32,
-    /// TTL of claim rows: they only need to outlive publication, and must not outlive the history they repair.
-    claim_ttl: i32,
-    heads: HeadSource,
 }
 
 struct Statements {
@@ -120,16 +77,9 @@ struct Statements {
     insert_by_user: PreparedStatement,
     delete_member: PreparedStatement,
     delete_by_user: PreparedStatement,
-    insert_head: PreparedStatement,
     select_conversation: PreparedStatement,
     select_members: PreparedStatement,
     select_member: PreparedStatement,
-    select_head: PreparedStatement,
-    select_head_serial: PreparedStatement,
-    claim_batch: Batch,
-    select_idem_serial: PreparedStatement,
-    mark_published: PreparedStatement,
-    select_claim: PreparedStatement,
     insert_message: PreparedStatement,
     select_messages: PreparedStatement,
     select_first_after: PreparedStatement,
@@ -141,10 +91,6 @@ struct Statements {
     delete_inbox_upto: PreparedStatement,
     select_cursor: PreparedStatement,
     update_cursor: PreparedStatement,
-    raise_read: PreparedStatement,
-    insert_read: PreparedStatement,
-    select_read_serial: PreparedStatement,
-    select_reads: PreparedStatement,
     insert_send: PreparedStatement,
     select_send: PreparedStatement,
     select_last_in_bucket: PreparedStatement,
@@ -157,19 +103,6 @@ struct Statements {
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at";
 type MessageRow = (i64, Uuid, String, String, String, String, CqlTimestamp);
-
-fn head_key() -> &'static str {
-    "head"
-}
-
-fn idem_key(sender: &UserId, client_msg_id: &ClientMsgId) -> String {
-    // '/' is outside the id alphabet, so keys cannot collide.
-    format!("c/{sender}/{client_msg_id}")
-}
-
-fn claim_key(seq: Seq) -> String {
-    format!("s/{:020}", seq.get())
-}
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -190,34 +123,15 @@ impl CassandraStore {
         session.use_keyspace(&config.keyspace, false).await?;
         let st = Statements::prepare(&session).await?;
         let message_ttl = config.message_ttl_secs.max(0);
-        let claim_ttl = if message_ttl > 0 { message_ttl.min(IDEMPOTENCY_TTL_SECS) } else { IDEMPOTENCY_TTL_SECS };
-        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st), message_ttl, claim_ttl, heads: config.heads })
+        Ok(CassandraStore { session: Arc::new(session), st: Arc::new(st), message_ttl })
     }
 
     pub fn session(&self) -> &Session {
         &self.session
     }
 
-    pub async fn create_conversation(&self, c: &NewConversation) -> Result<(), StoreError> {
-        let id = c.id.as_uuid();
-        let now = CqlTimestamp(now_ms());
-        // Members and the head first, the descriptive row last: a conversation is visible only when whole.
-        for m in &c.members {
-            self.session.execute_unpaged(&self.st.insert_member, (id, m.as_str(), now)).await?;
-            self.session.execute_unpaged(&self.st.insert_by_user, (m.as_str(), id)).await?;
-        }
-        self.session.execute_unpaged(&self.st.insert_head, (id, head_key(), 0_i64)).await?;
-        self.session
-            .execute_unpaged(
-                &self.st.insert_conversation,
-                (id, kind_code(c.kind), c.title.as_str(), c.created_by.as_str(), now),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Writes a conversation's rows (members, the reverse index, then the descriptive row, so that it is
-    /// visible only when whole), without the sequencer's head: what the log's `ConversationCreated` says.
+    /// visible only when whole): what the log's `ConversationCreated` says.
     pub async fn write_conversation(
         &self,
         id: ConversationId,
@@ -300,19 +214,12 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// The conversation's last number, or `None` when it does not exist: the sequencer's head (a plain read
-    /// that may lag a concurrent claim, which only costs that claim a retry), or the last number in history
-    /// (see [`HeadSource`]).
+    /// The conversation's last number (see [`Self::projected_head`]), or `None` when it does not exist.
     pub async fn head(&self, id: ConversationId) -> Result<Option<u64>, StoreError> {
-        match self.heads {
-            HeadSource::Sequencer => self.read_head(&self.st.select_head, id).await,
-            HeadSource::Projected => {
-                if !self.conversation_exists(id).await? {
-                    return Ok(None);
-                }
-                self.projected_head(id).await.map(Some)
-            }
+        if !self.conversation_exists(id).await? {
+            return Ok(None);
         }
+        self.projected_head(id).await.map(Some)
     }
 
     pub async fn conversation_exists(&self, id: ConversationId) -> Result<bool, StoreError> {
@@ -408,126 +315,6 @@ impl CassandraStore {
         Ok(row.and_then(|(o,)| o))
     }
 
-    async fn read_head(&self, st: &PreparedStatement, id: ConversationId) -> Result<Option<u64>, StoreError> {
-        let row = self
-            .session
-            .execute_unpaged(st, (id.as_uuid(), head_key()))
-            .await?
-            .into_rows_result()?
-            .maybe_first_row::<(Option<i64>,)>()?;
-        Ok(row.map(|(n,)| u64::try_from(n.unwrap_or(0)).unwrap_or(0)))
-    }
-
-    /// Tries to give `message` the number `message.seq`, expecting the head to be `message.seq - 1`.
-    ///
-    /// One conditional batch in the conversation's sequencer partition moves the head forward, records the
-    /// send's idempotency key and stores the claim (the whole message). Either all three happen or none does,
-    /// so two messages can never hold one number, a number is never taken without its message, and a send
-    /// can never hold two numbers.
-    pub async fn claim(&self, message: &Message) -> Result<ClaimOutcome, StoreError> {
-        let id = message.conversation_id.as_uuid();
-        let seq = to_i64(message.seq.get());
-        let sent_at = CqlTimestamp(message.sent_at_ms);
-        let values = (
-            (to_i64(message.seq.get()), id, head_key(), seq - 1),
-            (
-                id,
-                idem_key(&message.sender_id, &message.client_msg_id),
-                seq,
-                message.message_id.as_uuid(),
-                sent_at,
-                IDEMPOTENCY_TTL_SECS,
-            ),
-            (
-                id,
-                claim_key(message.seq),
-                seq,
-                message.message_id.as_uuid(),
-                message.sender_id.as_str(),
-                message.sender_device_id.as_str(),
-                message.client_msg_id.as_str(),
-                message.body.as_str(),
-                sent_at,
-                self.claim_ttl,
-            ),
-        );
-        let result = self.session.batch(&self.st.claim_batch, values).await?;
-        if applied(result)? {
-            return Ok(ClaimOutcome::Claimed);
-        }
-        // Not applied: find out which condition failed, reading at SERIAL so that we see every committed claim.
-        if let Some(existing) =
-            self.idempotency_record(message.conversation_id, &message.sender_id, &message.client_msg_id).await?
-        {
-            return Ok(ClaimOutcome::Duplicate(existing));
-        }
-        match self.read_head(&self.st.select_head_serial, message.conversation_id).await? {
-            Some(head) => Ok(ClaimOutcome::HeadMoved(head)),
-            None => Ok(ClaimOutcome::NoConversation),
-        }
-    }
-
-    /// The idempotency record of (sender, client id) in a conversation, read at SERIAL consistency.
-    pub async fn idempotency_record(
-        &self,
-        id: ConversationId,
-        sender: &UserId,
-        client_msg_id: &ClientMsgId,
-    ) -> Result<Option<Existing>, StoreError> {
-        let row = self
-            .session
-            .execute_unpaged(&self.st.select_idem_serial, (id.as_uuid(), idem_key(sender, client_msg_id)))
-            .await?
-            .into_rows_result()?
-            .maybe_first_row::<(Option<i64>, Option<Uuid>, Option<CqlTimestamp>, Option<bool>)>()?;
-        let Some((seq, message_id, sent_at, published)) = row else {
-            return Ok(None);
-        };
-        let corrupt = |reason: &str| StoreError::Corrupt { table: "sequencer", reason: reason.to_owned() };
-        let seq = seq.and_then(|s| u64::try_from(s).ok()).and_then(Seq::new).ok_or_else(|| corrupt("seq"))?;
-        let message_id = MessageId::from_uuid(message_id.ok_or_else(|| corrupt("message_id"))?);
-        Ok(Some(Existing {
-            message_id,
-            seq,
-            sent_at_ms: sent_at.map(|t| t.0).unwrap_or(0),
-            published: published.unwrap_or(false),
-        }))
-    }
-
-    /// Records that a send's message is in Kafka and in history, so that its retries need not publish it again.
-    pub async fn mark_published(&self, message: &Message) -> Result<(), StoreError> {
-        let key = idem_key(&message.sender_id, &message.client_msg_id);
-        self.session
-            .execute_unpaged(&self.st.mark_published, (IDEMPOTENCY_TTL_SECS, message.conversation_id.as_uuid(), key))
-            .await?;
-        Ok(())
-    }
-
-    /// The claim row of a number: the message as it was when it took the number.
-    pub async fn claimed_message(&self, id: ConversationId, seq: Seq) -> Result<Option<Message>, StoreError> {
-        let row = self
-            .session
-            .execute_unpaged(&self.st.select_claim, (id.as_uuid(), claim_key(seq)))
-            .await?
-            .into_rows_result()?
-            .maybe_first_row::<(
-                Option<i64>,
-                Option<Uuid>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<CqlTimestamp>,
-            )>()?;
-        let Some(r) = row else { return Ok(None) };
-        match r {
-            (Some(s), Some(mid), Some(snd), Some(dev), Some(cid), Some(body), Some(at)) => {
-                message_from_row(id, (s, mid, snd, dev, cid, body, at), "sequencer").map(Some)
-            }
-            _ => Err(StoreError::Corrupt { table: "sequencer", reason: format!("claim {seq} is incomplete") }),
-        }
-    }
-
     /// Writes the immutable history row of a message. Idempotent: a replay writes the same values.
     pub async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
         self.session
@@ -550,9 +337,9 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// Messages with `after < seq <= up_to`, oldest first, at most `limit`, with no gap: a number whose history
-    /// row is not written yet (its sender is between claim and publish, or died there) is read from its claim
-    /// and its history row repaired.
+    /// Messages with `after < seq <= up_to`, oldest first, at most `limit`, with no gap. History is dense
+    /// (the workers write it in log order); a number missing below `up_to` has expired (history's
+    /// retention), which is answered as [`StoreError::Expired`] with the first number still held.
     pub async fn messages_between(
         &self,
         id: ConversationId,
@@ -581,32 +368,20 @@ impl CassandraStore {
             }
             bucket += 1;
         }
-        // Fill holes from the claims, in order.
-        let mut filled = Vec::with_capacity(out.len());
-        let mut rows = out.into_iter().peekable();
-        let mut n = first.get();
-        while n <= last {
-            let seq = Seq::new(n).ok_or_else(|| StoreError::Corrupt { table: "messages", reason: "seq 0".into() })?;
-            if rows.peek().is_some_and(|m| m.seq == seq) {
-                if let Some(m) = rows.next() {
-                    filled.push(m);
-                }
-            } else {
-                match self.claimed_message(id, seq).await? {
-                    Some(m) => {
-                        self.write_message(&m).await?;
-                        filled.push(m);
-                    }
-                    // Neither a history row nor a claim: the number has expired (history retention).
-                    None => {
-                        let first_available = self.first_retained_after(id, seq, up_to).await?;
-                        return Err(StoreError::Expired { first_available });
-                    }
-                }
-            }
-            n += 1;
+        // The first number missing, if any.
+        let missing = out
+            .iter()
+            .enumerate()
+            .find(|(i, m)| m.seq.get() != first.get() + *i as u64)
+            .map(|(i, _)| first.get() + i as u64)
+            .or_else(|| (first.get() + (out.len() as u64) <= last).then(|| first.get() + out.len() as u64));
+        if let Some(missing) = missing {
+            let seq =
+                Seq::new(missing).ok_or_else(|| StoreError::Corrupt { table: "messages", reason: "seq 0".into() })?;
+            let first_available = self.first_retained_after(id, seq, up_to).await?;
+            return Err(StoreError::Expired { first_available });
         }
-        Ok(filled)
+        Ok(out)
     }
 
     /// The first number above `seq` that history still holds, or `up_to + 1` when none up to `up_to` is.
@@ -763,48 +538,6 @@ impl CassandraStore {
         }
         Ok(out)
     }
-
-    /// Moves a member's read position forward to `seq` (never back); answers the position after the call.
-    pub async fn raise_read_position(&self, id: ConversationId, user: &UserId, seq: Seq) -> Result<u64, StoreError> {
-        let n = to_i64(seq.get());
-        // Raise an existing row; create a missing one; if it appeared meanwhile, raise again.
-        for _ in 0..3 {
-            let raised = self.session.execute_unpaged(&self.st.raise_read, (n, id.as_uuid(), user.as_str(), n)).await?;
-            if applied(raised)? {
-                return Ok(seq.get());
-            }
-            let current = self.read_position(id, user).await?;
-            if let Some(current) = current {
-                return Ok(current);
-            }
-            let inserted = self.session.execute_unpaged(&self.st.insert_read, (id.as_uuid(), user.as_str(), n)).await?;
-            if applied(inserted)? {
-                return Ok(seq.get());
-            }
-        }
-        Ok(self.read_position(id, user).await?.unwrap_or(0))
-    }
-
-    async fn read_position(&self, id: ConversationId, user: &UserId) -> Result<Option<u64>, StoreError> {
-        let row = self
-            .session
-            .execute_unpaged(&self.st.select_read_serial, (id.as_uuid(), user.as_str()))
-            .await?
-            .into_rows_result()?
-            .maybe_first_row::<(Option<i64>,)>()?;
-        Ok(row.and_then(|(n,)| n).and_then(|n| u64::try_from(n).ok()))
-    }
-
-    /// Every member's read position in a conversation.
-    pub async fn read_positions(&self, id: ConversationId) -> Result<Vec<(UserId, u64)>, StoreError> {
-        let rows = self.session.execute_unpaged(&self.st.select_reads, (id.as_uuid(),)).await?.into_rows_result()?;
-        let mut out = Vec::new();
-        for r in rows.rows::<(String, Option<i64>)>()? {
-            let (user, seq) = r?;
-            out.push((parse_user(&user, "read_positions")?, seq.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)));
-        }
-        Ok(out)
-    }
 }
 
 /// A session whose default profile reads and writes at LOCAL_QUORUM and runs conditional writes at LOCAL_SERIAL.
@@ -842,44 +575,8 @@ fn message_from_row(id: ConversationId, r: MessageRow, table: &'static str) -> R
     })
 }
 
-/// Whether a conditional statement applied: the first column of its one result row, `[applied]`.
-fn applied(result: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
-    let rows = result.into_rows_result()?;
-    let first = rows.maybe_first_row::<Row>()?;
-    match first.and_then(|r| r.columns.into_iter().next()) {
-        Some(Some(CqlValue::Boolean(b))) => Ok(b),
-        other => Err(StoreError::Corrupt { table: "sequencer", reason: format!("no [applied] column: {other:?}") }),
-    }
-}
-
 impl Statements {
     async fn prepare(s: &Session) -> Result<Statements, StoreError> {
-        let mut claim_batch = Batch::new(BatchType::Logged);
-        claim_batch.append_statement(
-            s.prepare("UPDATE sequencer SET last_seq = ? WHERE conversation_id = ? AND key = ? IF last_seq = ?")
-                .await?,
-        );
-        claim_batch.append_statement(
-            s.prepare(
-                "INSERT INTO sequencer (conversation_id, key, seq, message_id, sent_at) VALUES (?, ?, ?, ?, ?) \
-                 IF NOT EXISTS USING TTL ?",
-            )
-            .await?,
-        );
-        claim_batch.append_statement(
-            s.prepare(format!(
-                "INSERT INTO sequencer (conversation_id, key, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 IF NOT EXISTS USING TTL ?"
-            ))
-            .await?,
-        );
-        let mut select_head_serial =
-            s.prepare("SELECT last_seq FROM sequencer WHERE conversation_id = ? AND key = ?").await?;
-        select_head_serial.set_consistency(Consistency::LocalSerial);
-        let mut select_idem_serial = s
-            .prepare("SELECT seq, message_id, sent_at, published FROM sequencer WHERE conversation_id = ? AND key = ?")
-            .await?;
-        select_idem_serial.set_consistency(Consistency::LocalSerial);
         Ok(Statements {
             insert_conversation: s
                 .prepare(
@@ -896,21 +593,10 @@ impl Statements {
             delete_by_user: s
                 .prepare("DELETE FROM conversations_by_user WHERE user_id = ? AND conversation_id = ?")
                 .await?,
-            insert_head: s.prepare("INSERT INTO sequencer (conversation_id, key, last_seq) VALUES (?, ?, ?)").await?,
             select_conversation: s.prepare("SELECT kind, title FROM conversations WHERE conversation_id = ?").await?,
             select_members: s.prepare("SELECT user_id FROM members WHERE conversation_id = ?").await?,
             select_member: s
                 .prepare("SELECT user_id FROM members WHERE conversation_id = ? AND user_id = ?")
-                .await?,
-            select_head: s.prepare("SELECT last_seq FROM sequencer WHERE conversation_id = ? AND key = ?").await?,
-            select_head_serial,
-            claim_batch,
-            select_idem_serial,
-            mark_published: s
-                .prepare("UPDATE sequencer USING TTL ? SET published = true WHERE conversation_id = ? AND key = ?")
-                .await?,
-            select_claim: s
-                .prepare(format!("SELECT {MESSAGE_COLUMNS} FROM sequencer WHERE conversation_id = ? AND key = ?"))
                 .await?,
             insert_message: s
                 .prepare(format!(
@@ -956,19 +642,6 @@ impl Statements {
             update_cursor: s
                 .prepare("UPDATE delivery_cursors SET delivered_seq = ? WHERE conversation_id = ?")
                 .await?,
-            raise_read: s
-                .prepare("UPDATE read_positions SET read_seq = ? WHERE conversation_id = ? AND user_id = ? IF read_seq < ?")
-                .await?,
-            insert_read: s
-                .prepare("INSERT INTO read_positions (conversation_id, user_id, read_seq) VALUES (?, ?, ?) IF NOT EXISTS")
-                .await?,
-            select_read_serial: {
-                let mut st =
-                    s.prepare("SELECT read_seq FROM read_positions WHERE conversation_id = ? AND user_id = ?").await?;
-                st.set_consistency(Consistency::LocalSerial);
-                st
-            },
-            select_reads: s.prepare("SELECT user_id, read_seq FROM read_positions WHERE conversation_id = ?").await?,
             insert_send: s
                 .prepare(
                     "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \

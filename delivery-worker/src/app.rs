@@ -16,7 +16,6 @@ use crate::Config;
 use crate::consumer::{Loop, WorkerConsumer, WorkerContext};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
-use crate::repair::LogRepair;
 
 pub struct App {
     worker: Loop,
@@ -50,26 +49,19 @@ impl App {
             .create_with_context(WorkerContext::default())
             .context("creating the kafka consumer")?;
         consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
-        // Appends dead letters, and messages whose sender never published them (`repair`).
+        // Appends dead letters.
         let dead_letters: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.kafka_brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()
             .context("creating the dead-letter producer")?;
-        let repair = LogRepair::new(
-            store.clone(),
-            dead_letters.clone(),
-            &config.events_topic,
-            Duration::from_millis(config.log_repair_delay_ms),
-        );
         let deliverer = Deliverer::new(
             store,
             presence,
             routing::Pushers::with_tls(Duration::from_millis(config.push_timeout_ms), grpc_tls.map(|t| t.client())),
             Duration::from_millis(config.members_cache_ms),
-        )
-        .with_log_repair(repair);
+        );
         let metrics = match config.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
             None => None,

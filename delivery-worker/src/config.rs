@@ -28,13 +28,9 @@ pub struct Config {
     /// Deadline of one push to a gateway; past it the device counts as offline (its inbox gets the message).
     #[arg(long, env = "WORKER_PUSH_TIMEOUT_MS", default_value_t = 2_000)]
     pub push_timeout_ms: u64,
-    /// History's retention, as the chat service's CHAT_MESSAGE_TTL_SECS (the worker repairs history rows).
+    /// History's retention, as the chat service's CHAT_MESSAGE_TTL_SECS (the worker writes history rows).
     #[arg(long, env = "WORKER_MESSAGE_TTL_SECS", default_value_t = 0)]
     pub message_ttl_secs: i32,
-    /// How long after delivering a number ahead of its record the worker checks that its sender published it
-    /// (and appends it to the log if not); more than a send can take (the chat service's Kafka timeout).
-    #[arg(long, env = "WORKER_LOG_REPAIR_DELAY_MS", default_value_t = 60_000)]
-    pub log_repair_delay_ms: u64,
     /// How long a conversation's member list is reused before it is read again.
     #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
     pub members_cache_ms: u64,
@@ -59,9 +55,6 @@ impl lifecycle::Config for Config {
         if self.group_id.is_empty() {
             return Err("WORKER_GROUP_ID is empty".into());
         }
-        if !(100..=3_600_000).contains(&self.log_repair_delay_ms) {
-            return Err("WORKER_LOG_REPAIR_DELAY_MS must be between 100 and 3600000".into());
-        }
         if self.cursor_save_ms > 60_000 {
             return Err("WORKER_CURSOR_SAVE_MS must be at most 60000".into());
         }
@@ -80,7 +73,6 @@ impl Config {
             keyspace: self.cassandra_keyspace.clone(),
             request_timeout: Duration::from_secs(5),
             message_ttl_secs: self.message_ttl_secs,
-            heads: chat_store::HeadSource::default(),
         }
     }
 }

@@ -1,11 +1,11 @@
-//! Per conversation, how far delivery has gone, so that a message is never skipped.
+//! Per conversation, how far delivery has gone, so that a record handled again (after a rebalance or a
+//! restart: delivery is at least once) is not delivered twice.
 //!
-//! Two replicas of the chat service can append a conversation's messages N and N+1 to the log in the
-//! opposite order (each appends after its own claim), and a sender that dies after claiming N may never
-//! append it at all. So the worker delivers by number, not by log order: when it sees N+1 having delivered
-//! only up to N-1, it first delivers N from the store (which holds every number below a claimed one), and
-//! later skips N's record if it arrives. How far delivery has gone is also kept in the store
-//! (`delivery_cursors`), so the next owner of the partition starts where this one stopped.
+//! The log holds each conversation's messages in order, numbered by its partition's owner, and workers read
+//! it in order (only committed transactions). So a record is either the next number, or one already
+//! delivered, or, after a failover, a number past the saved cursor (the cursor is saved lazily, so it lags
+//! what was delivered): all but the already delivered are delivered. How far delivery has gone is kept in
+//! the store (`delivery_cursors`), so the next owner of the partition starts where this one stopped.
 
 use std::collections::HashMap;
 
@@ -14,9 +14,8 @@ use chat_model::ConversationId;
 /// What to do with a message's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// Deliver it; first deliver the numbers `from..seq` read from the store, when `fill_from` is set.
-    Deliver { fill_from: Option<u64> },
-    /// Already delivered (from the store, or an earlier copy of the record).
+    Deliver,
+    /// Already delivered (an earlier reading of the record).
     Skip,
 }
 
@@ -41,13 +40,7 @@ impl Cursors {
     /// cursor and call [`Cursors::start`] first.
     pub fn plan(&self, conversation: ConversationId, seq: u64) -> Option<Plan> {
         let delivered = *self.delivered.get(&conversation)?;
-        Some(if seq <= delivered {
-            Plan::Skip
-        } else if seq == delivered + 1 {
-            Plan::Deliver { fill_from: None }
-        } else {
-            Plan::Deliver { fill_from: Some(delivered + 1) }
-        })
+        Some(if seq <= delivered { Plan::Skip } else { Plan::Deliver })
     }
 
     /// Starts tracking a conversation whose messages up to `delivered` are known to be delivered.
@@ -109,7 +102,7 @@ mod tests {
         let id = ConversationId::generate();
         assert_eq!(c.plan(id, 1), None);
         c.start(id, 0);
-        assert_eq!(c.plan(id, 1), Some(Plan::Deliver { fill_from: None }));
+        assert_eq!(c.plan(id, 1), Some(Plan::Deliver));
     }
 
     #[test]
@@ -118,22 +111,21 @@ mod tests {
         let id = ConversationId::generate();
         c.start(id, 0);
         for seq in 1..=3 {
-            assert_eq!(c.plan(id, seq), Some(Plan::Deliver { fill_from: None }));
+            assert_eq!(c.plan(id, seq), Some(Plan::Deliver));
             c.delivered(id, seq);
         }
         assert_eq!(c.plan(id, 2), Some(Plan::Skip), "a replayed record is not delivered again");
     }
 
     #[test]
-    fn a_jump_fills_the_gap_and_the_late_record_is_skipped() {
+    fn a_number_past_a_lagging_saved_cursor_is_delivered_and_an_old_one_skipped() {
         let mut c = Cursors::new(10);
         let id = ConversationId::generate();
         c.start(id, 4);
-        assert_eq!(c.plan(id, 7), Some(Plan::Deliver { fill_from: Some(5) }));
+        assert_eq!(c.plan(id, 7), Some(Plan::Deliver), "5 and 6 were delivered before the cursor was saved");
         c.delivered(id, 7);
-        assert_eq!(c.plan(id, 5), Some(Plan::Skip));
         assert_eq!(c.plan(id, 6), Some(Plan::Skip));
-        assert_eq!(c.plan(id, 8), Some(Plan::Deliver { fill_from: None }));
+        assert_eq!(c.plan(id, 8), Some(Plan::Deliver));
     }
 
     #[test]

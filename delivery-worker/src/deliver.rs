@@ -12,7 +12,6 @@ use proto::v1;
 use routing::{Presence, Pushers};
 
 use crate::cursor::{Cursors, Plan};
-use crate::repair::LogRepair;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -24,7 +23,7 @@ pub enum DeliverError {
 /// What handling one record did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    /// Messages delivered (the record's own, plus any filled in from the store).
+    /// Messages delivered (0 or 1).
     pub messages: usize,
     /// Devices that took a message by push.
     pub pushed: usize,
@@ -34,16 +33,12 @@ pub struct Outcome {
     pub skipped: bool,
 }
 
-/// Messages read from the store per page when filling a gap.
-const FILL_PAGE: usize = 500;
-
 pub struct Deliverer {
     store: CassandraStore,
     presence: Presence,
     pushers: Pushers,
     members: TtlCache<ConversationId, Vec<UserId>>,
     devices: TtlCache<UserId, Vec<DeviceId>>,
-    repair: Option<LogRepair>,
 }
 
 /// Values reused for a short time. Bounded: when full it is cleared, which only costs reads.
@@ -90,22 +85,10 @@ impl Deliverer {
     /// Pushes go through `pushers` (whose deadline bounds each); member and device lists are reused for
     /// `members_ttl`.
     pub fn new(store: CassandraStore, presence: Presence, pushers: Pushers, members_ttl: Duration) -> Deliverer {
-        Deliverer {
-            store,
-            presence,
-            pushers,
-            members: TtlCache::new(members_ttl),
-            devices: TtlCache::new(members_ttl),
-            repair: None,
-        }
+        Deliverer { store, presence, pushers, members: TtlCache::new(members_ttl), devices: TtlCache::new(members_ttl) }
     }
 
-    /// Checks every number delivered ahead of its record with `repair` (see [`LogRepair`]).
-    pub fn with_log_repair(self, repair: LogRepair) -> Deliverer {
-        Deliverer { repair: Some(repair), ..self }
-    }
-
-    /// Handles the record of `m`: delivers it, after any numbers before it that were not delivered yet.
+    /// Handles the record of `m`: delivers it, unless it was delivered already.
     pub async fn handle(&self, cursors: &mut Cursors, m: &Message) -> Result<Outcome, DeliverError> {
         let conv = m.conversation_id;
         let seq = m.seq.get();
@@ -114,46 +97,13 @@ impl Deliverer {
             None => {
                 let stored = self.store.delivery_cursor(conv).await?;
                 cursors.start(conv, stored);
-                cursors.plan(conv, seq).unwrap_or(Plan::Deliver { fill_from: None })
+                cursors.plan(conv, seq).unwrap_or(Plan::Deliver)
             }
         };
-        let mut outcome = Outcome::default();
-        let fill_from = match plan {
-            Plan::Skip => {
-                return Ok(Outcome { skipped: true, ..outcome });
-            }
-            Plan::Deliver { fill_from } => fill_from,
-        };
-        if let Some(from) = fill_from {
-            let mut after = from - 1;
-            while after + 1 < seq {
-                let page = match self.store.messages_between(conv, after, seq - 1, FILL_PAGE).await {
-                    Ok(page) => page,
-                    // Numbers past history's retention cannot be delivered any more: go on from what is held.
-                    Err(StoreError::Expired { first_available }) => {
-                        tracing::warn!(conversation_id = %conv, from = after + 1, to = first_available - 1,
-                            "numbers beyond retention skipped");
-                        after = first_available - 1;
-                        cursors.delivered(conv, after);
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let Some(last) = page.last().map(|p| p.seq.get()) else {
-                    break;
-                };
-                for missed in &page {
-                    tracing::debug!(conversation_id = %conv, seq = %missed.seq, "delivering a number ahead of its record");
-                    add(&mut outcome, self.deliver(missed).await?);
-                    if let Some(r) = &self.repair {
-                        r.check_later(missed);
-                    }
-                }
-                after = last;
-                cursors.delivered(conv, after);
-            }
+        if plan == Plan::Skip {
+            return Ok(Outcome { skipped: true, ..Outcome::default() });
         }
-        add(&mut outcome, self.deliver(m).await?);
+        let outcome = self.deliver(m).await?;
         cursors.delivered(conv, seq);
         Ok(outcome)
     }
@@ -221,7 +171,7 @@ impl Deliverer {
     }
 
     /// Routes a receipt to every online device of every member but the one that made it. Receipts are not
-    /// kept in inboxes: read positions are state (`read_positions`), which a device reads when it comes back.
+    /// kept in inboxes: read positions are state (`read_marks`), which a device reads when it comes back.
     pub async fn deliver_receipt(&self, r: &Receipt) -> Result<Outcome, DeliverError> {
         self.store.project(&chat_model::event::LogEvent::ReceiptRecorded(r.clone())).await?;
         let members = self.members(r.conversation_id).await?;
@@ -253,10 +203,4 @@ impl Deliverer {
     async fn devices(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
         self.devices.get(user, || self.store.devices(user)).await
     }
-}
-
-fn add(total: &mut Outcome, one: Outcome) {
-    total.messages += one.messages;
-    total.pushed += one.pushed;
-    total.inboxed += one.inboxed;
 }

@@ -3,9 +3,8 @@
 //! inbox when it is offline or the push fails.
 //!
 //! [`consumer`] is the loop (poll, handle, store offsets, back off); [`deliver`] is the step that handles one
-//! message; [`cursor`] decides, per conversation, what must be delivered so that no number is skipped even
-//! when the log holds a conversation's messages out of order; [`repair`] appends to the log a message whose
-//! sender claimed its number and died before publishing it.
+//! event: it projects it into the store (history, idempotency records, read positions, members), then
+//! delivers it; [`cursor`] skips, per conversation, what was delivered already (delivery is at least once).
 
 pub mod app;
 pub mod config;
@@ -13,7 +12,6 @@ pub mod consumer;
 pub mod cursor;
 pub mod deliver;
 pub mod metrics;
-pub mod repair;
 
 pub use app::App;
 pub use config::Config;

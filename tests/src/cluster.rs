@@ -181,7 +181,6 @@ impl Cluster {
                 ("CHAT_EVENTS_TOPIC".into(), topic.clone()),
                 ("CHAT_CASSANDRA_NODES".into(), cassandra_node()),
                 ("CHAT_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
-                ("CHAT_ORDER".into(), format!("{:?}", crate::platform::order()).to_lowercase()),
                 ("CHAT_OWNER_GROUP_ID".into(), format!("faults.{id}.owners")),
                 ("CHAT_PROJECTOR_GROUP_ID".into(), format!("faults.{id}.workers")),
             ];
@@ -223,9 +222,7 @@ impl Cluster {
                 cluster.start_proc(kind, i).await?;
             }
         }
-        if crate::platform::order() == chat_service::OrderKind::Log {
-            cluster.wait_owners_settled().await?;
-        }
+        cluster.wait_owners_settled().await?;
         Ok(cluster)
     }
 
@@ -290,15 +287,16 @@ impl Cluster {
             }
             _ => Command::new(&binary),
         };
+        // The process's failpoints: its own (set by a scenario) or those of `FAULTS_FAILPOINTS` for its kind.
+        cmd.env_remove("FAILPOINTS");
+        if let Some(failpoints) = crate::prove::failpoints_for(kind.failpoint_prefix()) {
+            cmd.env("FAILPOINTS", failpoints);
+        }
         cmd.envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env_remove("FAILPOINTS")
             .env("RUST_LOG", std::env::var("FAULTS_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(failpoints) = crate::prove::failpoints_for(kind.failpoint_prefix()) {
-            cmd.env("FAILPOINTS", failpoints);
-        }
         let mut child = cmd.spawn().with_context(|| format!("starting {kind:?} {i}"))?;
         if let Some(port) = p.port {
             wait_port(port, &mut child, &p.log).await?;

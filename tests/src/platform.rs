@@ -29,15 +29,6 @@ pub fn redis_url() -> String {
     format!("redis://127.0.0.1:{}/", std::env::var("REDIS_PORT").unwrap_or_else(|_| "16379".into()))
 }
 
-/// Who numbers messages in the services the tests start: `TEST_CHAT_ORDER` (`claim` or `log`; default
-/// `log`), so that the whole suite runs against either order.
-pub fn order() -> chat_service::OrderKind {
-    match std::env::var("TEST_CHAT_ORDER").as_deref() {
-        Ok("claim") => chat_service::OrderKind::Claim,
-        _ => chat_service::OrderKind::Log,
-    }
-}
-
 /// The keyspace end-to-end tests share.
 pub const KEYSPACE: &str = "chat_e2e";
 
@@ -173,7 +164,6 @@ impl Platform {
             members_cache_ms: 2_000,
             store_timeout_ms: 5_000,
             message_ttl_secs: opts.message_ttl_secs,
-            order: order(),
             advertise_addr: None,
             owner_group_id: format!("e2e.{id}.owners"),
             projector_group_id: format!("e2e.{id}.workers"),
@@ -257,7 +247,6 @@ impl Platform {
                 push_timeout_ms: 2_000,
                 members_cache_ms: 0,
                 cursor_save_ms: 1_000,
-                log_repair_delay_ms: 1_000,
                 message_ttl_secs: opts.message_ttl_secs,
                 metrics_addr: Some("127.0.0.1:0".parse()?),
                 grpc_tls: opts.grpc_tls.clone(),
@@ -278,7 +267,6 @@ impl Platform {
             keyspace: KEYSPACE.into(),
             request_timeout: Duration::from_secs(10),
             message_ttl_secs: 0,
-            heads: chat_store::HeadSource::default(),
         })
         .await?;
         Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers, worker_metrics, grpc_tls })
@@ -372,7 +360,6 @@ pub async fn store() -> anyhow::Result<CassandraStore> {
         keyspace: KEYSPACE.into(),
         request_timeout: Duration::from_secs(10),
         message_ttl_secs: 0,
-        heads: chat_store::HeadSource::Projected,
     })
     .await?)
 }

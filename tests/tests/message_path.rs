@@ -311,6 +311,53 @@ async fn a_group_spread_over_both_gateways_sees_one_order() -> anyhow::Result<()
     p.stop().await
 }
 
+/// The log is the order: a plain consumer reading the topic finds, in each conversation's partition, the
+/// numbers 1, 2, 3, ... in log order, none missing, none twice, each with the message acknowledged for it,
+/// however many senders raced on however many gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_holds_each_conversation_in_order_as_a_plain_consumer_reads_it() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let names = [user("ana"), user("ben"), user("cid"), user("dee")];
+    let mut convs = Vec::new();
+    for k in 0..3 {
+        let others: Vec<&str> = names.iter().filter(|n| **n != names[k]).map(String::as_str).collect();
+        convs.push(conversation(&p, v1::ConversationKind::Group, &names[k], &others).await?);
+    }
+    // Every member sends to every conversation at once, through both gateways.
+    let sends = names.iter().enumerate().map(|(i, n)| {
+        let (gw, n, convs) = (p.gateways[i % 2].ws_addr, n.clone(), convs.clone());
+        async move {
+            let mut c = WsClient::connect(gw, &n, "phone").await?;
+            c.sync().await?;
+            let mut acks = Vec::new();
+            for k in 0..15 {
+                let conv = &convs[k % convs.len()];
+                let ack = c.send_message(conv, &format!("o-{k}"), &format!("{n} {k}")).await?;
+                acks.push((
+                    conv.clone(),
+                    ack["seq"].as_u64().unwrap_or(0),
+                    ack["message_id"].as_str().unwrap_or("").to_owned(),
+                ));
+            }
+            c.close().await?;
+            anyhow::Ok(acks)
+        }
+    });
+    let mut acked: HashMap<String, HashMap<u64, String>> = HashMap::new();
+    for acks in futures::future::join_all(sends).await {
+        for (conv, seq, id) in acks? {
+            assert!(acked.entry(conv).or_default().insert(seq, id).is_none(), "a number acknowledged twice");
+        }
+    }
+    let log = tests::logcheck::check_order(&p.topic).await?;
+    for conv in &convs {
+        let in_log: HashMap<u64, String> = log.get(conv).into_iter().flatten().cloned().collect();
+        assert_eq!(in_log.len(), 20, "{conv}: every acknowledged message is in the log");
+        assert_eq!(Some(&in_log), acked.get(conv), "{conv}: the log holds the acknowledged messages");
+    }
+    p.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions::default()).await?;
@@ -579,57 +626,6 @@ async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
     let seqs: Vec<u64> =
         h["messages"].as_array().map(|m| m.iter().filter_map(|x| x["seq"].as_u64()).collect()).unwrap_or_default();
     assert_eq!(seqs, vec![4, 5]);
-    cb.close().await?;
-    p.stop().await
-}
-
-/// A sender that claimed a number and died before publishing it (P9): the worker delivers the number from the
-/// store when the next message reveals the gap, and later appends it to the log, so that the log holds every
-/// number and a rebuild from it would find this one too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_number_claimed_by_a_dead_sender_reaches_the_reader_and_the_log() -> anyhow::Result<()> {
-    // The claim's own failure mode: it goes with the claim (the next commit).
-    if tests::platform::order() != chat_service::OrderKind::Claim {
-        return Ok(());
-    }
-    let p = Platform::start(PlatformOptions::default()).await?;
-    let (a, b) = (user("alice"), user("bob"));
-    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
-    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
-    cb.sync().await?;
-    // What a chat service does up to its death: the claim of number 1, and nothing after it.
-    let orphan = chat_model::Message {
-        conversation_id: ConversationId::parse(&conv)?,
-        seq: chat_model::Seq::FIRST,
-        message_id: chat_model::MessageId::generate(),
-        sender_id: UserId::parse(&a)?,
-        sender_device_id: DeviceId::parse("phone")?,
-        client_msg_id: chat_model::ClientMsgId::parse("orphan")?,
-        body: chat_model::Body::parse("claimed, never published".into())?,
-        sent_at_ms: chat_model::now_ms(),
-    };
-    ensure!(p.store.claim(&orphan).await? == chat_store::ClaimOutcome::Claimed, "the claim was not taken");
-
-    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
-    ca.sync().await?;
-    let next = ca.send_message(&conv, "next", "the next message").await?;
-    ensure!(next["seq"] == 2, "the next send took {} rather than 2", next["seq"]);
-    let first = cb.expect("message").await?;
-    ensure!(first["seq"] == 1 && first["message_id"] == orphan.message_id.to_string(), "bob got {first}");
-    ensure!(cb.expect("message").await?["seq"] == 2, "bob did not get number 2 next");
-
-    // The worker's repair (1 s after the gap fill in tests) appends number 1; the log then holds both.
-    let logged = events_in_topic(&p.topic, &conv, 2).await?;
-    let mut seqs: Vec<u64> = logged.iter().map(|m| m.seq.get()).collect();
-    seqs.sort();
-    ensure!(seqs == vec![1, 2], "the log holds {seqs:?}");
-    ensure!(logged.iter().any(|m| m.message_id == orphan.message_id), "the log's number 1 is another message");
-    let record = p.store.idempotency_record(orphan.conversation_id, &orphan.sender_id, &orphan.client_msg_id).await?;
-    ensure!(record.is_some_and(|e| e.published), "the orphan is not marked published");
-    // A late retry of the orphan's send answers the original and changes nothing.
-    let retry = ca.send_message(&conv, "orphan", "claimed, never published").await?;
-    ensure!(retry["seq"] == 1 && retry["duplicate"] == true, "the retry answered {retry}");
-    ca.close().await?;
     cb.close().await?;
     p.stop().await
 }

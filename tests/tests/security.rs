@@ -305,7 +305,7 @@ async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow:
         .await?
         .into_inner();
     promise!(page.messages.len() == 1, "history holds {} messages", page.messages.len());
-    let positions = p.store.read_positions(chat_model::ConversationId::parse(&conv)?).await?;
+    let positions = p.store.read_marks(chat_model::ConversationId::parse(&conv)?).await?;
     promise!(positions.iter().all(|(u, _)| u.as_str() != mallory), "a read position for the non-member");
     promise!(log_size(&p.topic).await? == log_before, "the log grew");
     m.close().await?;

@@ -218,7 +218,6 @@ async fn open(nodes: &[String], keyspace: &str) -> anyhow::Result<chat_store::Ca
         keyspace: keyspace.to_owned(),
         request_timeout: Duration::from_secs(10),
         message_ttl_secs: 0,
-        heads: chat_store::HeadSource::Projected,
     };
     chat_store::CassandraStore::connect(&config).await.with_context(|| format!("opening keyspace {keyspace}"))
 }

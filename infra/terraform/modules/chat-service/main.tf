@@ -15,7 +15,6 @@ locals {
     CHAT_STORE_TIMEOUT_MS         = tostring(var.store_timeout_ms)
     CHAT_MESSAGE_TTL_SECS         = tostring(var.message_ttl_secs)
     CHAT_MEMBERS_CACHE_MS         = tostring(var.members_cache_ms)
-    CHAT_ORDER                    = var.order
     CHAT_OWNER_GROUP_ID           = var.owner_group_id
     CHAT_PROJECTOR_GROUP_ID       = var.worker_group_id
     CHAT_TRANSACTION_TIMEOUT_MS   = tostring(var.transaction_timeout_ms)

@@ -146,19 +146,8 @@ variable "members_cache_ms" {
   }
 }
 
-variable "order" {
-  description = "CHAT_ORDER: claim (a conditional write per send in the store) or log (partition owners, Kafka transactions; being introduced, see ARCHITECTURE.md)."
-  type        = string
-  default     = "claim"
-
-  validation {
-    condition     = contains(["claim", "log"], var.order)
-    error_message = "claim or log."
-  }
-}
-
 variable "owner_group_id" {
-  description = "CHAT_OWNER_GROUP_ID: consumer group deciding which replica owns which partition (order log)."
+  description = "CHAT_OWNER_GROUP_ID: consumer group deciding which replica owns which partition."
   type        = string
   default     = "chat-owners"
 }
@@ -170,13 +159,13 @@ variable "worker_group_id" {
 }
 
 variable "transaction_timeout_ms" {
-  description = "CHAT_TRANSACTION_TIMEOUT_MS (order log): the broker aborts a transaction open longer."
+  description = "CHAT_TRANSACTION_TIMEOUT_MS: the broker aborts a transaction open longer."
   type        = number
   default     = 10000
 }
 
 variable "owner_session_timeout_ms" {
-  description = "CHAT_OWNER_SESSION_TIMEOUT_MS (order log): how long a silent replica keeps its partitions."
+  description = "CHAT_OWNER_SESSION_TIMEOUT_MS: how long a silent replica keeps its partitions."
   type        = number
   default     = 6000
 }

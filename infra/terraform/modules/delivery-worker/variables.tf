@@ -120,17 +120,6 @@ variable "message_ttl_secs" {
   }
 }
 
-variable "log_repair_delay_ms" {
-  description = "WORKER_LOG_REPAIR_DELAY_MS: when a number delivered ahead of its record is checked for publication."
-  type        = number
-  default     = 60000
-
-  validation {
-    condition     = var.log_repair_delay_ms >= 100 && var.log_repair_delay_ms <= 3600000
-    error_message = "100 to 3600000 ms."
-  }
-}
-
 variable "members_cache_ms" {
   description = "WORKER_MEMBERS_CACHE_MS: how long member and device lists are reused."
   type        = number
