@@ -222,6 +222,8 @@ async fn history_pages_cover_every_number_once() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions::default()).await?;
     let (a, b) = (user("alice"), user("bob"));
     let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "laptop").await?;
+    cb.sync().await?;
     let mut chat = p.chat_client().await?;
     for i in 1..=50u64 {
         let r = chat
@@ -236,8 +238,14 @@ async fn history_pages_cover_every_number_once() -> anyhow::Result<()> {
             .into_inner();
         assert_eq!(r.seq, i);
     }
-    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "laptop").await?;
-    cb.sync().await?;
+    // History is projected from the log: it shows a message no later than it is delivered (P1), so once
+    // number 50 has reached bob every page must be complete.
+    loop {
+        let f = cb.recv().await?;
+        if f["type"] == "message" && f["seq"] == 50 {
+            break;
+        }
+    }
     let mut seen = Vec::new();
     let mut after = 0;
     let mut pages = Vec::new();
@@ -609,12 +617,14 @@ async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(first_seq(&expired).as_deref(), Some("4"), "{expired:?}");
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    let _inbox = cb.sync().await?;
     for i in 4..=5 {
         assert_eq!(chat.send_message(send(i)).await?.into_inner().seq, i);
     }
+    // History shows a message no later than it is delivered (P1): once 5 has reached bob, it holds 4 and 5.
+    while next_of(&mut cb, "message").await?["seq"] != 5 {}
     // A client resuming from before what is kept is told so, with where history starts; from there it reads.
-    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
-    let _inbox = cb.sync().await?;
     cb.send_json(json!({"v": 1, "type": "history", "id": "h0", "conversation_id": conv, "after_seq": 0})).await?;
     let e = next_of(&mut cb, "error").await?;
     assert_eq!(
