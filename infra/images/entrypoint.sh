@@ -7,7 +7,7 @@
 #    (mode 0600; a volume in the task), the matching *_FILE variable is pointed at it, and the *_PEM variable
 #    is removed from the environment. Setting both a *_PEM and its *_FILE is refused (exit 64).
 # 2. A service that binds its gRPC server to 0.0.0.0 would otherwise advertise 0.0.0.0 (gateways write their
-#    push address to presence; chat services with CHAT_ORDER=log tell each other where to forward): when the
+#    push address to presence; chat services tell each other where to forward a partition's writes): when the
 #    *_ADVERTISE_ADDR variable is unset, it is set to this host's first address that is neither loopback nor
 #    link-local (read from /proc/net/fib_trie: no tool needed), with the bound port.
 # Only shell builtins are used: the image holds no other program than the binary.

@@ -2,7 +2,7 @@
 #   clients        -> nlb              443
 #   nlb            -> gateway          ws_port
 #   gateway        -> chat_service     chat_service_grpc_port
-#   chat_service   -> chat_service     chat_service_grpc_port (CHAT_ORDER=log forwards writes to the owner)
+#   chat_service   -> chat_service     chat_service_grpc_port (writes forwarded to a partition's owner)
 #   delivery_worker-> gateway          gateway_push_port
 #   chat_service, delivery_worker, chatctl -> kafka (kafka_port), scylla (cql_ports)
 #   gateway, delivery_worker               -> redis (redis_port)
@@ -115,7 +115,7 @@ resource "aws_vpc_security_group_egress_rule" "gateway_to_chat" {
 
 resource "aws_vpc_security_group_ingress_rule" "chat_from_chat" {
   security_group_id            = aws_security_group.this["chat_service"].id
-  description                  = "writes forwarded to a partition's owner (CHAT_ORDER=log)"
+  description                  = "writes forwarded to a partition's owner"
   referenced_security_group_id = aws_security_group.this["chat_service"].id
   ip_protocol                  = "tcp"
   from_port                    = var.chat_service_grpc_port
@@ -124,7 +124,7 @@ resource "aws_vpc_security_group_ingress_rule" "chat_from_chat" {
 
 resource "aws_vpc_security_group_egress_rule" "chat_to_chat" {
   security_group_id            = aws_security_group.this["chat_service"].id
-  description                  = "writes forwarded to a partition's owner (CHAT_ORDER=log)"
+  description                  = "writes forwarded to a partition's owner"
   referenced_security_group_id = aws_security_group.this["chat_service"].id
   ip_protocol                  = "tcp"
   from_port                    = var.chat_service_grpc_port
