@@ -262,7 +262,10 @@ async fn wait_inbox(user: &str, device: &str, n: usize) -> anyhow::Result<()> {
         if count >= n {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "the inbox holds {count} of {n} messages after {CATCH_UP:?}");
+        if Instant::now() > deadline {
+            // The promise of an offline device: its inbox keeps every message it missed.
+            tests::broken!("the inbox holds {count} of {n} messages after {CATCH_UP:?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
