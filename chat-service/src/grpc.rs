@@ -116,6 +116,15 @@ impl ChatGrpc {
         Ok(c)
     }
 
+    /// The group `id` as `who`, a member, sees it: a direct conversation's members never change.
+    async fn member_group(&self, id: ConversationId, who: &UserId) -> Result<ConversationRecord, ChatError> {
+        let c = self.member_conversation(id, who).await?;
+        if c.kind == ConversationKind::Direct {
+            return Err(ChatError::FailedPrecondition("the members of a direct conversation do not change".into()));
+        }
+        Ok(c)
+    }
+
     async fn reload(&self, id: ConversationId) -> Result<v1::Conversation, ChatError> {
         let c = self.store.conversation(id).await?.ok_or(ChatError::ConversationNotFound)?;
         Ok(conversation_to_proto(&c))
@@ -250,12 +259,7 @@ impl ChatService for ChatGrpc {
             let answer = owner.add_members(owned.router.forwarded(r)).await;
             return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
         };
-        let c = self.member_conversation(id, &actor).await?;
-        if c.kind == ConversationKind::Direct {
-            return Err(
-                ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
-            );
-        }
+        let c = self.member_group(id, &actor).await?;
         let total = c.members.len() + add.iter().filter(|u| !c.members.contains(u)).count();
         if total > MAX_GROUP_MEMBERS {
             return Err(
@@ -285,12 +289,7 @@ impl ChatService for ChatGrpc {
             let answer = owner.remove_members(owned.router.forwarded(r)).await;
             return Ok(Response::new(forwarded_answer(&owned.router, p, answer)?));
         };
-        let c = self.member_conversation(id, &actor).await?;
-        if c.kind == ConversationKind::Direct {
-            return Err(
-                ChatError::FailedPrecondition("the members of a direct conversation do not change".into()).into()
-            );
-        }
+        let c = self.member_group(id, &actor).await?;
         owned.change_members(local, id, c.kind, actor, Vec::new(), remove).await?;
         Ok(Response::new(v1::RemoveMembersResponse { conversation: Some(self.reload(id).await?) }))
     }

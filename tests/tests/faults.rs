@@ -653,6 +653,15 @@ struct Checked {
     acked: Vec<AckedMap>,
 }
 
+impl Checked {
+    /// [`check_log`] over the load's conversations and what was acknowledged in each.
+    async fn check_log(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let acked: Vec<(&str, &AckedMap)> =
+            self.pairs.iter().zip(&self.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
+        check_log(cluster, &acked).await
+    }
+}
+
 impl Load {
     async fn start(cluster: &Cluster, conversations: usize, per_second: u64, tag: &str) -> anyhow::Result<Load> {
         let mut grpc = chat(cluster, 0).await?;
@@ -1130,9 +1139,7 @@ async fn s11_a_zombie_owner_writes_nothing_after_its_partitions_moved() -> anyho
         "[faults] 11: partition {partition} moved from the hung replica {zombie} in {moved:?}; after it went on, \
          its writes were refused as fenced {fenced} times"
     );
-    let acked: Vec<(&str, &AckedMap)> =
-        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
-    check_log(&cluster, &acked).await?;
+    checked.check_log(&cluster).await?;
     print("11 a zombie owner", &checked.tally);
     cluster.shutdown().await
 }
@@ -1164,9 +1171,7 @@ async fn s12_a_killed_owner_hands_its_partitions_over() -> anyhow::Result<()> {
         "[faults] 12: after kill -9 of its owner, partition {partition} was taken over in {moved:?}, and the busy \
          conversation's next send was acknowledged {served_again:?} after the kill"
     );
-    let acked: Vec<(&str, &AckedMap)> =
-        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
-    check_log(&cluster, &acked).await?;
+    checked.check_log(&cluster).await?;
     print("12 kill -9 a partition owner", &checked.tally);
     cluster.shutdown().await
 }
@@ -1220,9 +1225,7 @@ async fn s13_a_frozen_broker_fails_sends_and_skips_no_number() -> anyhow::Result
         thawed - frozen,
         scale(100, 1000)
     );
-    let acked: Vec<(&str, &AckedMap)> =
-        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
-    check_log(&cluster, &acked).await?;
+    checked.check_log(&cluster).await?;
     print("13 Kafka frozen", &checked.tally);
     cluster.shutdown().await
 }
@@ -1283,9 +1286,7 @@ async fn s14_a_rolling_restart_loses_nothing() -> anyhow::Result<()> {
         rolled.join(", "),
         (roll_until - roll_from).as_secs_f64()
     );
-    let acked: Vec<(&str, &AckedMap)> =
-        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
-    check_log(&cluster, &acked).await?;
+    checked.check_log(&cluster).await?;
     print("14 a rolling restart of every instance", &checked.tally);
     cluster.shutdown().await
 }
@@ -1325,9 +1326,7 @@ async fn s15_an_owner_dying_between_numbering_and_commit_loses_nothing() -> anyh
     load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 500)).await?;
     let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
     println!("[faults] 15: replica 0 died {crashes} times between numbering a batch and its commit");
-    let acked: Vec<(&str, &AckedMap)> =
-        checked.pairs.iter().zip(&checked.acked).map(|((_, _, c), a)| (c.as_str(), a)).collect();
-    check_log(&cluster, &acked).await?;
+    checked.check_log(&cluster).await?;
     print("15 an owner dying between numbering and commit", &checked.tally);
     cluster.shutdown().await
 }
