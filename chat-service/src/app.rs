@@ -47,7 +47,7 @@ impl App {
         let bound = listener.local_addr()?;
         let advertise = config.advertise_addr.clone().unwrap_or_else(|| bound.to_string());
         let log_config = LogConfig {
-            brokers: config.kafka_brokers.clone(),
+            kafka: config.kafka(),
             topic: config.events_topic.clone(),
             transactional_prefix: config.owner_group_id.clone(),
             call_timeout: config.send_timeout() / 2,
@@ -55,7 +55,7 @@ impl App {
             projector_group: config.projector_group_id.clone(),
         };
         let partitions = partition_count(&log_config).await.context("reading the events topic's partitions")?;
-        let log = KafkaEventLog::new(&config.kafka_brokers, &config.events_topic, partitions, config.send_timeout())
+        let log = KafkaEventLog::new(&config.kafka(), &config.events_topic, partitions, config.send_timeout())
             .context("creating the kafka producer")?;
         let members = Members::new(store.clone(), Duration::from_millis(config.members_cache_ms));
         let owners = Owners::start(

@@ -61,6 +61,9 @@ pub struct Config {
     /// How long a replica that stopped answering keeps its partitions (the owners' group session timeout).
     #[arg(long, env = "CHAT_OWNER_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
     pub owner_session_timeout_ms: u64,
+    /// TLS to Kafka (KAFKA_TLS*).
+    #[command(flatten)]
+    pub kafka_tls: lifecycle::kafka_tls::KafkaTlsArgs,
     /// Mutual TLS with the gateways (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
@@ -102,11 +105,17 @@ impl lifecycle::Config for Config {
             return Err("CHAT_OWNER_GROUP_ID and CHAT_PROJECTOR_GROUP_ID must not be empty".into());
         }
         self.grpc_tls.load()?;
+        self.kafka_tls.validate()?;
         Ok(())
     }
 }
 
 impl Config {
+    /// How this replica's Kafka clients reach the brokers.
+    pub fn kafka(&self) -> crate::kafka_client::KafkaClient {
+        crate::kafka_client::KafkaClient { brokers: self.kafka_brokers.clone(), tls: self.kafka_tls.clone() }
+    }
+
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
     }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use chat_model::event::{self, LogEvent};
 use rdkafka::config::ClientConfig;
+
+use crate::kafka_client::KafkaClient;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,20 +48,24 @@ struct Inner {
 impl KafkaEventLog {
     /// Records not acknowledged within `delivery_timeout` fail (and the send with them: never acknowledged
     /// and lost); a producer failing for three times as long with no success is replaced.
-    pub fn new(brokers: &str, topic: &str, partitions: i32, delivery_timeout: Duration) -> Result<Self, LogError> {
-        Self::with_patience(brokers, topic, partitions, delivery_timeout, delivery_timeout * 3)
+    pub fn new(
+        kafka: &KafkaClient,
+        topic: &str,
+        partitions: i32,
+        delivery_timeout: Duration,
+    ) -> Result<Self, LogError> {
+        Self::with_patience(kafka, topic, partitions, delivery_timeout, delivery_timeout * 3)
     }
 
     pub fn with_patience(
-        brokers: &str,
+        kafka: &KafkaClient,
         topic: &str,
         partitions: i32,
         delivery_timeout: Duration,
         patience: Duration,
     ) -> Result<Self, LogError> {
-        let mut config = ClientConfig::new();
+        let mut config = kafka.config();
         config
-            .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
@@ -164,14 +170,21 @@ mod tests {
         let ev = event()?;
 
         // Failures within the patience replace nothing.
-        let patient = KafkaEventLog::with_patience("127.0.0.1:9", "t", 1, delivery, Duration::from_secs(3600))?;
+        let patient = KafkaEventLog::with_patience(
+            &KafkaClient::plaintext("127.0.0.1:9"),
+            "t",
+            1,
+            delivery,
+            Duration::from_secs(3600),
+        )?;
         for _ in 0..2 {
             assert!(patient.append(&ev, 0).await.is_err());
         }
         assert_eq!(patient.replaced(), 0, "replaced within its patience");
 
         // Past it, each failure of the producer in use replaces it, once.
-        let impatient = KafkaEventLog::with_patience("127.0.0.1:9", "t", 1, delivery, Duration::ZERO)?;
+        let impatient =
+            KafkaEventLog::with_patience(&KafkaClient::plaintext("127.0.0.1:9"), "t", 1, delivery, Duration::ZERO)?;
         for n in 1..=2 {
             assert!(impatient.append(&ev, 0).await.is_err());
             assert_eq!(impatient.replaced(), n, "one replacement per failed generation");

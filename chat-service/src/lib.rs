@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod event_log;
 pub mod grpc;
+pub mod kafka_client;
 pub mod members;
 pub mod owned;
 pub mod owner;

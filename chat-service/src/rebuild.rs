@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::kafka_client::KafkaClient;
 use chat_model::ConversationId;
 use chat_model::event::{self, LogEvent};
 use chat_store::{CassandraStore, StoreError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
@@ -28,9 +28,9 @@ pub struct Replayed {
 }
 
 /// Replays the whole topic into `store`, partition by partition, oldest first.
-pub async fn rebuild(brokers: &str, topic: &str, store: &CassandraStore) -> anyhow::Result<Replayed> {
+pub async fn rebuild(kafka: &KafkaClient, topic: &str, store: &CassandraStore) -> anyhow::Result<Replayed> {
     let partitions = crate::owner::group::partition_count(&crate::owner::kafka::LogConfig {
-        brokers: brokers.to_owned(),
+        kafka: kafka.clone(),
         topic: topic.to_owned(),
         transactional_prefix: String::new(),
         call_timeout: Duration::from_secs(10),
@@ -41,8 +41,8 @@ pub async fn rebuild(brokers: &str, topic: &str, store: &CassandraStore) -> anyh
     let mut replayed = Replayed { partitions: partitions as usize, ..Replayed::default() };
     for p in 0..partitions {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Option<LogEvent>, String>>(1024);
-        let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-        let reader = tokio::task::spawn_blocking(move || read_partition(&brokers, &topic, p, &tx));
+        let (kafka, topic) = (kafka.clone(), topic.to_owned());
+        let reader = tokio::task::spawn_blocking(move || read_partition(&kafka, &topic, p, &tx));
         let mut pending = FuturesUnordered::new();
         while let Some(next) = rx.recv().await {
             let Some(event) = next.map_err(anyhow::Error::msg)? else {
@@ -81,13 +81,13 @@ async fn project(store: &CassandraStore, event: LogEvent) -> Result<(), StoreErr
 /// Reads one partition from its beginning to its end (its last stable offset), sending each record's event
 /// (`None` for one that does not decode). Blocking.
 fn read_partition(
-    brokers: &str,
+    kafka: &KafkaClient,
     topic: &str,
     partition: i32,
     tx: &tokio::sync::mpsc::Sender<Result<Option<LogEvent>, String>>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<crate::owner::kafka::TailReader> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer<crate::owner::kafka::TailReader> = kafka
+        .config()
         .set("group.id", "chatctl-rebuild")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_store::CassandraStore;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
@@ -27,11 +26,13 @@ impl App {
         let grpc_tls = config.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let store = CassandraStore::connect(&config.store_config()).await.context("connecting to cassandra")?;
         // The worker only reads presence: it writes no entries, so it has no push address of its own.
-        let presence = routing::Presence::connect(&config.redis_url, &config.redis_prefix, "", Duration::from_secs(30))
-            .await
-            .context("connecting to redis")?;
-        let consumer: WorkerConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_brokers)
+        let redis_ca = config.redis_tls.load(&config.redis_url).map_err(anyhow::Error::msg)?;
+        let presence =
+            routing::Presence::connect(&config.redis_url, redis_ca, &config.redis_prefix, "", Duration::from_secs(30))
+                .await
+                .context("connecting to redis")?;
+        let consumer: WorkerConsumer = config
+            .kafka_client()
             .set("group.id", &config.group_id)
             // The process id tells, in a description of the group, which worker holds which partitions.
             .set("client.id", format!("delivery-worker-{}", std::process::id()))
@@ -50,8 +51,8 @@ impl App {
             .context("creating the kafka consumer")?;
         consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
         // Appends dead letters.
-        let dead_letters: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka_brokers)
+        let dead_letters: FutureProducer = config
+            .kafka_client()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()

@@ -45,6 +45,12 @@ pub struct Config {
     /// Mutual TLS towards the gateways (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
+    /// TLS to Kafka (KAFKA_TLS*).
+    #[command(flatten)]
+    pub kafka_tls: lifecycle::kafka_tls::KafkaTlsArgs,
+    /// TLS to Redis: a rediss:// WORKER_REDIS_URL, and REDIS_TLS_CA_FILE.
+    #[command(flatten)]
+    pub redis_tls: lifecycle::redis_tls::RedisTlsArgs,
 }
 
 impl lifecycle::Config for Config {
@@ -62,11 +68,23 @@ impl lifecycle::Config for Config {
             return Err("WORKER_PUSH_TIMEOUT_MS must be between 50 and 60000".into());
         }
         self.grpc_tls.load()?;
+        self.kafka_tls.validate()?;
+        self.redis_tls.load(&self.redis_url)?;
         Ok(())
     }
 }
 
 impl Config {
+    /// A Kafka client configuration with the brokers and TLS (KAFKA_TLS*) set.
+    pub fn kafka_client(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka_brokers);
+        for (key, value) in self.kafka_tls.properties() {
+            c.set(key, value);
+        }
+        c
+    }
+
     pub fn store_config(&self) -> chat_store::StoreConfig {
         chat_store::StoreConfig {
             nodes: self.cassandra_nodes.clone(),

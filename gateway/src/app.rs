@@ -55,9 +55,11 @@ impl App {
             Some(a) => a.clone(),
             None => grpc_listener.local_addr()?.to_string(),
         };
-        let presence = Presence::connect(&config.redis_url, &config.redis_prefix, &push_addr, config.presence_ttl())
-            .await
-            .context("connecting to redis")?;
+        let redis_ca = config.redis_tls.load(&config.redis_url).map_err(anyhow::Error::msg)?;
+        let presence =
+            Presence::connect(&config.redis_url, redis_ca, &config.redis_prefix, &push_addr, config.presence_ttl())
+                .await
+                .context("connecting to redis")?;
         let chat = ChatPool::new(
             &config.chat_service_urls,
             Duration::from_millis(config.rpc_timeout_ms),

@@ -107,6 +107,9 @@ pub struct Config {
     /// Mutual TLS with the chat services and the workers (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
+    /// TLS to Redis: a rediss:// GATEWAY_REDIS_URL, and REDIS_TLS_CA_FILE.
+    #[command(flatten)]
+    pub redis_tls: lifecycle::redis_tls::RedisTlsArgs,
 }
 
 impl std::fmt::Debug for Config {
@@ -162,6 +165,7 @@ impl lifecycle::Config for Config {
         if !(100..=120_000).contains(&self.handshake_timeout_ms) {
             return Err("GATEWAY_HANDSHAKE_TIMEOUT_MS must be between 100 and 120000".into());
         }
+        self.redis_tls.load(&self.redis_url)?;
         let scheme = lifecycle::grpc_tls::scheme(self.grpc_tls.load()?.as_ref());
         if self.chat_service_urls.is_empty()
             || self.chat_service_urls.iter().any(|u| !u.starts_with(&format!("{scheme}://")))

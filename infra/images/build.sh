@@ -5,7 +5,8 @@
 #
 # Each image holds: the binary in /usr/local/bin, the entry point (entrypoint.sh, run by /bin/sh, which is
 # Debian's dash: the only other program), the shared libraries of both with the dynamic loader, /etc/passwd
-# and /etc/group naming the user `chat` (10001), /etc/nsswitch.conf, /tmp, and /run/secrets owned by `chat`
+# and /etc/group naming the user `chat` (10001), /etc/nsswitch.conf, the system's CA bundle (Debian's
+# ca-certificates: what MSK's TLS certificates chain to, see KAFKA_TLS), /tmp, and /run/secrets owned by `chat`
 # and declared a volume (ECS copies it, with its owner, into the task's volume of that path, so that the
 # entry point can write secret files while the root filesystem stays read-only).
 #
@@ -69,6 +70,7 @@ for name in "${IMAGES[@]}"; do
   printf 'root:x:0:0:root:/root:/sbin/nologin\nchat:x:%s:%s:chat:/nonexistent:/sbin/nologin\n' $APP_UID $APP_UID >"$rootfs/etc/passwd"
   printf 'root:x:0:\nchat:x:%s:\n' $APP_UID >"$rootfs/etc/group"
   printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$rootfs/etc/nsswitch.conf"
+  install -D -m 0644 "$(readlink -f /etc/ssl/certs/ca-certificates.crt)" "$rootfs/etc/ssl/certs/ca-certificates.crt"
   chmod 1777 "$rootfs/tmp"
   chown "$APP_UID:$APP_UID" "$rootfs/run/secrets"
   chmod 0700 "$rootfs/run/secrets"

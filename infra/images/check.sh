@@ -93,8 +93,9 @@ PY
   chown 10001:10001 "$rootfs/run/secrets"
   mkdir -p "$rootfs/proc"
   : >"$rootfs/etc/hosts"
+  grep -q "BEGIN CERTIFICATE" "$rootfs/etc/ssl/certs/ca-certificates.crt" || fail "$name: no CA bundle in /etc/ssl/certs"
 done
-say "configurations and contents ok; /run/secrets is 10001:10001 0700 in every image"
+say "configurations and contents ok; /run/secrets is 10001:10001 0700 and a CA bundle in every image"
 
 # --- 3: run them ------------------------------------------------------------------------------------------
 # cmd_in NAME ENV... -- ARGS...: sets CMD to the command that runs ARGS in NAME's root filesystem as the
@@ -173,6 +174,10 @@ openssl genpkey -algorithm ed25519 -out "$PKI/jwt.key" 2>/dev/null
 openssl pkey -in "$PKI/jwt.key" -pubout -out "$PKI/jwt.pub" 2>/dev/null
 TLS_ENV=("GRPC_TLS_CERT_PEM=$(cat "$PKI/svc.pem")" "GRPC_TLS_KEY_PEM=$(cat "$PKI/svc.key")"
   "GRPC_TLS_CA_PEM=$(cat "$PKI/ca.pem")" "GRPC_TLS_SERVER_NAME=$SERVER_NAME")
+# Kafka over TLS, as with MSK: the local broker's TLS listener (named localhost), its CA as a PEM variable.
+KAFKA_TLS_ENV=(KAFKA_TLS=true "KAFKA_TLS_CA_PEM=$(cat "$TLS_DIR/ca.pem")")
+# Redis over TLS, as with ElastiCache: the local Redis's TLS port, the same CA.
+REDIS_TLS_ENV=("REDIS_TLS_CA_PEM=$(cat "$TLS_DIR/ca.pem")")
 
 # The entry point's own work, seen from inside the gateway image: PEM variables become files (and leave the
 # environment), a 0.0.0.0 bind gets an advertised address of this host.
@@ -190,26 +195,26 @@ say "entry point: PEM variables written to /run/secrets and removed from the env
 cmd_in chatctl "CHAT_CASSANDRA_NODES=127.0.0.1:$CASSANDRA_PORT" "CHAT_CASSANDRA_KEYSPACE=$KEYSPACE" \
   "CHAT_CASSANDRA_REPLICATION={'class': 'NetworkTopologyStrategy', 'datacenter1': 1}" -- $(entrypoint_of chatctl) migrate
 "${CMD[@]}" >"$CHECK/chatctl-migrate.log" 2>&1 || { tail -20 "$CHECK/chatctl-migrate.log" >&2; fail "chatctl migrate"; }
-cmd_in chatctl "CHAT_KAFKA_BROKERS=localhost:$KAFKA_PORT" "CHAT_EVENTS_TOPIC=$TOPIC" CHAT_EVENTS_PARTITIONS=2 \
+cmd_in chatctl "${KAFKA_TLS_ENV[@]}" "CHAT_KAFKA_BROKERS=localhost:$KAFKA_TLS_PORT" "CHAT_EVENTS_TOPIC=$TOPIC" CHAT_EVENTS_PARTITIONS=2 \
   CHAT_EVENTS_REPLICATION=1 -- $(entrypoint_of chatctl) create-topics
 "${CMD[@]}" >"$CHECK/chatctl-topics.log" 2>&1 || { tail -20 "$CHECK/chatctl-topics.log" >&2; fail "chatctl create-topics"; }
-say "chatctl: migrate (NetworkTopologyStrategy keyspace $KEYSPACE) and create-topics ($TOPIC, broker named localhost) exit 0"
+say "chatctl: migrate (NetworkTopologyStrategy keyspace $KEYSPACE) and create-topics ($TOPIC, Kafka over TLS to localhost) exit 0"
 
 CHAT_PORT=$(free_port)
-cmd_in chat-service "${TLS_ENV[@]}" "CHAT_GRPC_ADDR=127.0.0.1:$CHAT_PORT" "CHAT_KAFKA_BROKERS=localhost:$KAFKA_PORT" \
+cmd_in chat-service "${TLS_ENV[@]}" "${KAFKA_TLS_ENV[@]}" "CHAT_GRPC_ADDR=127.0.0.1:$CHAT_PORT" "CHAT_KAFKA_BROKERS=localhost:$KAFKA_TLS_PORT" \
   "CHAT_EVENTS_TOPIC=$TOPIC" "CHAT_CASSANDRA_NODES=127.0.0.1:$CASSANDRA_PORT" "CHAT_CASSANDRA_KEYSPACE=$KEYSPACE" -- \
   $(entrypoint_of chat-service)
 "${CMD[@]}" >"$CHECK/chat-service.log" 2>&1 &
 chat_pid=$!
 STARTED+=("$chat_pid")
 wait_port "$chat_pid" "$CHAT_PORT" "$CHECK/chat-service.log"
-say "chat-service: listening on 127.0.0.1:$CHAT_PORT with mutual TLS (certificates given as PEM variables)"
+say "chat-service: listening on 127.0.0.1:$CHAT_PORT with mutual TLS (certificates given as PEM variables), Kafka over TLS"
 
 WS_PORT=$(free_port)
 PUSH_PORT=$(free_port)
 cmd_in gateway "${TLS_ENV[@]}" "GATEWAY_JWT_PUBLIC_KEY_PEM=$(cat "$PKI/jwt.pub")" GATEWAY_JWT_ALGORITHMS=EdDSA \
   "GATEWAY_WS_ADDR=127.0.0.1:$WS_PORT" "GATEWAY_GRPC_ADDR=127.0.0.1:$PUSH_PORT" \
-  "GATEWAY_CHAT_SERVICE_URLS=https://127.0.0.1:$CHAT_PORT" "GATEWAY_REDIS_URL=redis://localhost:$REDIS_PORT/" \
+  "GATEWAY_CHAT_SERVICE_URLS=https://127.0.0.1:$CHAT_PORT" "${REDIS_TLS_ENV[@]}" "GATEWAY_REDIS_URL=rediss://localhost:$REDIS_TLS_PORT/" \
   GATEWAY_REDIS_PREFIX=image-check: GATEWAY_MAX_CONNECTIONS_PER_ADDRESS=100000 -- \
   $(entrypoint_of gateway)
 "${CMD[@]}" >"$CHECK/gateway.log" 2>&1 &
@@ -219,12 +224,12 @@ wait_http "$gw_pid" "http://127.0.0.1:$WS_PORT/readyz" "$CHECK/gateway.log"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
   -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "http://127.0.0.1:$WS_PORT/v1/ws?device_id=d1&access_token=not-a-token")
 [ "$code" = 401 ] || fail "gateway: an upgrade with a bad token got $code, not 401"
-say "gateway: /readyz 200 on 127.0.0.1:$WS_PORT, an upgrade with a bad token 401 (JWT public key from a PEM variable)"
+say "gateway: /readyz 200 on 127.0.0.1:$WS_PORT, an upgrade with a bad token 401 (JWT public key from a PEM variable), Redis over TLS"
 
 METRICS_PORT=$(free_port)
-cmd_in delivery-worker "${TLS_ENV[@]}" "WORKER_KAFKA_BROKERS=localhost:$KAFKA_PORT" "WORKER_EVENTS_TOPIC=$TOPIC" \
+cmd_in delivery-worker "${TLS_ENV[@]}" "${KAFKA_TLS_ENV[@]}" "WORKER_KAFKA_BROKERS=localhost:$KAFKA_TLS_PORT" "WORKER_EVENTS_TOPIC=$TOPIC" \
   "WORKER_DEAD_LETTER_TOPIC=$TOPIC.dlq" WORKER_GROUP_ID=image-check "WORKER_CASSANDRA_NODES=127.0.0.1:$CASSANDRA_PORT" \
-  "WORKER_CASSANDRA_KEYSPACE=$KEYSPACE" "WORKER_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/" WORKER_REDIS_PREFIX=image-check: \
+  "WORKER_CASSANDRA_KEYSPACE=$KEYSPACE" "${REDIS_TLS_ENV[@]}" "WORKER_REDIS_URL=rediss://localhost:$REDIS_TLS_PORT/" WORKER_REDIS_PREFIX=image-check: \
   "WORKER_METRICS_ADDR=127.0.0.1:$METRICS_PORT" -- \
   $(entrypoint_of delivery-worker)
 "${CMD[@]}" >"$CHECK/delivery-worker.log" 2>&1 &
@@ -232,7 +237,7 @@ worker_pid=$!
 STARTED+=("$worker_pid")
 wait_http "$worker_pid" "http://127.0.0.1:$METRICS_PORT/metrics" "$CHECK/delivery-worker.log"
 curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^worker_records_total ' || fail "delivery-worker: /metrics lacks worker_records_total"
-say "delivery-worker: /metrics answers on 127.0.0.1:$METRICS_PORT"
+say "delivery-worker: /metrics answers on 127.0.0.1:$METRICS_PORT (Kafka and Redis over TLS)"
 
 stop_and_expect_zero delivery-worker "$worker_pid" "$CHECK/delivery-worker.log"
 stop_and_expect_zero gateway "$gw_pid" "$CHECK/gateway.log"

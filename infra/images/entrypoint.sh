@@ -36,6 +36,8 @@ pem_to_file GRPC_TLS_CA_PEM GRPC_TLS_CA_FILE grpc-tls-ca.pem
 pem_to_file GATEWAY_JWT_PUBLIC_KEY_PEM GATEWAY_JWT_PUBLIC_KEY_FILE jwt-public-key.pem
 pem_to_file GATEWAY_TLS_CERT_PEM GATEWAY_TLS_CERT_FILE gateway-tls-cert.pem
 pem_to_file GATEWAY_TLS_KEY_PEM GATEWAY_TLS_KEY_FILE gateway-tls-key.pem
+pem_to_file KAFKA_TLS_CA_PEM KAFKA_TLS_CA_FILE kafka-tls-ca.pem
+pem_to_file REDIS_TLS_CA_PEM REDIS_TLS_CA_FILE redis-tls-ca.pem
 
 # The first local IPv4 address that is not loopback (127/8) nor link-local (169.254/16: the ECS agent's).
 # In /proc/net/fib_trie an address line "|-- A.B.C.D" is followed by "/32 host LOCAL" when it is our own.

@@ -10,9 +10,14 @@ DATA="$LOCAL/data"
 
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+# The broker's TLS listener, with a certificate for localhost signed by .local/tls/ca.pem.
+KAFKA_TLS_PORT="${KAFKA_TLS_PORT:-19094}"
 CASSANDRA_PORT="${CASSANDRA_PORT:-19042}"
 CASSANDRA_STORAGE_PORT="${CASSANDRA_STORAGE_PORT:-17000}"
 REDIS_PORT="${REDIS_PORT:-16379}"
+REDIS_TLS_PORT="${REDIS_TLS_PORT:-16380}"
+# The CA and the localhost certificate of the TLS listeners (Kafka's, Redis's), made by servers.sh.
+TLS_DIR="$LOCAL/tls"
 
 KAFKA_VERSION=4.1.1
 CASSANDRA_VERSION=5.0.6

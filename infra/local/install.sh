@@ -24,6 +24,11 @@ command -v "$JAVA" >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
 command -v make >/dev/null || apt_install make   # rdkafka builds its bundled librdkafka with make and a C compiler
 command -v cc >/dev/null || apt_install gcc
+# The services' Kafka client speaks TLS through OpenSSL (rdkafka's `ssl` feature): headers to build it,
+# pkg-config to find them, and the openssl tool for the local broker's test certificate.
+command -v openssl >/dev/null || apt_install openssl
+command -v pkg-config >/dev/null || apt_install pkg-config
+[ -f /usr/include/openssl/ssl.h ] || apt_install libssl-dev
 
 resolve_jars() {
   local name="$1" version="$2" dest="$LIB/$1"

@@ -18,6 +18,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 fill() { # fill TEMPLATE OUT: replace @VARS@ with the values of this script's variables
   sed -e "s#@DATA@#$DATA#g" -e "s#@KAFKA_PORT@#$KAFKA_PORT#g" -e "s#@KAFKA_CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+      -e "s#@KAFKA_TLS_PORT@#$KAFKA_TLS_PORT#g" -e "s#@TLS_DIR@#$TLS_DIR#g" \
       -e "s#@CASSANDRA_PORT@#$CASSANDRA_PORT#g" -e "s#@CASSANDRA_STORAGE_PORT@#$CASSANDRA_STORAGE_PORT#g" "$1" >"$2"
 }
 
@@ -39,13 +40,37 @@ wait_ready() {
   log "$name ready"
 }
 
-kafka_ready() { grep -q "Kafka Server started" "$LOGS/kafka/server.log" 2>/dev/null && port_open "$KAFKA_PORT"; }
+kafka_ready() {
+  grep -q "Kafka Server started" "$LOGS/kafka/server.log" 2>/dev/null && port_open "$KAFKA_PORT" && port_open "$KAFKA_TLS_PORT"
+}
+
+# The TLS listeners' CA and certificate (for localhost and 127.0.0.1; Kafka's and Redis's), made once with
+# openssl. Kafka reads the key and the certificate from one PEM file as its keystore (PKCS#8, unencrypted: a
+# local test listener); Redis reads them apart.
+tls_material() {
+  local dir="$TLS_DIR"
+  [ -s "$dir/server.pem" ] && [ -s "$dir/ca.pem" ] && return
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj "/CN=chat local kafka CA"
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile san.ext
+    openssl pkcs8 -topk8 -nocrypt -in server.key -out server.p8
+    cat server.p8 server.crt >server.pem
+  ) >"$LOGS/tls.log" 2>&1 || { cat "$LOGS/tls.log" >&2; die "making the local TLS certificate failed"; }
+  log "the local TLS listeners' CA: $dir/ca.pem"
+}
 
 start_kafka() {
-  running kafka && port_open "$KAFKA_PORT" && { log "kafka already up on $KAFKA_PORT"; return; }
+  running kafka && port_open "$KAFKA_PORT" && port_open "$KAFKA_TLS_PORT" && { log "kafka already up on $KAFKA_PORT"; return; }
+  # Started by an older checkout, without the TLS listener: restarted with it.
+  running kafka && port_open "$KAFKA_PORT" && stop_one kafka
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by a process this script did not start"
   local conf="$RUN/kafka.properties" cp="$LIB/kafka/*"
   mkdir -p "$DATA/kafka" "$LOGS/kafka"
+  tls_material
   fill "$ROOT/infra/local/conf/kafka.properties.in" "$conf"
   if [ ! -f "$DATA/kafka/meta.properties" ]; then
     local id; id=$("$JAVA" -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka/format.log" | tail -1)
@@ -96,15 +121,20 @@ start_cassandra() {
   wait_ready cassandra "${CASSANDRA_START_TIMEOUT:-240}" "$LOGS/cassandra/system.log" cassandra_ready
 }
 
-redis_ready() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+redis_ready() { redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && port_open "$REDIS_TLS_PORT"; }
 
 start_redis() {
   running redis && redis_ready && { log "redis already up on $REDIS_PORT"; return; }
+  # Started by an older checkout, without the TLS port: restarted with it.
+  running redis && stop_one redis
   port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by a process this script did not start"
   mkdir -p "$DATA/redis" "$LOGS/redis"
-  log "starting redis on 127.0.0.1:$REDIS_PORT"
-  # Presence is soft state: no persistence.
+  tls_material
+  log "starting redis on 127.0.0.1:$REDIS_PORT (TLS on $REDIS_TLS_PORT)"
+  # Presence is soft state: no persistence. The TLS port serves the tests of rediss:// (no client certificates).
   setsid nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$DATA/redis" \
+    --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key" \
+    --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients no \
     --maxclients 10000 --logfile "$LOGS/redis/redis.log" >/dev/null 2>&1 &
   echo $! >"$(pidfile redis)"
   wait_ready redis "${REDIS_START_TIMEOUT:-30}" "$LOGS/redis/redis.log" redis_ready

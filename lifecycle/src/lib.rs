@@ -3,6 +3,8 @@
 
 pub mod failpoints;
 pub mod grpc_tls;
+pub mod kafka_tls;
+pub mod redis_tls;
 
 pub use failpoints::failpoint;
 

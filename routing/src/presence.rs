@@ -37,8 +37,23 @@ pub struct Holder<'a> {
 
 impl Presence {
     /// `push_addr` is what this process writes as its address (a gateway's push address; empty for a reader).
-    pub async fn connect(url: &str, prefix: &str, push_addr: &str, ttl: Duration) -> redis::RedisResult<Presence> {
-        let link = Link::new(redis::Client::open(url)?);
+    /// A `rediss://` URL connects with TLS, checking the server's certificate against `tls_ca` (PEM) when
+    /// given, the system's roots otherwise.
+    pub async fn connect(
+        url: &str,
+        tls_ca: Option<Vec<u8>>,
+        prefix: &str,
+        push_addr: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<Presence> {
+        let client = if url.starts_with("rediss://") {
+            // rustls needs one process-wide provider; ring, as the rest of the platform uses.
+            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+            redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert: tls_ca })?
+        } else {
+            redis::Client::open(url)?
+        };
+        let link = Link::new(client);
         // Fail at start on a wrong address rather than at the first delivery.
         link.get().await?;
         Ok(Presence { link, prefix: prefix.to_owned(), push_addr: push_addr.to_owned(), ttl })

@@ -21,6 +21,22 @@ pub fn kafka_brokers() -> String {
     format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "19092".into()))
 }
 
+/// The local broker's TLS listener (`infra/local/servers.sh` gives it a certificate for `localhost` signed
+/// by [`kafka_tls_ca`]).
+pub fn kafka_tls_brokers() -> String {
+    format!("localhost:{}", std::env::var("KAFKA_TLS_PORT").unwrap_or_else(|_| "19093".into()))
+}
+
+/// The CA of the local servers' TLS listeners (Kafka's and Redis's).
+pub fn kafka_tls_ca() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/tls/ca.pem")
+}
+
+/// The local Redis's TLS port (the same certificate as Kafka's TLS listener).
+pub fn redis_tls_url() -> String {
+    format!("rediss://localhost:{}/", std::env::var("REDIS_TLS_PORT").unwrap_or_else(|_| "16380".into()))
+}
+
 pub fn cassandra_node() -> String {
     format!("127.0.0.1:{}", std::env::var("CASSANDRA_PORT").unwrap_or_else(|_| "19042".into()))
 }
@@ -76,6 +92,10 @@ pub struct PlatformOptions {
     pub idle_timeout_ms: u64,
     /// Mutual TLS between the services (the same files for all of them).
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
+    /// TLS to Kafka: when on, the services use the brokers' TLS listener ([`kafka_tls_brokers`]).
+    pub kafka_tls: lifecycle::kafka_tls::KafkaTlsArgs,
+    /// TLS to Redis: when set, the gateways and workers use Redis's TLS port ([`redis_tls_url`]).
+    pub redis_tls: Option<lifecycle::redis_tls::RedisTlsArgs>,
 }
 
 impl Default for PlatformOptions {
@@ -99,6 +119,8 @@ impl Default for PlatformOptions {
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             grpc_tls: Default::default(),
+            kafka_tls: Default::default(),
+            redis_tls: None,
             tls: None,
         }
     }
@@ -156,7 +178,7 @@ impl Platform {
 
         let chat_config = chat_service::Config {
             grpc_addr: "127.0.0.1:0".parse()?,
-            kafka_brokers: kafka_brokers(),
+            kafka_brokers: if opts.kafka_tls.tls { kafka_tls_brokers() } else { kafka_brokers() },
             events_topic: topic.clone(),
             cassandra_nodes: vec![cassandra_node()],
             cassandra_keyspace: KEYSPACE.into(),
@@ -172,6 +194,7 @@ impl Platform {
             transaction_timeout_ms: 10_000,
             owner_session_timeout_ms: 6_000,
             grpc_tls: opts.grpc_tls.clone(),
+            kafka_tls: opts.kafka_tls.clone(),
         };
         lifecycle::Config::validate(&chat_config).map_err(anyhow::Error::msg)?;
         let grpc_tls = opts.grpc_tls.load().map_err(anyhow::Error::msg)?;
@@ -192,7 +215,7 @@ impl Platform {
                 grpc_addr: "127.0.0.1:0".parse()?,
                 advertise_addr: None,
                 chat_service_urls: vec![format!("{scheme}://{chat_addr}")],
-                redis_url: redis_url(),
+                redis_url: if opts.redis_tls.is_some() { redis_tls_url() } else { redis_url() },
                 redis_prefix: redis_prefix.clone(),
                 jwt_secret: Some(JWT_SECRET.into()),
                 jwt_public_key_file: opts.jwt_public_key_file.clone(),
@@ -220,6 +243,7 @@ impl Platform {
                 ping_interval_ms: opts.ping_interval_ms,
                 idle_timeout_ms: opts.idle_timeout_ms,
                 grpc_tls: opts.grpc_tls.clone(),
+                redis_tls: opts.redis_tls.clone().unwrap_or_default(),
             };
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = gateway::App::build(&config).await?;
@@ -236,13 +260,13 @@ impl Platform {
         let mut worker_metrics = Vec::new();
         for _ in 0..opts.workers {
             let config = delivery_worker::Config {
-                kafka_brokers: kafka_brokers(),
+                kafka_brokers: if opts.kafka_tls.tls { kafka_tls_brokers() } else { kafka_brokers() },
                 events_topic: topic.clone(),
                 dead_letter_topic: format!("{topic}.dlq"),
                 group_id: format!("e2e.{id}.workers"),
                 cassandra_nodes: vec![cassandra_node()],
                 cassandra_keyspace: KEYSPACE.into(),
-                redis_url: redis_url(),
+                redis_url: if opts.redis_tls.is_some() { redis_tls_url() } else { redis_url() },
                 redis_prefix: redis_prefix.clone(),
                 push_timeout_ms: 2_000,
                 members_cache_ms: 0,
@@ -250,6 +274,8 @@ impl Platform {
                 message_ttl_secs: opts.message_ttl_secs,
                 metrics_addr: Some("127.0.0.1:0".parse()?),
                 grpc_tls: opts.grpc_tls.clone(),
+                kafka_tls: opts.kafka_tls.clone(),
+                redis_tls: opts.redis_tls.clone().unwrap_or_default(),
             };
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = delivery_worker::App::build(&config).await?;

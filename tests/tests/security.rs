@@ -669,6 +669,58 @@ async fn internal_grpc_with_mutual_tls_refuses_plaintext_and_foreign_or_missing_
     p.stop().await
 }
 
+/// Kafka and Redis over TLS (KAFKA_TLS and rediss://, MSK's and ElastiCache's TLS in production): with the
+/// local servers' CA, the whole path works through their TLS ports (the chat service's owners and producers,
+/// the workers' consumer and presence reads, the gateways' presence writes: bob's message is pushed, which
+/// needs his presence); with a CA that did not sign the servers' certificate, the services do not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_reach_kafka_and_redis_over_tls_and_refuse_servers_they_cannot_verify() -> anyhow::Result<()> {
+    use lifecycle::kafka_tls::KafkaTlsArgs;
+    use lifecycle::redis_tls::RedisTlsArgs;
+    let ca = tests::platform::kafka_tls_ca();
+    ensure!(ca.exists(), "{} is missing: infra/local/servers.sh up makes it", ca.display());
+    let over_tls = |ca: &std::path::Path, kafka: bool, redis: bool| PlatformOptions {
+        gateways: 1,
+        // The inbox is read only at connect: bob gets the message only by a push, after a presence lookup.
+        inbox_recheck_ms: 600_000,
+        kafka_tls: if kafka {
+            KafkaTlsArgs { tls: true, ca_file: Some(ca.to_owned()) }
+        } else {
+            KafkaTlsArgs::default()
+        },
+        redis_tls: redis.then(|| RedisTlsArgs { ca_file: Some(ca.to_owned()) }),
+        ..PlatformOptions::default()
+    };
+    let p = Platform::start(over_tls(&ca, true, true)).await?;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = conversation(&p, &alice, &bob).await?;
+    let gw = p.gateways[0].ws_addr;
+    let mut a = WsClient::connect(gw, &alice, "phone").await?;
+    let mut b = WsClient::connect(gw, &bob, "phone").await?;
+    a.sync().await?;
+    b.sync().await?;
+    let sent = a.send_message(&conv, "m1", "over TLS to kafka and redis").await?;
+    promise!(sent["type"] == "sent", "the send was answered {sent}");
+    let got = b.expect("message").await?;
+    promise!(got["body"] == "over TLS to kafka and redis", "bob got {got}");
+    promise!(got.get("inbox").is_none(), "bob's message came from the inbox, not a push: {got}");
+    a.close().await?;
+    b.close().await?;
+    p.stop().await?;
+
+    let foreign = tests::pki::Ca::new("foreign")?.leaf("nobody")?;
+    for (what, kafka, redis) in [("Kafka", true, false), ("Redis", false, true)] {
+        match Platform::start(over_tls(&foreign.ca, kafka, redis)).await {
+            Ok(p) => {
+                p.stop().await?;
+                broken!("services trusting another CA started against {what}'s TLS port")
+            }
+            Err(e) => println!("[security] {what} over TLS with a foreign CA: the start failed: {e:#}"),
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_at_its_open_file_limit_refuses_the_excess_and_goes_on_serving() -> anyhow::Result<()> {
     use tests::cluster::{Cluster, ClusterOptions, Kind};

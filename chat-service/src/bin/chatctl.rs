@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use chat_service::kafka_client::KafkaClient;
 use clap::{Parser, Subcommand};
+use lifecycle::kafka_tls::KafkaTlsArgs;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
         partitions: i32,
         #[arg(long, env = "CHAT_EVENTS_REPLICATION", default_value_t = 1)]
         replication: i32,
+        #[command(flatten)]
+        kafka_tls: KafkaTlsArgs,
     },
     /// Replays the whole events topic, from its beginning, into a keyspace (migrated first; normally a new
     /// one): every projection of the log (history, idempotency records, read positions, conversations and
@@ -65,6 +68,8 @@ enum Command {
             default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
         )]
         replication: String,
+        #[command(flatten)]
+        kafka_tls: KafkaTlsArgs,
     },
     /// Compares what two keyspaces hold of each conversation (the projections of the log); prints every
     /// difference and exits 1 if there is one.
@@ -124,12 +129,13 @@ async fn main() -> anyhow::Result<()> {
                 println!("keyspace {keyspace}: applied {}", applied.join(", "));
             }
         }
-        Command::CreateTopics { kafka_brokers, topic, partitions, replication } => {
+        Command::CreateTopics { kafka_brokers, topic, partitions, replication, kafka_tls } => {
             if !(1..=10_000).contains(&partitions) {
                 bail!("partitions must be between 1 and 10000");
             }
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &kafka_brokers).create().context("kafka admin client")?;
+            kafka_tls.validate().map_err(anyhow::Error::msg)?;
+            let kafka = KafkaClient { brokers: kafka_brokers, tls: kafka_tls };
+            let admin: AdminClient<DefaultClientContext> = kafka.config().create().context("kafka admin client")?;
             let dead_letter = format!("{topic}.dlq");
             // The log is the source of truth: kept forever (in production, on tiered storage), so that every
             // projection can be rebuilt from it. With three replicas or more, a write needs two of them.
@@ -153,14 +159,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Rebuild { kafka_brokers, topic, cassandra_nodes, keyspace, replication } => {
+        Command::Rebuild { kafka_brokers, topic, cassandra_nodes, keyspace, replication, kafka_tls } => {
+            kafka_tls.validate().map_err(anyhow::Error::msg)?;
+            let kafka = KafkaClient { brokers: kafka_brokers, tls: kafka_tls };
             let session = chat_store::connect_session(&cassandra_nodes, Duration::from_secs(30))
                 .await
                 .context("connecting to cassandra")?;
             chat_store::migrate(&session, &keyspace, &replication).await?;
             let store = open(&cassandra_nodes, &keyspace).await?;
             let started = std::time::Instant::now();
-            let r = chat_service::rebuild::rebuild(&kafka_brokers, &topic, &store).await?;
+            let r = chat_service::rebuild::rebuild(&kafka, &topic, &store).await?;
             println!(
                 "rebuilt keyspace {keyspace} from {topic}: {} events from {} partitions in {:.1} s ({} undecodable)",
                 r.events,

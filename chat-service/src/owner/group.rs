@@ -15,7 +15,6 @@ use std::time::Duration;
 use chat_model::ConversationId;
 use chat_store::CassandraStore;
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -144,8 +143,11 @@ impl Owners {
             stats: Arc::default(),
             acquisitions: AtomicU64::new(0),
         });
-        let consumer: BaseConsumer<OwnerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &inner.config.log.brokers)
+        let consumer: BaseConsumer<OwnerContext> = inner
+            .config
+            .log
+            .kafka
+            .config()
             .set("group.id", &inner.config.group)
             .set("client.id", format!("chat-service-{}", inner.config.advertise))
             .set("enable.auto.commit", "false")
@@ -336,9 +338,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The topic's partition count, from the brokers' metadata.
 pub async fn partition_count(log: &LogConfig) -> anyhow::Result<i32> {
-    let (brokers, topic, timeout) = (log.brokers.clone(), log.topic.clone(), log.call_timeout);
+    let (kafka, topic, timeout) = (log.kafka.clone(), log.topic.clone(), log.call_timeout);
     tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
-        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let consumer: BaseConsumer = kafka.config().create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
         let t = metadata.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
         let n = t.partitions().len();

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use chat_model::event::{self, LogEvent};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaError};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,6 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{PartitionLog, WriteError};
+use crate::kafka_client::KafkaClient;
 
 /// The context of a reader that reads a partition to its end: reaching the end is reported as an error
 /// event (`enable.partition.eof`), which is what it waits for, not something to log.
@@ -39,7 +39,8 @@ impl rdkafka::consumer::ConsumerContext for TailReader {}
 /// How to reach the log, shared by the partitions' writers and readers.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    pub brokers: String,
+    /// The brokers, and TLS to them.
+    pub kafka: KafkaClient,
     pub topic: String,
     /// Prefix of the partitions' transactional ids (`{prefix}.{topic}.{partition}`).
     pub transactional_prefix: String,
@@ -85,8 +86,9 @@ impl KafkaPartition {
     }
 
     async fn producer(config: &LogConfig, partition: i32) -> Result<FutureProducer, WriteError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
+        let producer: FutureProducer = config
+            .kafka
+            .config()
             .set("transactional.id", config.transactional_id(partition))
             .set("transaction.timeout.ms", config.transaction_timeout.as_millis().to_string())
             .set("enable.idempotence", "true")
@@ -181,10 +183,10 @@ pub async fn read_partition(
     from: i64,
     within: Duration,
 ) -> Result<Vec<(i64, LogEvent)>, WriteError> {
-    let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
+    let (kafka, topic) = (config.kafka.clone(), config.topic.clone());
     blocking(move || {
-        let consumer: BaseConsumer<TailReader> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let consumer: BaseConsumer<TailReader> = kafka
+            .config()
             .set("group.id", "chat-service-owner-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
@@ -224,11 +226,11 @@ pub async fn read_partition(
 /// The first offset of `partition` the projectors (the delivery workers' group) have not committed: the
 /// store holds everything before it. 0 when they never committed.
 pub async fn projected_offset(config: &LogConfig, partition: i32) -> Result<i64, String> {
-    let (brokers, topic, group, timeout) =
-        (config.brokers.clone(), config.topic.clone(), config.projector_group.clone(), config.call_timeout);
+    let (kafka, topic, group, timeout) =
+        (config.kafka.clone(), config.topic.clone(), config.projector_group.clone(), config.call_timeout);
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
+        let consumer: BaseConsumer = kafka
+            .config()
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .create()

@@ -28,8 +28,8 @@ module "security_groups" {
   vpc_id                            = var.vpc_id
   client_cidr_blocks                = var.client_cidr_blocks
   metrics_source_security_group_ids = var.metrics_source_security_group_ids
-  # The services' Kafka client speaks plaintext today: the brokers' plaintext port.
-  kafka_port = 9092
+  # The services reach MSK over TLS (KAFKA_TLS): the brokers' TLS port.
+  kafka_port = 9094
 }
 
 module "secrets" {
@@ -41,7 +41,6 @@ module "secrets" {
 }
 
 module "kafka" {
-  #checkov:skip=CKV_AWS_81:brokers encrypt between themselves and accept TLS from clients, but the services' Kafka client has no TLS yet (docs/operations.md, "Encryption in transit")
   source = "../../modules/kafka"
 
   name              = var.name
@@ -49,9 +48,8 @@ module "kafka" {
   security_group_id = module.security_groups.kafka_security_group_id
   kms_key_arn       = module.cluster.kms_key_arn
   events_partitions = var.events_partitions
-  # TLS between brokers; clients may use TLS (9094) or plaintext (9092) until the services speak TLS to
-  # Kafka (docs/operations.md, "Encryption in transit").
-  client_broker_encryption = "TLS_PLAINTEXT"
+  # TLS between brokers and with every client (port 9094).
+  client_broker_encryption = "TLS"
 }
 
 module "scylla" {
@@ -71,9 +69,8 @@ module "redis" {
   subnet_ids        = var.private_subnet_ids
   security_group_id = module.security_groups.redis_security_group_id
   kms_key_arn       = module.cluster.kms_key_arn
-  # AUTH on every connection, TLS accepted but not required until the services' Redis client speaks it
-  # (docs/operations.md, "Encryption in transit").
-  transit_encryption_mode = "preferred"
+  # AUTH and TLS on every connection (the URL secret is rediss://).
+  transit_encryption_mode = "required"
 }
 
 module "chatctl" {
@@ -87,7 +84,7 @@ module "chatctl" {
   kms_key_arn              = module.cluster.kms_key_arn
   cassandra_contact_points = module.scylla.contact_points
   keyspace_replication     = module.scylla.keyspace_replication
-  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers
+  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers_tls
   events_topic             = local.events_topic
   events_partitions        = module.kafka.events_partitions
   replication_factor       = module.kafka.replication_factor
@@ -104,7 +101,7 @@ module "chat_service" {
   namespace_id             = module.cluster.namespace_id
   namespace_name           = module.cluster.namespace_name
   kms_key_arn              = module.cluster.kms_key_arn
-  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers
+  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers_tls
   events_topic             = local.events_topic
   cassandra_contact_points = module.scylla.contact_points
   worker_group_id          = local.worker_group
@@ -144,7 +141,7 @@ module "delivery_worker" {
   subnet_ids               = var.private_subnet_ids
   security_group_id        = module.security_groups.delivery_worker_security_group_id
   kms_key_arn              = module.cluster.kms_key_arn
-  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers
+  kafka_bootstrap_brokers  = module.kafka.bootstrap_brokers_tls
   events_topic             = local.events_topic
   events_partitions        = module.kafka.events_partitions
   group_id                 = local.worker_group

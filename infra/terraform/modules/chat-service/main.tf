@@ -8,6 +8,7 @@ locals {
   environment_all = {
     CHAT_GRPC_ADDR                = "0.0.0.0:${var.grpc_port}"
     CHAT_KAFKA_BROKERS            = var.kafka_bootstrap_brokers
+    KAFKA_TLS                     = tostring(var.kafka_tls)
     CHAT_EVENTS_TOPIC             = var.events_topic
     CHAT_CASSANDRA_NODES          = join(",", var.cassandra_contact_points)
     CHAT_CASSANDRA_KEYSPACE       = var.keyspace

@@ -61,13 +61,19 @@ variable "grpc_port" {
 }
 
 variable "kafka_bootstrap_brokers" {
-  description = "CHAT_KAFKA_BROKERS: bootstrap brokers (module kafka, output bootstrap_brokers)."
+  description = "CHAT_KAFKA_BROKERS: bootstrap brokers (module kafka: output bootstrap_brokers_tls with kafka_tls, bootstrap_brokers without)."
   type        = string
 
   validation {
     condition     = length(trimspace(var.kafka_bootstrap_brokers)) > 0
     error_message = "The bootstrap brokers are required (empty means the MSK cluster serves TLS only: see the kafka module)."
   }
+}
+
+variable "kafka_tls" {
+  description = "KAFKA_TLS: connect to the brokers with TLS, checking their certificates against the image's system roots (MSK's TLS listener, port 9094, output bootstrap_brokers_tls of module kafka). false only for a plaintext listener."
+  type        = bool
+  default     = true
 }
 
 variable "events_topic" {

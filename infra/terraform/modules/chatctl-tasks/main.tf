@@ -16,6 +16,7 @@ locals {
 
   create_topics_environment = {
     CHAT_KAFKA_BROKERS      = var.kafka_bootstrap_brokers
+    KAFKA_TLS               = tostring(var.kafka_tls)
     CHAT_EVENTS_TOPIC       = var.events_topic
     CHAT_EVENTS_PARTITIONS  = tostring(var.events_partitions)
     CHAT_EVENTS_REPLICATION = tostring(var.replication_factor)

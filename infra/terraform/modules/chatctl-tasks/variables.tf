@@ -55,8 +55,14 @@ variable "keyspace_replication" {
 }
 
 variable "kafka_bootstrap_brokers" {
-  description = "CHAT_KAFKA_BROKERS: bootstrap brokers (module kafka, output bootstrap_brokers)."
+  description = "CHAT_KAFKA_BROKERS: bootstrap brokers (module kafka: output bootstrap_brokers_tls with kafka_tls, bootstrap_brokers without)."
   type        = string
+}
+
+variable "kafka_tls" {
+  description = "KAFKA_TLS: connect to the brokers with TLS, checking their certificates against the image's system roots (MSK's TLS listener, port 9094, output bootstrap_brokers_tls of module kafka). false only for a plaintext listener."
+  type        = bool
+  default     = true
 }
 
 variable "events_topic" {

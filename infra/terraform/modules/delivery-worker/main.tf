@@ -7,6 +7,7 @@
 locals {
   environment_all = {
     WORKER_KAFKA_BROKERS      = var.kafka_bootstrap_brokers
+    KAFKA_TLS                 = tostring(var.kafka_tls)
     WORKER_EVENTS_TOPIC       = var.events_topic
     WORKER_DEAD_LETTER_TOPIC  = coalesce(var.dead_letter_topic, "${var.events_topic}.dlq")
     WORKER_GROUP_ID           = var.group_id

@@ -9,12 +9,12 @@ output "cluster_name" {
 }
 
 output "bootstrap_brokers" {
-  description = "Plaintext bootstrap brokers (host:9092,...), what the services use; empty when client_broker_encryption is TLS."
+  description = "Plaintext bootstrap brokers (host:9092,...); empty when client_broker_encryption is TLS."
   value       = aws_msk_cluster.this.bootstrap_brokers
 }
 
 output "bootstrap_brokers_tls" {
-  description = "TLS bootstrap brokers (host:9094,...); empty when client_broker_encryption is PLAINTEXT."
+  description = "TLS bootstrap brokers (host:9094,...), what the services use (KAFKA_TLS); empty when client_broker_encryption is PLAINTEXT."
   value       = aws_msk_cluster.this.bootstrap_brokers_tls
 }
 

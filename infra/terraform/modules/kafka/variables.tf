@@ -101,7 +101,7 @@ variable "events_partitions" {
 }
 
 variable "client_broker_encryption" {
-  description = "Encryption between clients and brokers: TLS (port 9094 only), TLS_PLAINTEXT (9094 and 9092) or PLAINTEXT. The services' Kafka client speaks plaintext today (docs/operations.md, \"Encryption in transit\"): they need TLS_PLAINTEXT or PLAINTEXT."
+  description = "Encryption between clients and brokers: TLS (port 9094 only, what the services use with KAFKA_TLS), TLS_PLAINTEXT (9094 and 9092) or PLAINTEXT."
   type        = string
   default     = "TLS"
 

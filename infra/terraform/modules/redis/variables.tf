@@ -64,7 +64,7 @@ variable "port" {
 }
 
 variable "transit_encryption_mode" {
-  description = "required: TLS only (URL rediss://); preferred: TLS and plaintext (URL redis://). The services' Redis client is built without TLS today (docs/operations.md, \"Encryption in transit\"): they need preferred."
+  description = "required: TLS only (URL rediss://); preferred: TLS and plaintext (URL redis://). The services speak both; required is the default."
   type        = string
   default     = "required"
 

@@ -93,7 +93,7 @@ variable "metrics_source_security_group_ids" {
 variable "kafka_port" {
   description = "The brokers' client port: 9092 plaintext, 9094 TLS (what the services use, see the kafka module)."
   type        = number
-  default     = 9092
+  default     = 9094
 
   validation {
     condition     = contains([9092, 9094], var.kafka_port)

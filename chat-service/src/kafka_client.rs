@@ -1,0 +1,29 @@
+//! How every Kafka client of the chat service and of chatctl reaches the brokers: their addresses and TLS
+//! (`KAFKA_TLS`, see [`lifecycle::kafka_tls`]).
+
+use lifecycle::kafka_tls::KafkaTlsArgs;
+use rdkafka::config::ClientConfig;
+
+#[derive(Debug, Clone, Default)]
+pub struct KafkaClient {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    pub tls: KafkaTlsArgs,
+}
+
+impl KafkaClient {
+    /// Plaintext, as the local servers and the tests run.
+    pub fn plaintext(brokers: &str) -> KafkaClient {
+        KafkaClient { brokers: brokers.to_owned(), tls: KafkaTlsArgs::default() }
+    }
+
+    /// A client configuration with the brokers and TLS set; the caller adds what its client needs.
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (key, value) in self.tls.properties() {
+            c.set(key, value);
+        }
+        c
+    }
+}
