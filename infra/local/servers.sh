@@ -157,6 +157,8 @@ names=("$@"); [ ${#names[@]} -eq 0 ] && names=(redis kafka cassandra)
 case "$cmd" in
   up)
     "$ROOT/infra/local/install.sh"
+    # Made here, once, before Kafka and Redis start in parallel and both read it.
+    tls_material
     # Kafka and Cassandra start in parallel: together they take as long as the slower one.
     pids=()
     for n in "${names[@]}"; do

@@ -24,12 +24,16 @@ pub fn kafka_brokers() -> String {
 /// The local broker's TLS listener (`infra/local/servers.sh` gives it a certificate for `localhost` signed
 /// by [`kafka_tls_ca`]).
 pub fn kafka_tls_brokers() -> String {
-    format!("localhost:{}", std::env::var("KAFKA_TLS_PORT").unwrap_or_else(|_| "19093".into()))
+    format!("localhost:{}", std::env::var("KAFKA_TLS_PORT").unwrap_or_else(|_| "19094".into()))
 }
 
 /// The CA of the local servers' TLS listeners (Kafka's and Redis's).
 pub fn kafka_tls_ca() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local/tls/ca.pem")
+    // Where infra/local/env.sh puts it: CHAT_LOCAL_DIR, or .local in the repository.
+    let local = std::env::var_os("CHAT_LOCAL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.local"));
+    local.join("tls/ca.pem")
 }
 
 /// The local Redis's TLS port (the same certificate as Kafka's TLS listener).
