@@ -129,3 +129,15 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's flags and variables (unique names among the flattened groups, and so on)
+    /// only when debug assertions are on, and then by panicking at start: here rather than in a process.
+    #[test]
+    fn the_flags_and_variables_are_well_formed() {
+        super::Config::command().debug_assert();
+    }
+}

@@ -17,11 +17,11 @@ impl KafkaClient {
         KafkaClient { brokers: brokers.to_owned(), tls: KafkaTlsArgs::default() }
     }
 
-    /// A client configuration with the brokers and TLS set; the caller adds what its client needs.
+    /// A client configuration with what every client starts from (the brokers, TLS; see
+    /// [`KafkaTlsArgs::client_properties`]); the caller adds what its client needs.
     pub fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (key, value) in self.tls.properties() {
+        for (key, value) in self.tls.client_properties(&self.brokers) {
             c.set(key, value);
         }
         c

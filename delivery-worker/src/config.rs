@@ -75,11 +75,11 @@ impl lifecycle::Config for Config {
 }
 
 impl Config {
-    /// A Kafka client configuration with the brokers and TLS (KAFKA_TLS*) set.
+    /// A Kafka client configuration with what every client of the worker starts from (the brokers, TLS with
+    /// KAFKA_TLS*, see [`lifecycle::kafka_tls::KafkaTlsArgs::client_properties`]).
     pub fn kafka_client(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &self.kafka_brokers);
-        for (key, value) in self.kafka_tls.properties() {
+        for (key, value) in self.kafka_tls.client_properties(&self.kafka_brokers) {
             c.set(key, value);
         }
         c
@@ -92,5 +92,17 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             message_ttl_secs: self.message_ttl_secs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's flags and variables (unique names among the flattened groups, and so on)
+    /// only when debug assertions are on, and then by panicking at start: here rather than in a process.
+    #[test]
+    fn the_flags_and_variables_are_well_formed() {
+        super::Config::command().debug_assert();
     }
 }

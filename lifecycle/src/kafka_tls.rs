@@ -8,15 +8,22 @@
 
 use std::path::PathBuf;
 
+/// How long a Kafka client goes without metadata from any broker before it starts again from the bootstrap
+/// servers. A broker that stops answering longer than its KRaft session (frozen, or cut off from the
+/// controller) is fenced and left out of the metadata; a client that hears only from it then forgets every
+/// broker it knew, and librdkafka's default (5 minutes) leaves consumer groups unable to rejoin and
+/// producers unable to write for that long after the broker is back (measured: `make faults`, scenario 13).
+pub const REBOOTSTRAP_AFTER_MS: u64 = 5_000;
+
 /// The settings, as every service's configuration carries them (flattened into it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct KafkaTlsArgs {
     /// Connect to Kafka with TLS (e.g. MSK's TLS listener, port 9094). Off: plaintext.
-    #[arg(long = "kafka-tls", env = "KAFKA_TLS", default_value_t = false)]
+    #[arg(id = "kafka_tls", long = "kafka-tls", env = "KAFKA_TLS", default_value_t = false)]
     pub tls: bool,
     /// PEM certificate(s) of the CA that signed the brokers' certificates. Unset: the system's roots (what
     /// MSK's certificates chain to).
-    #[arg(long = "kafka-tls-ca-file", env = "KAFKA_TLS_CA_FILE")]
+    #[arg(id = "kafka_tls_ca_file", long = "kafka-tls-ca-file", env = "KAFKA_TLS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -35,6 +42,18 @@ impl KafkaTlsArgs {
             }
             (None, _) => Ok(()),
         }
+    }
+
+    /// Every property a Kafka client of the services starts from: the brokers, how the client finds the
+    /// cluster again ([`REBOOTSTRAP_AFTER_MS`]), and TLS. The caller adds what its own client needs.
+    pub fn client_properties(&self, brokers: &str) -> Vec<(&'static str, String)> {
+        let mut p = vec![
+            ("bootstrap.servers", brokers.to_owned()),
+            ("metadata.recovery.strategy", "rebootstrap".to_owned()),
+            ("metadata.recovery.rebootstrap.trigger.ms", REBOOTSTRAP_AFTER_MS.to_string()),
+        ];
+        p.extend(self.properties());
+        p
     }
 
     /// The Kafka client properties these settings stand for (none when TLS is off).
@@ -58,6 +77,17 @@ impl KafkaTlsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_client_finds_the_cluster_again_within_seconds() {
+        let p = KafkaTlsArgs::default().client_properties("b1:9092,b2:9092");
+        assert!(p.contains(&("bootstrap.servers", "b1:9092,b2:9092".into())));
+        assert!(p.contains(&("metadata.recovery.strategy", "rebootstrap".into())));
+        assert!(p.contains(&("metadata.recovery.rebootstrap.trigger.ms", "5000".into())));
+        assert!(!p.iter().any(|(k, _)| *k == "security.protocol"));
+        let tls = KafkaTlsArgs { tls: true, ca_file: None }.client_properties("b1:9094");
+        assert!(tls.contains(&("security.protocol", "ssl".into())));
+    }
 
     #[test]
     fn off_sets_nothing_and_on_checks_the_brokers_names() {

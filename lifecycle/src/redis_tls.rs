@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub struct RedisTlsArgs {
     /// PEM certificate(s) of the CA that signed the Redis server's certificate, for a `rediss://` URL.
     /// Unset: the system's roots.
-    #[arg(long = "redis-tls-ca-file", env = "REDIS_TLS_CA_FILE")]
+    #[arg(id = "redis_tls_ca_file", long = "redis-tls-ca-file", env = "REDIS_TLS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 }
 

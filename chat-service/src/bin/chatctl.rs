@@ -229,3 +229,13 @@ async fn open(nodes: &[String], keyspace: &str) -> anyhow::Result<chat_store::Ca
     };
     chat_store::CassandraStore::connect(&config).await.with_context(|| format!("opening keyspace {keyspace}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_and_variables_are_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
