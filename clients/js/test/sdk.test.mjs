@@ -20,7 +20,7 @@ function client(options) {
 }
 
 function figures(name, values) {
-  console.log(`# figures ${name}: ${Object.entries(values).map(([k, v]) => `${k}=${v}`).join(" ")}`);
+  console.log(`figures ${name}: ${Object.entries(values).map(([k, v]) => `${k}=${v}`).join(" ")}`);
 }
 
 before(async () => {
