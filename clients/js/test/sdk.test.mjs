@@ -348,6 +348,7 @@ test("offline, the outgoing queue is bounded and says so", { timeout: 30_000 }, 
     maxPendingSends: 3,
     backoff: { initialMs: 50, maxMs: 200 },
   });
+  clients.push(c); // closed by the after hook should an assertion fail first
   const conv = "0192f0a4-3c1e-7a55-9d3e-1f6a2b3c4d5e";
   void c.connect().catch(() => {});
   const queued = [1, 2, 3].map((i) => c.send(conv, `q${i}`));
