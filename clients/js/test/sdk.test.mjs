@@ -168,7 +168,7 @@ test("a retried send keeps its id: one stored message", { timeout: 120_000 }, as
 
   // Unanswered when the connection drops: sent again on the next one.
   const second = a.send(conv, "twice", { id: "retry-reconnect" });
-  await until(() => lost.length === 2, 10_000, "the second answer is dropped");
+  await until(() => lost.length === 2, 60_000, "the second answer is dropped");
   a.reconnect();
   const s2 = await second;
   assert.equal(s2.attempts, 2);

@@ -110,15 +110,25 @@ async fn command(cluster: &mut Cluster, chat: &mut Chat, words: &[&str]) -> anyh
         ["create", creator, members] => {
             let member_ids: Vec<String> = members.split(',').map(str::to_owned).collect();
             let kind = if member_ids.len() == 1 { v1::ConversationKind::Direct } else { v1::ConversationKind::Group };
-            let r = chat
-                .create_conversation(v1::CreateConversationRequest {
-                    kind: kind as i32,
-                    created_by: (*creator).to_owned(),
-                    member_ids,
-                    title: String::new(),
-                })
-                .await?
-                .into_inner();
+            let request = v1::CreateConversationRequest {
+                kind: kind as i32,
+                created_by: (*creator).to_owned(),
+                member_ids,
+                title: String::new(),
+            };
+            // A write is refused as unavailable while its partition moves between owners (a rebalance on a
+            // loaded machine): retried, as every client of the chat service does.
+            let mut tries = 0;
+            let r = loop {
+                match chat.create_conversation(request.clone()).await {
+                    Ok(r) => break r.into_inner(),
+                    Err(status) if status.code() == tonic::Code::Unavailable && tries < 60 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(status) => return Err(status.into()),
+                }
+            };
             let id = r.conversation.context("no conversation in the answer")?.conversation_id;
             Ok(json!({ "conversation_id": id }))
         }
