@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Config;
-use crate::consumer::{Loop, WorkerConsumer, WorkerContext};
+use crate::consumer::{Loop, NewConsumer, STATISTICS_INTERVAL, WorkerConsumer, WorkerContext};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
 
@@ -31,25 +31,11 @@ impl App {
             routing::Presence::connect(&config.redis_url, redis_ca, &config.redis_prefix, "", Duration::from_secs(30))
                 .await
                 .context("connecting to redis")?;
-        let consumer: WorkerConsumer = config
-            .kafka_client()
-            .set("group.id", &config.group_id)
-            // The process id tells, in a description of the group, which worker holds which partitions.
-            .set("client.id", format!("delivery-worker-{}", std::process::id()))
-            // A new group starts from the beginning of the log, not its end: nothing is skipped.
-            .set("auto.offset.reset", "earliest")
-            // Only committed transactions: a record of an aborted batch (its numbers given again) is never seen.
-            .set("isolation.level", "read_committed")
-            // Offsets are stored by the loop after a record is handled, and committed in the background.
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .create_with_context(WorkerContext::default())
-            .context("creating the kafka consumer")?;
-        consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
+        let new_consumer: NewConsumer = {
+            let config = config.clone();
+            Box::new(move || new_consumer(&config))
+        };
+        let consumer = new_consumer()?;
         // Appends dead letters.
         let dead_letters: FutureProducer = config
             .kafka_client()
@@ -69,11 +55,13 @@ impl App {
         };
         let worker = Loop {
             consumer,
+            new_consumer,
             deliverer,
             dead_letters,
             dead_letter_topic: config.dead_letter_topic.clone(),
             metrics: Arc::new(Metrics::default()),
             cursor_save: Duration::from_millis(config.cursor_save_ms),
+            wedged_after: Duration::from_millis(config.group_wedged_after_ms),
         };
         Ok(App { worker, metrics })
     }
@@ -102,4 +90,34 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// A consumer of the worker group, subscribed to the events topic.
+fn new_consumer(config: &Config) -> anyhow::Result<WorkerConsumer> {
+    let mut client = config.kafka_client();
+    if lifecycle::failpoint("worker-consumer-unreachable") {
+        // Nothing listens there: the consumer never finds its group.
+        client.set("bootstrap.servers", "127.0.0.1:9");
+    }
+    let consumer: WorkerConsumer = client
+        .set("group.id", &config.group_id)
+        // The process id tells, in a description of the group, which worker holds which partitions.
+        .set("client.id", format!("delivery-worker-{}", std::process::id()))
+        // A new group starts from the beginning of the log, not its end: nothing is skipped.
+        .set("auto.offset.reset", "earliest")
+        // Only committed transactions: a record of an aborted batch (its numbers given again) is never seen.
+        .set("isolation.level", "read_committed")
+        // Offsets are stored by the loop after a record is handled, and committed in the background.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // The group's state, for the loop's check that the consumer has not been out of its group too long.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
+        .create_with_context(WorkerContext::default())
+        .context("creating the kafka consumer")?;
+    consumer.subscribe(&[config.events_topic.as_str()]).context("subscribing")?;
+    Ok(consumer)
 }

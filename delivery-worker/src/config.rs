@@ -39,6 +39,11 @@ pub struct Config {
     /// (duplicates, which clients drop). 0: after every record.
     #[arg(long, env = "WORKER_CURSOR_SAVE_MS", default_value_t = 1_000)]
     pub cursor_save_ms: u64,
+    /// How long the Kafka consumer may be out of its group (its coordinator unknown or unreachable) before
+    /// it is replaced by a new one, which joins afresh; doubled after each replacement that did not help, up
+    /// to 16 times. Counted in worker_consumer_replacements_total.
+    #[arg(long, env = "WORKER_GROUP_WEDGED_AFTER_MS", default_value_t = 60_000)]
+    pub group_wedged_after_ms: u64,
     /// Where to serve the counters (`GET /metrics`, Prometheus text format); unset: not served.
     #[arg(long, env = "WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -63,6 +68,9 @@ impl lifecycle::Config for Config {
         }
         if self.cursor_save_ms > 60_000 {
             return Err("WORKER_CURSOR_SAVE_MS must be at most 60000".into());
+        }
+        if !(5_000..=3_600_000).contains(&self.group_wedged_after_ms) {
+            return Err("WORKER_GROUP_WEDGED_AFTER_MS must be between 5000 and 3600000".into());
         }
         if !(50..=60_000).contains(&self.push_timeout_ms) {
             return Err("WORKER_PUSH_TIMEOUT_MS must be between 50 and 60000".into());

@@ -8,13 +8,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_model::event::{self, LogEvent};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message as _};
 use tokio::sync::{mpsc, watch};
@@ -26,13 +27,61 @@ use crate::metrics::Metrics;
 /// Conversations whose delivery cursor is kept in memory.
 const CURSOR_CAPACITY: usize = 100_000;
 
-/// Notes rebalances, after which the in-memory cursors are dropped (another worker may have moved on).
+/// Notes rebalances, after which the in-memory cursors are dropped (another worker may have moved on), and
+/// how long the consumer has been out of its group ([`GroupHealth`], from librdkafka's statistics).
 #[derive(Default)]
 pub struct WorkerContext {
     rebalanced: Arc<AtomicBool>,
+    health: Mutex<GroupHealth>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(group) = statistics.cgrp {
+            lock(&self.health).observe(&group.state, &group.join_state, Instant::now());
+        }
+    }
+}
+
+/// How often librdkafka reports its state (the consumer's `statistics.interval.ms`).
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
+
+/// Whether the consumer's group membership works, from the statistics' group state.
+#[derive(Debug, Default)]
+pub struct GroupHealth {
+    /// Since when the group has not been `up` (its coordinator known and connected); `None` while it is.
+    out_since: Option<Instant>,
+    /// The last state seen, for the log.
+    last: String,
+}
+
+impl GroupHealth {
+    fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
+        if state == "up" {
+            self.out_since = None;
+        } else if self.out_since.is_none() {
+            self.out_since = Some(now);
+        }
+        self.last = format!("{state} (join state {join_state})");
+    }
+
+    /// The state, when the group has been out for `limit` or longer at `now`.
+    fn wedged(&self, now: Instant, limit: Duration) -> Option<&str> {
+        self.out_since.filter(|since| now.duration_since(*since) >= limit).map(|_| self.last.as_str())
+    }
+
+    fn up(&self) -> bool {
+        self.out_since.is_none()
+    }
+}
+
+/// How long the consumer may be out of its group before it is replaced, after `replaced` replacements in a
+/// row (none of them found the group): doubling, up to 16 times `wedged_after`. While Kafka is away, the
+/// replaced consumers, which may never finish closing, pile up slowly.
+fn wedge_limit(wedged_after: Duration, replaced: u32) -> Duration {
+    wedged_after * 2u32.pow(replaced.min(4))
+}
 
 impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -43,14 +92,29 @@ impl ConsumerContext for WorkerContext {
 
 pub type WorkerConsumer = StreamConsumer<WorkerContext>;
 
+/// Makes a consumer of the worker's group, subscribed: at start, and again to replace a wedged one.
+pub type NewConsumer = Box<dyn Fn() -> anyhow::Result<WorkerConsumer> + Send + Sync>;
+
+/// How long the final commit and the consumer's close may take at shutdown before the process goes anyway
+/// (a consumer cut off from its group would wait for good; the records since the last commit are handled
+/// again by the next owner of their partitions).
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
 pub struct Loop {
+    /// The first consumer (made by [`Loop::new_consumer`] at start, so that its errors stop the start).
     pub consumer: WorkerConsumer,
+    pub new_consumer: NewConsumer,
     pub deliverer: Deliverer,
     pub dead_letters: FutureProducer,
     pub dead_letter_topic: String,
     pub metrics: Arc<Metrics>,
     /// How long a lane lets delivery cursors' moves wait before writing them.
     pub cursor_save: Duration,
+    /// How long the consumer may stay out of its group (no usable group coordinator) before it is replaced
+    /// by a new one (WORKER_GROUP_WEDGED_AFTER_MS). librdkafka can stay there for good after the brokers it
+    /// knew were all fenced and forgotten (make faults, scenario 13): it holds no partition, and the group's
+    /// other members take them; with one worker, nothing is delivered.
+    pub wedged_after: Duration,
 }
 
 /// Lanes, each handling its conversations' records in order.
@@ -105,7 +169,12 @@ impl Offsets {
 
 /// What every lane shares.
 struct Handler {
-    consumer: Arc<WorkerConsumer>,
+    /// The consumer in use: replaced when it is wedged (`wedged_after`).
+    consumer: Mutex<Arc<WorkerConsumer>>,
+    /// Replacements since the group was last seen up.
+    replaced: std::sync::atomic::AtomicU32,
+    wedged_after: Duration,
+    new_consumer: NewConsumer,
     deliverer: Deliverer,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
@@ -117,9 +186,13 @@ struct Handler {
 impl Loop {
     /// Runs until `shutdown` becomes true; then commits what was handled.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let Loop { consumer, deliverer, dead_letters, dead_letter_topic, metrics, cursor_save } = self;
+        let Loop { consumer, new_consumer, deliverer, dead_letters, dead_letter_topic, metrics, cursor_save, wedged_after } =
+            self;
         let handler = Arc::new(Handler {
-            consumer: Arc::new(consumer),
+            consumer: Mutex::new(Arc::new(consumer)),
+            replaced: Default::default(),
+            wedged_after,
+            new_consumer,
             deliverer,
             dead_letters,
             dead_letter_topic,
@@ -139,34 +212,79 @@ impl Loop {
         for t in tasks {
             let _ = t.await;
         }
-        match handler.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "final commit failed; records since the last commit will be handled again")
+        let consumer = handler.consumer();
+        drop(handler);
+        // On a thread of its own, holding the last reference: the commit and the close may never return.
+        let (done, closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e,
+                    "final commit failed; records since the last commit will be handled again"),
             }
+            drop(consumer);
+            let _ = done.send(());
+        });
+        if tokio::time::timeout(CLOSE_WITHIN, closed).await.is_err() {
+            tracing::warn!(
+                within_s = CLOSE_WITHIN.as_secs(),
+                "the consumer did not commit and leave its group in time; stopping anyway \
+                 (records since the last commit will be handled again)"
+            );
         }
         tracing::info!("delivery loop stopped");
     }
 }
 
+/// What the poll loop does next.
+enum Next {
+    Record(rdkafka::error::KafkaResult<OwnedMessage>),
+    /// The consumer has been out of its group too long: replace it (the state seen, for the log).
+    Replace(String),
+    Check,
+}
+
 impl Handler {
+    fn consumer(&self) -> Arc<WorkerConsumer> {
+        lock(&self.consumer).clone()
+    }
+
     /// Takes records from Kafka and hands each to its lane, until shutdown.
     async fn poll(&self, lanes: &[mpsc::Sender<Job>], mut shutdown: watch::Receiver<bool>) {
+        let mut check = tokio::time::interval(STATISTICS_INTERVAL);
         loop {
-            let received = tokio::select! {
-                r = self.consumer.recv() => r,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
-            if self.consumer.context().rebalanced.swap(false, Ordering::SeqCst) {
-                lock(&self.offsets).partitions.clear();
-                for lane in lanes {
-                    if lane.send(Job::ClearCursors).await.is_err() {
-                        return;
+            let consumer = self.consumer();
+            let next = tokio::select! {
+                r = consumer.recv() => Next::Record(r.map(|m| m.detach())),
+                _ = check.tick() => {
+                    let health = lock(&consumer.context().health);
+                    if health.up() {
+                        self.replaced.store(0, Ordering::Relaxed);
+                    }
+                    let limit = wedge_limit(self.wedged_after, self.replaced.load(Ordering::Relaxed));
+                    match health.wedged(Instant::now(), limit) {
+                        Some(state) => Next::Replace(state.to_owned()),
+                        None => Next::Check,
                     }
                 }
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let received = match next {
+                Next::Record(r) => r,
+                Next::Check => continue,
+                Next::Replace(state) => {
+                    drop(consumer);
+                    if !self.replace_consumer(&state, lanes, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if consumer.context().rebalanced.swap(false, Ordering::SeqCst) && !self.forget_tracking(lanes).await {
+                return;
             }
             let record = match received {
-                Ok(r) => r.detach(),
+                Ok(r) => r,
                 Err(e) => {
                     Metrics::add(&self.metrics.consumer_errors);
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -184,6 +302,54 @@ impl Handler {
                 return;
             }
         }
+    }
+
+    /// After a rebalance or a new consumer: the offsets handed out and the cursors are forgotten (the
+    /// partitions' new owners decide). False when the lanes are gone.
+    async fn forget_tracking(&self, lanes: &[mpsc::Sender<Job>]) -> bool {
+        lock(&self.offsets).partitions.clear();
+        for lane in lanes {
+            if lane.send(Job::ClearCursors).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Replaces a wedged consumer with a new one, which joins the group afresh. The old one leaves its
+    /// subscription and closes on a thread of its own (it may never manage to). False on shutdown.
+    async fn replace_consumer(
+        &self,
+        state: &str,
+        lanes: &[mpsc::Sender<Job>],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let replaced = self.replaced.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            state,
+            out_for_s = wedge_limit(self.wedged_after, replaced).as_secs(),
+            "the kafka consumer has been out of its group too long; replacing it with a new one"
+        );
+        let fresh = loop {
+            match (self.new_consumer)() {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not make a new kafka consumer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return false,
+                    }
+                }
+            }
+        };
+        let old = std::mem::replace(&mut *lock(&self.consumer), Arc::new(fresh));
+        Metrics::add(&self.metrics.consumer_replacements);
+        std::thread::spawn(move || {
+            // Should it find its group again, it must not take partitions it would never read.
+            old.unsubscribe();
+            drop(old);
+        });
+        self.forget_tracking(lanes).await
     }
 
     /// One lane: handles its jobs in order until its queue closes or shutdown, and writes the delivery
@@ -218,7 +384,7 @@ impl Handler {
             Metrics::add(&self.metrics.records);
             let store = lock(&self.offsets).completed(record.topic(), record.partition(), record.offset());
             if let Some(offset) = store
-                && let Err(e) = self.consumer.store_offset(record.topic(), record.partition(), offset)
+                && let Err(e) = self.consumer().store_offset(record.topic(), record.partition(), offset)
             {
                 tracing::warn!(error = %e, "offset not stored; records may be handled again");
             }
@@ -367,6 +533,33 @@ mod tests {
         assert_eq!(o.completed("t", 0, 5), None, "handed out before the reset");
         o.dispatched("t", 0, 3);
         assert_eq!(o.completed("t", 0, 3), Some(3));
+    }
+
+    #[test]
+    fn a_consumer_out_of_its_group_for_the_limit_is_wedged_and_back_up_it_is_not() {
+        const WEDGED_AFTER: Duration = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut h = GroupHealth::default();
+        h.observe("up", "steady", t0);
+        assert!(h.up());
+        assert_eq!(h.wedged(t0 + s(600), WEDGED_AFTER), None, "up for ten minutes");
+        h.observe("query-coord", "wait-incr-unassign-to-complete", t0 + s(10));
+        h.observe("wait-coord", "wait-incr-unassign-to-complete", t0 + s(15));
+        assert!(!h.up());
+        assert_eq!(h.wedged(t0 + s(69), WEDGED_AFTER), None, "out since 10 s, not 15 s: 59 s");
+        assert_eq!(h.wedged(t0 + s(70), WEDGED_AFTER), Some("wait-coord (join state wait-incr-unassign-to-complete)"));
+        h.observe("up", "wait-join", t0 + s(71));
+        assert_eq!(h.wedged(t0 + s(500), WEDGED_AFTER), None, "its coordinator found again");
+    }
+
+    #[test]
+    fn replacements_in_a_row_wait_longer_each_time_up_to_sixteen_times() {
+        let m = Duration::from_secs(60);
+        assert_eq!(wedge_limit(m, 0), m);
+        assert_eq!(wedge_limit(m, 1), m * 2);
+        assert_eq!(wedge_limit(m, 4), m * 16);
+        assert_eq!(wedge_limit(m, 40), m * 16);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub retries: AtomicU64,
     /// Errors reported by the Kafka consumer (broker down, rebalance trouble).
     pub consumer_errors: AtomicU64,
+    /// Consumers replaced after being out of their group too long (`consumer::WEDGED_AFTER`).
+    pub consumer_replacements: AtomicU64,
 }
 
 impl Metrics {
@@ -33,6 +35,11 @@ impl Metrics {
             ("worker_dead_letters_total", "Records copied to the dead-letter topic.", &self.dead_letters),
             ("worker_retries_total", "Failed attempts at handling a record, retried.", &self.retries),
             ("worker_consumer_errors_total", "Errors reported by the Kafka consumer.", &self.consumer_errors),
+            (
+                "worker_consumer_replacements_total",
+                "Kafka consumers replaced after being out of their group too long.",
+                &self.consumer_replacements,
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {

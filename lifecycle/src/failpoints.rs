@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `worker-drop-push` | delivery worker | a message's push is skipped, and counted as pushed (no inbox row) |
 //! | `worker-skip-inbox` | delivery worker | inbox rows are not written, and counted as written |
+//! | `worker-consumer-unreachable` | delivery worker | a new Kafka consumer is given a bootstrap address where nothing listens |
 //! | `chat-number-twice` | chat service | a send is given the number of the send before it |
 //! | `chat-crash-after-number` | chat service | the process aborts after numbering a send, before the log append |
 //! | `gateway-keep-replaced` | gateway | a device connecting again leaves its older connection open |
@@ -18,9 +19,10 @@
 //! does not, and `N%return` fires with probability N %.
 
 /// The failpoints the services define, for checks of a `FAILPOINTS` setting.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "worker-drop-push",
     "worker-skip-inbox",
+    "worker-consumer-unreachable",
     "chat-number-twice",
     "chat-crash-after-number",
     "gateway-keep-replaced",

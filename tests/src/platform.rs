@@ -275,6 +275,7 @@ impl Platform {
                 push_timeout_ms: 2_000,
                 members_cache_ms: 0,
                 cursor_save_ms: 1_000,
+                group_wedged_after_ms: 60_000,
                 message_ttl_secs: opts.message_ttl_secs,
                 metrics_addr: Some("127.0.0.1:0".parse()?),
                 grpc_tls: opts.grpc_tls.clone(),

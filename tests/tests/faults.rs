@@ -1330,3 +1330,43 @@ async fn s15_an_owner_dying_between_numbering_and_commit_loses_nothing() -> anyh
     print("15 an owner dying between numbering and commit", &checked.tally);
     cluster.shutdown().await
 }
+
+/// A worker whose Kafka consumer never finds its group (failpoint `worker-consumer-unreachable`: the first
+/// consumer is given a bootstrap address where nothing listens; librdkafka can end up the same way after
+/// every broker it knew was fenced and forgotten, see s13) replaces it after WORKER_GROUP_WEDGED_AFTER_MS
+/// with a new one, which joins the group: with a single worker, nothing is delivered until it does. Only in
+/// a build with failpoints (`make faults-prove` runs it, and runs it again with every consumer unreachable,
+/// where it must fail).
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_a_worker_out_of_its_group_replaces_its_consumer() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOptions { workers: 1, ..ClusterOptions::default() }).await?;
+    // The scenario's own fault fires once; `make faults-prove` may make it fire for every consumer.
+    let own = "worker-consumer-unreachable=1*return".to_owned();
+    let failpoints = std::env::var("FAULTS_FAILPOINTS")
+        .ok()
+        .filter(|f| f.contains("worker-consumer-unreachable"))
+        .unwrap_or(own);
+    cluster.set_env(Kind::Worker, 0, "FAILPOINTS", Some(&failpoints));
+    cluster.set_env(Kind::Worker, 0, "WORKER_GROUP_WEDGED_AFTER_MS", Some("10000"));
+    cluster.stop(Kind::Worker, 0).await?;
+    let restarted = Instant::now();
+    cluster.start_proc(Kind::Worker, 0).await?;
+    let mut load = Load::start(&cluster, 5, 100, "s17").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 500)).await?;
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    let log = cluster.log_of(Kind::Worker, 0).unwrap_or_default();
+    ensure!(
+        log.contains("out of its group too long; replacing it"),
+        "the fault did not land: the worker never replaced its consumer"
+    );
+    println!(
+        "[faults] 17: the only worker's first consumer never found its group; replaced, and every message \
+         delivered, within {:?} of the worker's start",
+        restarted.elapsed()
+    );
+    print("17 a worker out of its group", &checked.tally);
+    cluster.shutdown().await
+}

@@ -6,21 +6,22 @@
 
 locals {
   environment_all = {
-    WORKER_KAFKA_BROKERS      = var.kafka_bootstrap_brokers
-    KAFKA_TLS                 = tostring(var.kafka_tls)
-    WORKER_EVENTS_TOPIC       = var.events_topic
-    WORKER_DEAD_LETTER_TOPIC  = coalesce(var.dead_letter_topic, "${var.events_topic}.dlq")
-    WORKER_GROUP_ID           = var.group_id
-    WORKER_CASSANDRA_NODES    = join(",", var.cassandra_contact_points)
-    WORKER_CASSANDRA_KEYSPACE = var.keyspace
-    WORKER_REDIS_PREFIX       = var.redis_prefix
-    WORKER_PUSH_TIMEOUT_MS    = tostring(var.push_timeout_ms)
-    WORKER_MESSAGE_TTL_SECS   = tostring(var.message_ttl_secs)
-    WORKER_MEMBERS_CACHE_MS   = tostring(var.members_cache_ms)
-    WORKER_CURSOR_SAVE_MS     = tostring(var.cursor_save_ms)
-    WORKER_METRICS_ADDR       = "0.0.0.0:${var.metrics_port}"
-    GRPC_TLS_SERVER_NAME      = var.grpc_tls == null ? null : var.grpc_tls_server_name
-    RUST_LOG                  = var.rust_log
+    WORKER_KAFKA_BROKERS         = var.kafka_bootstrap_brokers
+    KAFKA_TLS                    = tostring(var.kafka_tls)
+    WORKER_EVENTS_TOPIC          = var.events_topic
+    WORKER_DEAD_LETTER_TOPIC     = coalesce(var.dead_letter_topic, "${var.events_topic}.dlq")
+    WORKER_GROUP_ID              = var.group_id
+    WORKER_CASSANDRA_NODES       = join(",", var.cassandra_contact_points)
+    WORKER_CASSANDRA_KEYSPACE    = var.keyspace
+    WORKER_REDIS_PREFIX          = var.redis_prefix
+    WORKER_PUSH_TIMEOUT_MS       = tostring(var.push_timeout_ms)
+    WORKER_MESSAGE_TTL_SECS      = tostring(var.message_ttl_secs)
+    WORKER_MEMBERS_CACHE_MS      = tostring(var.members_cache_ms)
+    WORKER_CURSOR_SAVE_MS        = tostring(var.cursor_save_ms)
+    WORKER_GROUP_WEDGED_AFTER_MS = tostring(var.group_wedged_after_ms)
+    WORKER_METRICS_ADDR          = "0.0.0.0:${var.metrics_port}"
+    GRPC_TLS_SERVER_NAME         = var.grpc_tls == null ? null : var.grpc_tls_server_name
+    RUST_LOG                     = var.rust_log
   }
   environment = { for k, v in local.environment_all : k => v if v != null }
 

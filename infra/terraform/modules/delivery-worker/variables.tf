@@ -143,6 +143,17 @@ variable "cursor_save_ms" {
   }
 }
 
+variable "group_wedged_after_ms" {
+  description = "WORKER_GROUP_WEDGED_AFTER_MS: how long a worker's Kafka consumer may be out of its group before it is replaced by a new one."
+  type        = number
+  default     = 60000
+
+  validation {
+    condition     = var.group_wedged_after_ms >= 5000 && var.group_wedged_after_ms <= 3600000
+    error_message = "5000 to 3600000 ms."
+  }
+}
+
 variable "metrics_port" {
   description = "Port of WORKER_METRICS_ADDR (GET /metrics, Prometheus text)."
   type        = number
