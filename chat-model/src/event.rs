@@ -129,6 +129,11 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
     }
 }
 
+/// The headers every record of the events topic carries (name, value), so that a reader who knows nothing of
+/// this code (a console consumer, a connector) knows how to decode the value: a `chat.v1.Event` of
+/// `proto/chat/v1/events.proto` in protobuf's binary encoding.
+pub const RECORD_HEADERS: [(&str, &str); 2] = [("content-type", "application/x-protobuf"), ("schema", "chat.v1.Event")];
+
 /// Encodes an event as the bytes of a `chat.v1.Event`.
 pub fn encode(event: &LogEvent, created_at_ms: i64) -> Vec<u8> {
     let envelope = match event {

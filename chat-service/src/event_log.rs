@@ -15,7 +15,7 @@ use std::time::Duration;
 use chat_model::event::{self, LogEvent};
 use rdkafka::config::ClientConfig;
 
-use crate::kafka_client::KafkaClient;
+use crate::kafka_client::{KafkaClient, record_headers};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,11 @@ impl KafkaEventLog {
         let payload = event::encode(ev, created_at_ms);
         let key = ev.conversation_id().to_string();
         let partition = chat_model::partition_of(ev.conversation_id(), self.inner.partitions);
-        let record = FutureRecord::to(&self.inner.topic).partition(partition).key(&key).payload(&payload);
+        let record = FutureRecord::to(&self.inner.topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&payload)
+            .headers(record_headers());
         let (generation, producer) = self.inner.current();
         match producer.send(record, Duration::from_secs(0)).await {
             Ok(_) => {

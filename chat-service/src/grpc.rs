@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_model::event::{LogEvent, Receipt, ReceiptKind, message_to_proto};
-use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Seq, UserId};
+use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, Seq, UserId};
 use chat_store::{CassandraStore, ConversationRecord, NewConversation};
 use proto::v1::{self, chat_service_server::ChatService};
 use tonic::{Request, Response, Status};
@@ -89,6 +89,49 @@ fn page(limit: u32) -> Result<usize, ChatError> {
     }
 }
 
+/// Most bytes of bodies in one history page, counted as JSON text (at least one message is always sent):
+/// a page of 500 messages of 16 KiB would otherwise be an 8 MiB frame (more with escapes), past what common
+/// WebSocket libraries accept by default.
+pub const MAX_PAGE_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The length of `s` as a JSON string's content: quotes and backslashes take 2 bytes, control characters 6.
+fn json_text_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if c < ' ' => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
+/// The numbers a history page covers, `after < seq <= up_to`: forwards the oldest `limit` above `after`;
+/// backwards (`before > 0`) the newest `limit` below `before`, still above `after`.
+fn page_range(after: u64, before: u64, last_seq: u64, limit: usize) -> (u64, u64) {
+    if before == 0 {
+        return (after, last_seq);
+    }
+    let up_to = last_seq.min(before - 1);
+    (after.max(up_to.saturating_sub(limit as u64)), up_to)
+}
+
+/// Keeps a page within [`MAX_PAGE_BODY_BYTES`]: the oldest messages that fit when paging forwards, the newest
+/// when paging backwards, so that the next page continues where this one stops with no gap.
+fn cap_page_bytes(messages: &mut Vec<Message>, backwards: bool) {
+    let mut total = 0;
+    let mut fits = |m: &Message| {
+        total += json_text_len(m.body.as_str());
+        total <= MAX_PAGE_BODY_BYTES
+    };
+    if backwards {
+        let keep = messages.iter().rev().take_while(|m| fits(m)).count().max(1);
+        messages.drain(..messages.len().saturating_sub(keep));
+    } else {
+        let keep = messages.iter().take_while(|m| fits(m)).count().max(1);
+        messages.truncate(keep);
+    }
+}
+
 fn conversation_to_proto(c: &ConversationRecord) -> v1::Conversation {
     v1::Conversation {
         conversation_id: c.id.to_string(),
@@ -168,7 +211,10 @@ impl ChatService for ChatGrpc {
             return Err(if missing { ChatError::ConversationNotFound } else { ChatError::NotMember }.into());
         }
         let last_seq = self.store.head(id).await.map_err(ChatError::from)?.ok_or(ChatError::ConversationNotFound)?;
-        let messages = self.store.messages_between(id, r.after_seq, last_seq, limit).await.map_err(ChatError::from)?;
+        let backwards = r.before_seq > 0;
+        let (after, up_to) = page_range(r.after_seq, r.before_seq, last_seq, limit);
+        let mut messages = self.store.messages_between(id, after, up_to, limit).await.map_err(ChatError::from)?;
+        cap_page_bytes(&mut messages, backwards);
         Ok(Response::new(v1::GetHistoryResponse {
             messages: messages.iter().map(message_to_proto).collect(),
             last_seq,
@@ -394,5 +440,69 @@ impl ChatGrpc {
             return Err(ChatError::Invalid(format!("up_to_seq {up_to} is past the conversation's last {last}")).into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_model::{MAX_BODY_BYTES, MessageId};
+
+    use super::*;
+
+    fn message(seq: u64, body_bytes: usize) -> Message {
+        Message {
+            conversation_id: ConversationId::generate(),
+            seq: Seq::new(seq).expect("seq"),
+            message_id: MessageId::generate(),
+            sender_id: UserId::parse("a").expect("user"),
+            sender_device_id: DeviceId::parse("d").expect("device"),
+            client_msg_id: ClientMsgId::parse(&format!("c{seq}")).expect("client id"),
+            body: Body::parse("x".repeat(body_bytes.max(1))).expect("body"),
+            sent_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pages_run_forwards_from_after_or_backwards_from_before() {
+        // Forwards: everything above after_seq up to the head (the store stops at the limit).
+        assert_eq!(page_range(10, 0, 50, 20), (10, 50));
+        // Backwards: the newest `limit` below before_seq.
+        assert_eq!(page_range(0, 41, 50, 20), (20, 40));
+        // ...never below after_seq, never past the head.
+        assert_eq!(page_range(30, 41, 50, 20), (30, 40));
+        assert_eq!(page_range(0, 1000, 50, 20), (30, 50));
+        assert_eq!(page_range(0, 5, 50, 20), (0, 4));
+        // Past the head forwards: an empty range.
+        assert_eq!(page_range(60, 0, 50, 20), (60, 50));
+    }
+
+    #[test]
+    fn a_page_keeps_to_its_bytes_from_the_side_it_continues() {
+        // 300 bodies of 16 KiB: 4.7 MiB, of which 256 fit.
+        let page = || (1..=300).map(|s| message(s, MAX_BODY_BYTES)).collect::<Vec<_>>();
+        let fit = MAX_PAGE_BODY_BYTES / MAX_BODY_BYTES;
+        let mut forwards = page();
+        cap_page_bytes(&mut forwards, false);
+        assert_eq!(forwards.len(), fit);
+        assert_eq!((forwards[0].seq.get(), forwards[fit - 1].seq.get()), (1, fit as u64));
+        let mut backwards = page();
+        cap_page_bytes(&mut backwards, true);
+        assert_eq!(backwards.len(), fit);
+        assert_eq!((backwards[0].seq.get(), backwards[fit - 1].seq.get()), (301 - fit as u64, 300));
+        // One message is always sent, however large.
+        let mut one = vec![message(1, MAX_BODY_BYTES)];
+        cap_page_bytes(&mut one, true);
+        assert_eq!(one.len(), 1);
+        // Escapes count: a body of control characters takes 6 bytes of JSON per byte.
+        assert_eq!(json_text_len("a\"\\\n\u{1}é"), 1 + 2 + 2 + 2 + 6 + 2);
+        let mut escaped = (1..=100).map(|s| message(s, 0)).collect::<Vec<_>>();
+        for m in &mut escaped {
+            m.body = Body::parse("\u{1}".repeat(MAX_BODY_BYTES)).expect("body");
+        }
+        cap_page_bytes(&mut escaped, false);
+        assert_eq!(escaped.len(), MAX_PAGE_BODY_BYTES / (6 * MAX_BODY_BYTES));
+        let mut small = (1..=500).map(|s| message(s, 100)).collect::<Vec<_>>();
+        cap_page_bytes(&mut small, true);
+        assert_eq!(small.len(), 500);
     }
 }

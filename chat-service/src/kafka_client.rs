@@ -3,6 +3,7 @@
 
 use lifecycle::kafka_tls::KafkaTlsArgs;
 use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 
 #[derive(Debug, Clone, Default)]
 pub struct KafkaClient {
@@ -26,4 +27,11 @@ impl KafkaClient {
         }
         c
     }
+}
+
+/// The headers of a record of the events topic ([`chat_model::event::RECORD_HEADERS`]).
+pub fn record_headers() -> OwnedHeaders {
+    chat_model::event::RECORD_HEADERS
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(2), |h, (key, value)| h.insert(Header { key, value: Some(*value) }))
 }

@@ -46,7 +46,6 @@ impl ClientContext for WorkerContext {
 /// How often librdkafka reports its state (the consumer's `statistics.interval.ms`).
 pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
-
 /// Whether the consumer's group membership works, from the statistics' group state.
 #[derive(Debug, Default)]
 pub struct GroupHealth {
@@ -186,8 +185,16 @@ struct Handler {
 impl Loop {
     /// Runs until `shutdown` becomes true; then commits what was handled.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let Loop { consumer, new_consumer, deliverer, dead_letters, dead_letter_topic, metrics, cursor_save, wedged_after } =
-            self;
+        let Loop {
+            consumer,
+            new_consumer,
+            deliverer,
+            dead_letters,
+            dead_letter_topic,
+            metrics,
+            cursor_save,
+            wedged_after,
+        } = self;
         let handler = Arc::new(Handler {
             consumer: Mutex::new(Arc::new(consumer)),
             replaced: Default::default(),

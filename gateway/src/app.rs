@@ -118,6 +118,10 @@ impl App {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Only what this port serves (the descriptor set also describes the other service of chat.v1).
+            .with_service_name(proto::v1::gateway_service_server::SERVICE_NAME)
+            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+            .with_service_name(tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME)
             .build_v1()
             .context("building the reflection service")?;
         let push = GatewayServiceServer::new(PushGrpc { shared: shared.clone() })

@@ -85,10 +85,13 @@ pub enum ClientFrame {
         conversation_id: ConversationId,
         seq: Seq,
     },
+    /// Messages with `after_seq < seq`, and `seq < before_seq` when given: the oldest `limit` of them, or
+    /// with `before_seq` the newest `limit` (a screen opening at the latest message pages backwards).
     History {
         id: String,
         conversation_id: ConversationId,
         after_seq: u64,
+        before_seq: Option<Seq>,
         limit: u32,
     },
     /// Everything up to `seq` was read by the user: moves the member's read position, tells the others.
@@ -119,22 +122,55 @@ pub struct FrameError {
     pub message: String,
 }
 
+/// A frame as JSON: every field is read as a value, so that a field of the wrong type or range is answered
+/// `invalid_field` with the request's id rather than `bad_frame` without it.
 #[derive(Deserialize)]
 struct RawFrame {
     v: Option<serde_json::Value>,
     #[serde(rename = "type")]
-    kind: Option<String>,
+    kind: Option<serde_json::Value>,
     id: Option<serde_json::Value>,
-    conversation_id: Option<String>,
-    body: Option<String>,
-    seq: Option<u64>,
-    after_seq: Option<u64>,
-    limit: Option<u32>,
-    typing: Option<bool>,
+    conversation_id: Option<serde_json::Value>,
+    body: Option<serde_json::Value>,
+    seq: Option<serde_json::Value>,
+    after_seq: Option<serde_json::Value>,
+    before_seq: Option<serde_json::Value>,
+    limit: Option<serde_json::Value>,
+    typing: Option<serde_json::Value>,
+}
+
+/// A field's value, checked for its type; `null` counts as absent.
+fn text_field(value: Option<serde_json::Value>, name: &str) -> Result<Option<String>, String> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{name} must be a string")),
+    }
+}
+
+fn uint_field(value: Option<&serde_json::Value>, name: &str) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| format!("{name} must be a whole number from 0 to 2^64-1"))
+        }
+        Some(_) => Err(format!("{name} must be a number")),
+    }
+}
+
+fn bool_field(value: Option<&serde_json::Value>, name: &str) -> Result<Option<bool>, String> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("{name} must be true or false")),
+    }
 }
 
 /// Longest request id (`id` of history and ping), in bytes.
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
+/// A history page's `limit` when the client gives none, and the most it may ask for.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 500;
 
 /// Parses and checks one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
@@ -144,7 +180,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         message: format!("not a JSON object of the protocol: {e}"),
     })?;
     let id = match raw.id {
-        None => None,
+        None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_REQUEST_ID_BYTES => Some(s),
         Some(_) => {
             return Err(FrameError {
@@ -155,64 +191,70 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         }
     };
     let fail = |code, message: String| FrameError { id: id.clone(), code, message };
+    let invalid = |message: String| fail(ErrorCode::InvalidField, message);
     match raw.v {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(VERSION)) => {}
         _ => {
             return Err(fail(ErrorCode::UnsupportedVersion, format!("v must be {VERSION}")));
         }
     }
-    let conversation = || -> Result<ConversationId, FrameError> {
-        let s = raw
-            .conversation_id
-            .as_deref()
-            .ok_or_else(|| fail(ErrorCode::InvalidField, "conversation_id is missing".into()))?;
-        ConversationId::parse(s).map_err(|e| fail(ErrorCode::InvalidField, e.to_string()))
+    let kind = match raw.kind {
+        Some(serde_json::Value::String(k)) => k,
+        Some(_) => return Err(fail(ErrorCode::UnknownType, "type must be a string".into())),
+        None => return Err(fail(ErrorCode::UnknownType, "type is missing".into())),
     };
-    match raw.kind.as_deref() {
-        Some("send") => {
-            let id_text = id.as_deref().ok_or_else(|| fail(ErrorCode::InvalidField, "id is missing".into()))?;
-            let client_id =
-                ClientMsgId::parse(id_text).map_err(|e| fail(ErrorCode::InvalidField, format!("id: {e}")))?;
+    let conversation_id = text_field(raw.conversation_id, "conversation_id").map_err(invalid)?;
+    let conversation = || -> Result<ConversationId, FrameError> {
+        let s = conversation_id.as_deref().ok_or_else(|| invalid("conversation_id is missing".into()))?;
+        ConversationId::parse(s).map_err(|e| invalid(e.to_string()))
+    };
+    let seq = || -> Result<Seq, FrameError> {
+        uint_field(raw.seq.as_ref(), "seq")
+            .map_err(invalid)?
+            .and_then(Seq::new)
+            .ok_or_else(|| invalid("seq must be a number of at least 1".into()))
+    };
+    match kind.as_str() {
+        "send" => {
+            let id_text = id.as_deref().ok_or_else(|| invalid("id is missing".into()))?;
+            let client_id = ClientMsgId::parse(id_text).map_err(|e| invalid(format!("id: {e}")))?;
             let conversation_id = conversation()?;
-            let body = raw.body.ok_or_else(|| fail(ErrorCode::InvalidField, "body is missing".into()))?;
-            let body = Body::parse(body).map_err(|e| fail(ErrorCode::InvalidField, e.to_string()))?;
+            let body =
+                text_field(raw.body, "body").map_err(invalid)?.ok_or_else(|| invalid("body is missing".into()))?;
+            let body = Body::parse(body).map_err(|e| invalid(e.to_string()))?;
             Ok(ClientFrame::Send { id: client_id, conversation_id, body })
         }
-        Some("delivered") => {
+        "delivered" => Ok(ClientFrame::Delivered { conversation_id: conversation()?, seq: seq()? }),
+        "history" => {
+            let req = id.clone().ok_or_else(|| invalid("id is missing".into()))?;
             let conversation_id = conversation()?;
-            let seq = raw
-                .seq
-                .and_then(Seq::new)
-                .ok_or_else(|| fail(ErrorCode::InvalidField, "seq must be at least 1".into()))?;
-            Ok(ClientFrame::Delivered { conversation_id, seq })
+            let limit = uint_field(raw.limit.as_ref(), "limit").map_err(invalid)?.unwrap_or(u64::from(DEFAULT_LIMIT));
+            let limit = u32::try_from(limit)
+                .ok()
+                .filter(|l| (1..=MAX_LIMIT).contains(l))
+                .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_LIMIT}")))?;
+            let after_seq = uint_field(raw.after_seq.as_ref(), "after_seq").map_err(invalid)?.unwrap_or(0);
+            let before_seq = match uint_field(raw.before_seq.as_ref(), "before_seq").map_err(invalid)? {
+                None => None,
+                Some(b) => Some(
+                    Seq::new(b)
+                        .filter(|b| b.get() > after_seq)
+                        .ok_or_else(|| invalid("before_seq must be above after_seq and at least 1".into()))?,
+                ),
+            };
+            Ok(ClientFrame::History { id: req, conversation_id, after_seq, before_seq, limit })
         }
-        Some("history") => {
-            let req = id.clone().ok_or_else(|| fail(ErrorCode::InvalidField, "id is missing".into()))?;
-            let conversation_id = conversation()?;
-            let limit = raw.limit.unwrap_or(100);
-            if !(1..=500).contains(&limit) {
-                return Err(fail(ErrorCode::InvalidField, "limit must be between 1 and 500".into()));
-            }
-            Ok(ClientFrame::History { id: req, conversation_id, after_seq: raw.after_seq.unwrap_or(0), limit })
-        }
-        Some("read") => {
-            let conversation_id = conversation()?;
-            let seq = raw
-                .seq
-                .and_then(Seq::new)
-                .ok_or_else(|| fail(ErrorCode::InvalidField, "seq must be at least 1".into()))?;
-            Ok(ClientFrame::Read { conversation_id, seq })
-        }
-        Some("conversation") => {
-            let req = id.clone().ok_or_else(|| fail(ErrorCode::InvalidField, "id is missing".into()))?;
+        "read" => Ok(ClientFrame::Read { conversation_id: conversation()?, seq: seq()? }),
+        "conversation" => {
+            let req = id.clone().ok_or_else(|| invalid("id is missing".into()))?;
             Ok(ClientFrame::Conversation { id: req, conversation_id: conversation()? })
         }
-        Some("typing") => {
-            Ok(ClientFrame::Typing { conversation_id: conversation()?, typing: raw.typing.unwrap_or(true) })
+        "typing" => {
+            let typing = bool_field(raw.typing.as_ref(), "typing").map_err(invalid)?.unwrap_or(true);
+            Ok(ClientFrame::Typing { conversation_id: conversation()?, typing })
         }
-        Some("ping") => Ok(ClientFrame::Ping { id }),
-        Some(other) => Err(fail(ErrorCode::UnknownType, format!("unknown type {:?}", truncate(other, 32)))),
-        None => Err(fail(ErrorCode::UnknownType, "type is missing".into())),
+        "ping" => Ok(ClientFrame::Ping { id }),
+        other => Err(fail(ErrorCode::UnknownType, format!("unknown type {:?}", truncate(other, 32)))),
     }
 }
 
@@ -304,6 +346,9 @@ pub enum ServerFrame {
         /// With `beyond_retention`: the first number history still holds.
         #[serde(skip_serializing_if = "Option::is_none")]
         first_seq: Option<u64>,
+        /// With `rate_limited`: how long to wait before sending again, in milliseconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -326,6 +371,7 @@ impl ServerFrame {
             retryable: e.code.retryable(),
             message: e.message,
             first_seq: None,
+            retry_after_ms: None,
         }
     }
 
@@ -386,8 +432,7 @@ mod tests {
             (r#"{"v":1,"type":"ping","id":7}"#.into(), ErrorCode::InvalidField),
             (format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
             (format!(r#"{{"v":1,"type":"conversation","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
-            (format!(r#"{{"v":1,"type":"read","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
-            (format!(r#"{{"v":1,"type":"conversation","conversation_id":"{CONV}"}}"#), ErrorCode::InvalidField),
+            (r#"{"v":1,"type":7}"#.into(), ErrorCode::UnknownType),
         ];
         for (text, code) in cases {
             assert_eq!(parse(&text).map_err(|e| e.code), Err(code), "{text}");
@@ -398,6 +443,58 @@ mod tests {
     fn errors_keep_the_request_id() {
         let e = parse(r#"{"v":1,"type":"send","id":"c-9","conversation_id":"bad","body":"b"}"#).err();
         assert_eq!(e.and_then(|e| e.id), Some("c-9".to_owned()));
+    }
+
+    /// A field of the wrong type or out of range is `invalid_field` naming the field, with the request's id:
+    /// the client fails that request rather than waiting for its timeout.
+    #[test]
+    fn fields_of_the_wrong_type_or_range_are_invalid_fields_with_the_id() {
+        let history =
+            |extra: &str| format!(r#"{{"v":1,"type":"history","id":"h1","conversation_id":"{CONV}",{extra}}}"#);
+        let cases = [
+            (history(r#""limit":-1"#), "limit"),
+            (history(r#""limit":"5""#), "limit"),
+            (history(r#""limit":2.5"#), "limit"),
+            (history(r#""limit":4294967297"#), "limit"),
+            (history(r#""after_seq":-1"#), "after_seq"),
+            (history(r#""after_seq":"3""#), "after_seq"),
+            (history(r#""before_seq":0"#), "before_seq"),
+            (history(r#""after_seq":5,"before_seq":5"#), "before_seq"),
+            (format!(r#"{{"v":1,"type":"send","id":"s1","conversation_id":"{CONV}","body":5}}"#), "body"),
+            (r#"{"v":1,"type":"send","id":"s1","conversation_id":7,"body":"b"}"#.to_owned(), "conversation_id"),
+            (format!(r#"{{"v":1,"type":"send","id":"s1","conversation_id":"{CONV}","body":"b","seq":-1}}"#), ""),
+        ];
+        for (text, field) in cases {
+            match parse(&text) {
+                Err(e) if field.is_empty() => panic!("{text}: a field send does not read is ignored, got {e:?}"),
+                Ok(_) if field.is_empty() => {}
+                Err(FrameError { id, code, message }) => {
+                    assert_eq!(code, ErrorCode::InvalidField, "{text}");
+                    assert!(id.as_deref() == Some("h1") || id.as_deref() == Some("s1"), "{text}: id {id:?}");
+                    assert!(message.contains(field), "{text}: {message:?} does not name {field}");
+                }
+                Ok(f) => panic!("{text} parsed as {f:?}"),
+            }
+        }
+        let bad_seq = format!(r#"{{"v":1,"type":"delivered","conversation_id":"{CONV}","seq":"3"}}"#);
+        assert_eq!(parse(&bad_seq).map_err(|e| e.code), Err(ErrorCode::InvalidField));
+        let bad_typing = format!(r#"{{"v":1,"type":"typing","conversation_id":"{CONV}","typing":"yes"}}"#);
+        assert_eq!(parse(&bad_typing).map_err(|e| e.code), Err(ErrorCode::InvalidField));
+    }
+
+    #[test]
+    fn history_pages_forwards_or_backwards() {
+        let h =
+            |extra: &str| parse(&format!(r#"{{"v":1,"type":"history","id":"h","conversation_id":"{CONV}"{extra}}}"#));
+        assert!(matches!(h(""), Ok(ClientFrame::History { after_seq: 0, before_seq: None, limit: 100, .. })));
+        assert!(matches!(
+            h(r#","before_seq":40,"limit":20"#),
+            Ok(ClientFrame::History { after_seq: 0, before_seq: Some(b), limit: 20, .. }) if b.get() == 40
+        ));
+        assert!(matches!(
+            h(r#","after_seq":null,"before_seq":null"#),
+            Ok(ClientFrame::History { before_seq: None, .. })
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_model::{ConversationId, UserId, presence};
+use chat_model::{ConversationId, Seq, UserId, presence};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -239,11 +239,16 @@ impl Limiter<'_> {
             Err(_) if self.refused >= self.patience => Err(None),
             Err(wait) => {
                 self.refused += 1;
-                Err(Some(ServerFrame::error(FrameError {
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                let mut refusal = ServerFrame::error(FrameError {
                     id,
                     code: ErrorCode::RateLimited,
-                    message: format!("too many frames; retry in {} ms", wait.as_millis().max(1)),
-                })))
+                    message: format!("too many frames; retry in {wait_ms} ms"),
+                });
+                if let ServerFrame::Error { retry_after_ms, .. } = &mut refusal {
+                    *retry_after_ms = Some(wait_ms);
+                }
+                Err(Some(refusal))
             }
         }
     }
@@ -629,12 +634,13 @@ async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<
                 Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
             }
         }
-        ClientFrame::History { id: req_id, conversation_id, after_seq, limit } => {
+        ClientFrame::History { id: req_id, conversation_id, after_seq, before_seq, limit } => {
             let req = v1::GetHistoryRequest {
                 conversation_id: conversation_id.to_string(),
                 user_id: id.user.to_string(),
                 after_seq,
                 limit,
+                before_seq: before_seq.map_or(0, Seq::get),
             };
             let page = shared.chat.call(|mut c| {
                 let r = with_deadline(req.clone(), timeout);

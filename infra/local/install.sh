@@ -32,7 +32,9 @@ command -v pkg-config >/dev/null || apt_install pkg-config
 
 resolve_jars() {
   local name="$1" version="$2" dest="$LIB/$1"
-  local stamp="$dest/.resolved-$version"
+  # The stamp names the POM's content too: a dependency added to it is resolved on the next run.
+  local pom_sum; pom_sum=$(sha256sum "$ROOT/infra/local/maven/$name/pom.xml" | cut -c1-12)
+  local stamp="$dest/.resolved-$version-$pom_sum"
   [ -f "$stamp" ] && return 0
   log "resolving $name $version from Maven Central into $dest"
   rm -rf "$dest"

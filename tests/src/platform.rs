@@ -305,13 +305,17 @@ impl Platform {
 
     /// A gRPC client of the chat service, as an internal service would use it.
     pub async fn chat_client(&self) -> anyhow::Result<ChatServiceClient<Channel>> {
+        Ok(ChatServiceClient::new(self.grpc_channel(self.chat_addr).await?))
+    }
+
+    /// A gRPC channel to one of the platform's servers (with the services' mutual TLS when they use it).
+    pub async fn grpc_channel(&self, addr: SocketAddr) -> anyhow::Result<Channel> {
         let scheme = lifecycle::grpc_tls::scheme(self.grpc_tls.as_ref());
-        let mut endpoint =
-            Channel::from_shared(format!("{scheme}://{}", self.chat_addr))?.timeout(Duration::from_secs(30));
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}"))?.timeout(Duration::from_secs(30));
         if let Some(tls) = &self.grpc_tls {
             endpoint = endpoint.tls_config(tls.client())?;
         }
-        Ok(ChatServiceClient::new(endpoint.connect().await?))
+        Ok(endpoint.connect().await?)
     }
 
     /// The value of the counter `name` served by worker `i`.
@@ -400,6 +404,7 @@ pub async fn store() -> anyhow::Result<CassandraStore> {
 pub fn read_topic(topic: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent>> {
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers as _;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", "e2e-reader")
@@ -426,6 +431,25 @@ pub fn read_topic(topic: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent
             }
             Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
             Some(Ok(m)) => {
+                // Every record names its schema, so that a reader who knows nothing of our code can decode it.
+                let headers: Vec<(String, String)> = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for (key, value) in chat_model::event::RECORD_HEADERS {
+                    crate::promise!(
+                        headers.iter().any(|(k, v)| k == key && v == value),
+                        "the record at {}/{} lacks the header {key}: {value} (it has {headers:?})",
+                        m.partition(),
+                        m.offset()
+                    );
+                }
                 if let Ok(e) = chat_model::event::decode(m.payload().unwrap_or_default()) {
                     out.push(e);
                 }

@@ -88,6 +88,7 @@ async fn history(chat: &mut Chat, conv: &str, reader: &str) -> anyhow::Result<Ve
                 user_id: reader.into(),
                 after_seq: after,
                 limit: 500,
+                before_seq: 0,
             })
             .await?
             .into_inner();
@@ -1348,10 +1349,8 @@ async fn s17_a_worker_out_of_its_group_replaces_its_consumer() -> anyhow::Result
     let mut cluster = Cluster::start(ClusterOptions { workers: 1, ..ClusterOptions::default() }).await?;
     // The scenario's own fault fires once; `make faults-prove` may make it fire for every consumer.
     let own = "worker-consumer-unreachable=1*return".to_owned();
-    let failpoints = std::env::var("FAULTS_FAILPOINTS")
-        .ok()
-        .filter(|f| f.contains("worker-consumer-unreachable"))
-        .unwrap_or(own);
+    let failpoints =
+        std::env::var("FAULTS_FAILPOINTS").ok().filter(|f| f.contains("worker-consumer-unreachable")).unwrap_or(own);
     cluster.set_env(Kind::Worker, 0, "FAILPOINTS", Some(&failpoints));
     cluster.set_env(Kind::Worker, 0, "WORKER_GROUP_WEDGED_AFTER_MS", Some("10000"));
     cluster.stop(Kind::Worker, 0).await?;

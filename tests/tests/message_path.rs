@@ -277,6 +277,167 @@ async fn history_pages_cover_every_number_once() -> anyhow::Result<()> {
     p.stop().await
 }
 
+/// Asks for one history page and answers the frame that names the request (`history` or `error`).
+async fn history_page(c: &mut WsClient, request: Value) -> anyhow::Result<Value> {
+    let id = request["id"].clone();
+    c.send_json(request).await?;
+    loop {
+        let f = c.recv().await?;
+        if (f["type"] == "history" || f["type"] == "error") && f["id"] == id {
+            return Ok(f);
+        }
+    }
+}
+
+fn page_seqs(page: &Value) -> Vec<u64> {
+    page["messages"].as_array().map(|m| m.iter().filter_map(|m| m["seq"].as_u64()).collect()).unwrap_or_default()
+}
+
+/// docs/protocol.md: history pages backwards with `before_seq`, a page holds at most 4 MiB of bodies (so
+/// the largest frame stays within what WebSocket libraries accept), `after_seq` past the last number
+/// answers an empty page, and a field of the wrong type or range is `invalid_field` with the request's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_backwards_within_their_bytes_and_bad_fields_name_the_request() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "laptop").await?;
+    cb.sync().await?;
+    // 300 bodies of 16 KiB: 4.7 MiB, more than one page may hold.
+    let n = 300u64;
+    let mut chat = p.chat_client().await?;
+    let (c, sender) = (conv.clone(), a.clone());
+    // Sent from a task while bob reads (a client that stops reading stops answering pings: 4002).
+    let sends = tokio::spawn(async move {
+        for i in 1..=n {
+            let body = format!("{i:05}{}", "x".repeat(chat_model::MAX_BODY_BYTES - 5));
+            chat.send_message(v1::SendMessageRequest {
+                conversation_id: c.clone(),
+                sender_id: sender.clone(),
+                sender_device_id: "bot".into(),
+                client_msg_id: format!("big-{i}"),
+                body,
+            })
+            .await?;
+        }
+        anyhow::Ok(())
+    });
+    loop {
+        let f = cb.recv().await?;
+        if f["type"] == "message" && f["seq"] == n {
+            break;
+        }
+    }
+    sends.await??;
+    let fit = 4 * 1024 * 1024 / chat_model::MAX_BODY_BYTES as u64;
+    let page = |id: &str, extra: Value| {
+        let mut r = json!({"v": 1, "type": "history", "id": id, "conversation_id": conv, "limit": 500});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            r[k] = v;
+        }
+        r
+    };
+    // Forwards: the oldest that fit, then the rest from where it stopped.
+    let first = history_page(&mut cb, page("f1", json!({}))).await?;
+    ensure!(first["type"] == "history", "{first}");
+    assert_eq!(first["last_seq"], n);
+    assert_eq!(page_seqs(&first), (1..=fit).collect::<Vec<_>>(), "a forward page holds the oldest 4 MiB");
+    let rest = history_page(&mut cb, page("f2", json!({"after_seq": fit}))).await?;
+    assert_eq!(page_seqs(&rest), (fit + 1..=n).collect::<Vec<_>>());
+    for m in first["messages"].as_array().into_iter().flatten() {
+        let seq = m["seq"].as_u64().unwrap_or(0);
+        ensure!(m["body"].as_str().is_some_and(|b| b.starts_with(&format!("{seq:05}"))), "body of {seq}");
+        ensure!(m["sender_id"] == a.as_str() && m["message_id"].is_string() && m["sent_at_ms"].is_i64(), "{m}");
+    }
+    // Backwards from the newest: the newest that fit, then the older ones.
+    let newest = history_page(&mut cb, page("b1", json!({"before_seq": n + 1}))).await?;
+    assert_eq!(page_seqs(&newest), (n - fit + 1..=n).collect::<Vec<_>>(), "a backward page holds the newest 4 MiB");
+    let older = history_page(&mut cb, page("b2", json!({"before_seq": n - fit + 1}))).await?;
+    assert_eq!(page_seqs(&older), (1..=n - fit).collect::<Vec<_>>());
+    let small = history_page(&mut cb, page("b3", json!({"before_seq": 11, "limit": 5}))).await?;
+    assert_eq!(page_seqs(&small), vec![6, 7, 8, 9, 10]);
+    let between = history_page(&mut cb, page("b4", json!({"after_seq": 8, "before_seq": 11, "limit": 5}))).await?;
+    assert_eq!(page_seqs(&between), vec![9, 10]);
+    // Past the last number: an empty page that names the last number.
+    let past = history_page(&mut cb, page("p1", json!({"after_seq": n + 50}))).await?;
+    ensure!(past["type"] == "history" && page_seqs(&past).is_empty() && past["last_seq"] == n, "{past}");
+    // Wrong types and ranges: invalid_field, naming the field, with the request's id; the connection stays.
+    for (id, extra, field) in [
+        ("bad1", json!({"limit": -1}), "limit"),
+        ("bad2", json!({"limit": "5"}), "limit"),
+        ("bad3", json!({"after_seq": -1}), "after_seq"),
+        ("bad4", json!({"before_seq": 0}), "before_seq"),
+    ] {
+        let e = history_page(&mut cb, page(id, extra)).await?;
+        ensure!(e["type"] == "error" && e["code"] == "invalid_field", "{id}: {e}");
+        ensure!(e["message"].as_str().is_some_and(|m| m.contains(field)), "{id}: {e} does not name {field}");
+    }
+    cb.send_json(json!({"v": 1, "type": "send", "id": "typed", "conversation_id": conv, "body": 5})).await?;
+    let e = cb.expect("error").await?;
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("invalid_field"), Some("typed")));
+    cb.close().await?;
+    p.stop().await
+}
+
+/// docs/protocol.md: the sending device gets its `sent` answer and not its own message; the sender's other
+/// devices and the other members get it pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_s_other_devices_get_its_message_and_the_sending_device_does_not() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut phone = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut laptop = WsClient::connect(p.gateways[1].ws_addr, &a, "laptop").await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "tablet").await?;
+    for c in [&mut phone, &mut laptop, &mut cb] {
+        c.sync().await?;
+    }
+    let ack = phone.send_message(&conv, "own-1", "from my phone").await?;
+    for c in [&mut laptop, &mut cb] {
+        let got = c.expect("message").await?;
+        ensure!(got["message_id"] == ack["message_id"], "{got}");
+    }
+    // Bob's next message comes after alice's in the conversation's order: had alice's phone been sent its
+    // own message, it would be read before this one.
+    let before = read_until_sentinel(&mut cb, &mut phone, &conv).await?;
+    ensure!(before.is_empty(), "the sending device was pushed its own message: {before:?}");
+    for c in [phone, laptop, cb] {
+        c.close().await?;
+    }
+    p.stop().await
+}
+
+/// Each gRPC port's reflection lists what that port serves: the chat service's port its service, a
+/// gateway's push port its own, each with health and reflection (a client of the other would only be
+/// answered `Unimplemented`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_grpc_port_s_reflection_lists_only_what_it_serves() -> anyhow::Result<()> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    for (addr, serves) in [(p.chat_addr, "chat.v1.ChatService"), (p.gateways[0].grpc_addr, "chat.v1.GatewayService")] {
+        let mut client = ServerReflectionClient::new(p.grpc_channel(addr).await?);
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client.server_reflection_info(futures::stream::iter([ask])).await?.into_inner();
+        let answer: ServerReflectionResponse = answers.message().await?.context("no reflection answer")?;
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            bail!("{addr}: not a list of services: {answer:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        let mut expected = vec![serves, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
+        expected.sort();
+        assert_eq!(names, expected, "the services {addr} lists");
+    }
+    p.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_spread_over_both_gateways_sees_one_order() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions::default()).await?;
@@ -363,6 +524,23 @@ async fn the_log_holds_each_conversation_in_order_as_a_plain_consumer_reads_it()
         assert_eq!(in_log.len(), 20, "{conv}: every acknowledged message is in the log");
         assert_eq!(Some(&in_log), acked.get(conv), "{conv}: the log holds the acknowledged messages");
     }
+    // A stock Kafka console consumer, as the README runs it (infra/local/kafka-tool.sh), reads the records
+    // and the headers that name their schema.
+    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/local/kafka-tool.sh");
+    let out = tokio::process::Command::new(tool)
+        .args(["console-consumer", "--bootstrap-server", &kafka_brokers(), "--topic", &p.topic])
+        .args(["--from-beginning", "--max-messages", "1", "--timeout-ms", "30000", "--isolation-level"])
+        .args(["read_committed", "--property", "print.headers=true", "--property", "print.value=false"])
+        .output()
+        .await
+        .context("running kafka-tool.sh console-consumer")?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && printed.contains("content-type:application/x-protobuf,schema:chat.v1.Event"),
+        "the console consumer printed {printed:?} ({}; {})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.stop().await
 }
 
@@ -383,6 +561,15 @@ async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
     assert_eq!(again["message_id"], first["message_id"]);
     assert_eq!(again["seq"], first["seq"]);
     assert_eq!(again["duplicate"], true);
+    // The id is the user's in the conversation, from any device, for good: reused with another body, the
+    // answer is still the first message's, and the other body is stored nowhere (docs/protocol.md).
+    let mut laptop = WsClient::connect(p.gateways[0].ws_addr, &a, "laptop").await?;
+    laptop.sync().await?;
+    let other = laptop.send_message(&conv, "same-id", "another body").await?;
+    assert_eq!(
+        (&other["message_id"], &other["seq"], &other["duplicate"]),
+        (&first["message_id"], &first["seq"], &json!(true))
+    );
 
     let before = read_until_sentinel(&mut ca2, &mut cb, &conv).await?;
     let seqs: Vec<u64> = before.iter().map(|f| f["seq"].as_u64().unwrap_or(0)).collect();
@@ -391,6 +578,8 @@ async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
     let ids: HashSet<String> = rows.iter().map(|r| r.1.to_string()).collect();
     assert_eq!(rows.len(), 2, "one row for the message, one for the sentinel");
     assert!(ids.contains(first["message_id"].as_str().unwrap_or_default()));
+    assert!(rows.iter().all(|r| r.2 != "another body"), "the reused id's other body was stored: {rows:?}");
+    laptop.close().await?;
     cb.close().await?;
     ca2.close().await?;
     let _ = ca;
@@ -596,6 +785,7 @@ async fn a_cursor_beyond_retention_is_told_so() -> anyhow::Result<()> {
         user_id: b.clone(),
         after_seq: after,
         limit: 10,
+        before_seq: 0,
     };
     // Each message expires 4 s after its own write, so 1 may be gone while 2 and 3 are still held (first
     // number 2, then 3): wait until all three are.
@@ -671,7 +861,12 @@ async fn a_removed_member_can_no_longer_send_even_just_after_sending() -> anyhow
         let (mut chat, conv, b) = (chat.clone(), conv.clone(), b.clone());
         async move {
             let history = chat
-                .get_history(v1::GetHistoryRequest { conversation_id: conv, user_id: b, after_seq: 0, limit: 10 })
+                .get_history(v1::GetHistoryRequest {
+                    conversation_id: conv,
+                    user_id: b,
+                    limit: 10,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             let bodies: Vec<String> = history.messages.into_iter().map(|m| m.body).collect();

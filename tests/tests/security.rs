@@ -301,6 +301,7 @@ async fn a_non_member_can_neither_send_nor_read_and_changes_nothing() -> anyhow:
             user_id: alice.clone(),
             after_seq: 0,
             limit: 10,
+            before_seq: 0,
         })
         .await?
         .into_inner();
@@ -402,6 +403,11 @@ async fn ping_flood(c: &mut WsClient, tag: &str, n: usize) -> anyhow::Result<(us
             Ok(f) if f["type"] == "error" && f["code"] == "rate_limited" => {
                 promise!(f["retryable"] == true, "rate_limited is not retryable: {f}");
                 promise!(f["id"].as_str().is_some_and(|id| id.starts_with(tag)), "refusal without the id: {f}");
+                // The wait is a field (docs/protocol.md), not only words in the message.
+                promise!(
+                    f["retry_after_ms"].as_u64().is_some_and(|ms| (1..=60_000).contains(&ms)),
+                    "rate_limited without a wait in retry_after_ms: {f}"
+                );
                 limited += 1;
             }
             Ok(f) => broken!("unexpected {f}"),

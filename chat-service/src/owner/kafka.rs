@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{PartitionLog, WriteError};
-use crate::kafka_client::KafkaClient;
+use crate::kafka_client::{KafkaClient, record_headers};
 
 /// The context of a reader that reads a partition to its end: reaching the end is reported as an error
 /// event (`enable.partition.eof`), which is what it waits for, not something to log.
@@ -137,7 +137,11 @@ impl PartitionLog for KafkaPartition {
         for ev in &events {
             let payload = event::encode(ev, created_at(ev));
             let key = ev.conversation_id().to_string();
-            let record = FutureRecord::to(&self.config.topic).partition(self.partition).key(&key).payload(&payload);
+            let record = FutureRecord::to(&self.config.topic)
+                .partition(self.partition)
+                .key(&key)
+                .payload(&payload)
+                .headers(record_headers());
             match self.producer.send_result(record) {
                 Ok(d) => deliveries.push(d),
                 Err((e, _)) => return Err(self.abort(format!("producing: {e}")).await),

@@ -341,26 +341,38 @@ export class ChatClient extends Emitter<ClientEvents> {
     return this.write(this.conn, { v: 1, type: "typing", conversation_id: conversationId, typing });
   }
 
-  /** One page of history: messages with `seq > afterSeq`, oldest first. Does not change what is shown. */
-  async history(conversationId: string, options: { afterSeq?: number; limit?: number } = {}): Promise<HistoryPage> {
+  /**
+   * One page of history, oldest first; does not change what is shown. Forwards (no `beforeSeq`): the oldest
+   * messages with `seq > afterSeq`. Backwards (`beforeSeq`): the newest messages with `seq < beforeSeq` (and
+   * `seq > afterSeq`), as a screen opening at the latest message pages.
+   */
+  async history(
+    conversationId: string,
+    options: { afterSeq?: number; beforeSeq?: number; limit?: number } = {},
+  ): Promise<HistoryPage> {
     const afterSeq = options.afterSeq ?? 0;
     const limit = options.limit ?? 100;
-    const f = (await this.request({
+    const frame: ClientFrame = {
       v: 1,
       type: "history",
       id: this.newRequestId(),
       conversation_id: conversationId,
       after_seq: afterSeq,
       limit,
-    })) as HistoryFrame;
+    };
+    if (options.beforeSeq !== undefined) frame.before_seq = options.beforeSeq;
+    const f = (await this.request(frame)) as HistoryFrame;
     const messages = f.messages.map((m) => toMessage(m, "history"));
+    const first = messages.length > 0 ? messages[0]!.seq : f.last_seq + 1;
     const top = messages.length > 0 ? messages[messages.length - 1]!.seq : afterSeq;
+    const backwards = options.beforeSeq !== undefined;
     return {
       conversationId: f.conversation_id,
       messages,
       lastSeq: f.last_seq,
-      hasMore: messages.length > 0 && top < f.last_seq,
+      hasMore: messages.length > 0 && (backwards ? first > afterSeq + 1 : top < f.last_seq),
       nextAfterSeq: top,
+      nextBeforeSeq: first,
     };
   }
 
@@ -375,6 +387,27 @@ export class ChatClient extends Emitter<ClientEvents> {
       yield page;
       if (!page.hasMore) return;
       afterSeq = page.nextAfterSeq;
+    }
+  }
+
+  /**
+   * Pages of history from the newest backwards (each page oldest first), down to the first message or to
+   * `afterSeq`: what a chat screen loads as the user scrolls up. `beforeSeq` starts below a given number.
+   */
+  async *historyPagesBackwards(
+    conversationId: string,
+    options: { beforeSeq?: number; afterSeq?: number; limit?: number } = {},
+  ): AsyncGenerator<HistoryPage> {
+    let beforeSeq = options.beforeSeq ?? Number.MAX_SAFE_INTEGER;
+    for (;;) {
+      const page = await this.history(conversationId, {
+        afterSeq: options.afterSeq ?? 0,
+        beforeSeq,
+        limit: options.limit ?? 50,
+      });
+      yield page;
+      if (!page.hasMore) return;
+      beforeSeq = page.nextBeforeSeq;
     }
   }
 

@@ -5,6 +5,6 @@ export { ChatError } from "./errors.js";
 export { backoffDelay, type BackoffPolicy } from "./backoff.js";
 export { tokenExpiryMs } from "./token.js";
 export { Sequence } from "./sequence.js";
-export { CloseCode, PROTOCOL_VERSION, MAX_BODY_BYTES, MAX_HISTORY_LIMIT } from "./protocol.js";
+export { CloseCode, PROTOCOL_VERSION, MAX_BODY_BYTES, MAX_HISTORY_LIMIT, rateLimitWaitMs } from "./protocol.js";
 export type { ClientFrame, ServerFrame, WireMessage } from "./protocol.js";
 export type * from "./types.js";

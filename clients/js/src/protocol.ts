@@ -92,6 +92,8 @@ export interface ErrorFrame {
   retryable: boolean;
   /** With `beyond_retention`: the first number history still holds. */
   first_seq?: number;
+  /** With `rate_limited`: how long to wait before the next frame, in milliseconds. */
+  retry_after_ms?: number;
 }
 
 export interface PongFrame {
@@ -116,7 +118,7 @@ export type ServerFrame =
 export type ClientFrame =
   | { v: 1; type: "send"; id: string; conversation_id: string; body: string }
   | { v: 1; type: "delivered"; conversation_id: string; seq: number }
-  | { v: 1; type: "history"; id: string; conversation_id: string; after_seq: number; limit: number }
+  | { v: 1; type: "history"; id: string; conversation_id: string; after_seq: number; before_seq?: number; limit: number }
   | { v: 1; type: "read"; conversation_id: string; seq: number }
   | { v: 1; type: "conversation"; id: string; conversation_id: string }
   | { v: 1; type: "typing"; conversation_id: string; typing: boolean }
@@ -162,11 +164,11 @@ export function parseServerFrame(text: string): ServerFrame | null {
 }
 
 /**
- * The wait a `rate_limited` error asks for, in milliseconds. The gateway gives it only inside `message`
- * ("too many frames; retry in 120 ms"); a `retry_after_ms` field is read first, should a gateway add one.
+ * The wait a `rate_limited` error asks for, in milliseconds: its `retry_after_ms` field, or, from a gateway
+ * older than that field, the number in its `message` ("too many frames; retry in 120 ms").
  */
 export function rateLimitWaitMs(frame: ErrorFrame, fallbackMs: number): number {
-  const field = (frame as { retry_after_ms?: unknown }).retry_after_ms;
+  const field: unknown = frame.retry_after_ms;
   if (typeof field === "number" && Number.isFinite(field) && field >= 0) return field;
   const m = /retry in (\d+)\s*ms/.exec(frame.message ?? "");
   return m ? Number(m[1]) : fallbackMs;

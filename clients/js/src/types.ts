@@ -89,9 +89,14 @@ export interface HistoryPage {
   messages: ChatMessage[];
   /** The conversation's latest number. */
   lastSeq: number;
-  /** Whether messages after this page exist (ask again with `afterSeq: nextAfterSeq`). */
+  /**
+   * Whether more messages lie in the page's direction: after it when paging forwards (ask again with
+   * `afterSeq: nextAfterSeq`), before it when paging backwards (ask again with `beforeSeq: nextBeforeSeq`).
+   */
   hasMore: boolean;
   nextAfterSeq: number;
+  /** The first number of this page (the `beforeSeq` of the page before it); `lastSeq + 1` when empty. */
+  nextBeforeSeq: number;
 }
 
 export interface ConversationInfo {

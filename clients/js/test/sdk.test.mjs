@@ -269,6 +269,33 @@ test("a gap is held and filled from history", { timeout: 120_000 }, async () => 
   figures("gap", { sent: 3, shown: 3, "filled from history": 1, "duplicates shown": duplicatesShown(b.shownIn(conv)) });
 });
 
+test("history pages backwards from the newest message, and forwards again, each number once", { timeout: 120_000 }, async () => {
+  const alice = fresh("alice");
+  const bob = fresh("bob");
+  const conv = await h.createConversation(alice, [bob]);
+  const a = client({ user: alice, conversations: { [conv]: 0 } });
+  await a.connect();
+  const n = 30;
+  for (const i of range(1, n)) await a.send(conv, `m${i}`);
+  const b = client({ user: bob, conversations: {} });
+  await b.connect();
+  // History shows a message no later than it reaches a member: wait until the last one is there.
+  await until(async () => (await b.history(conv, { afterSeq: n - 1 })).messages.length === 1, 20_000, () => "number 30 in history");
+  const backwards = [];
+  for await (const page of b.historyPagesBackwards(conv, { limit: 12 })) backwards.push(page.messages.map((m) => m.seq));
+  assert.deepEqual(backwards, [range(19, 30), range(7, 18), range(1, 6)], "newest page first, each oldest first");
+  const older = await b.history(conv, { beforeSeq: 11, afterSeq: 8, limit: 5 });
+  assert.deepEqual(older.messages.map((m) => [m.seq, m.body]), [[9, "m9"], [10, "m10"]]);
+  assert.equal(older.hasMore, false, "nothing between after_seq and the page");
+  const forwards = [];
+  for await (const page of b.historyPages(conv, { limit: 12 })) forwards.push(...page.messages.map((m) => m.seq));
+  assert.deepEqual(forwards, range(1, n));
+  const past = await b.history(conv, { afterSeq: n + 10 });
+  assert.deepEqual([past.messages.length, past.lastSeq, past.hasMore], [0, n, false], "past the end: an empty page");
+  await assert.rejects(b.history(conv, { limit: -1 }), (e) => e instanceof ChatError && e.code === "invalid_field");
+  figures("history backwards", { messages: n, pages: backwards.length });
+});
+
 test("delivered frames dropped 5 times in a row: the inbox keeps its entries, the app shows each once", { timeout: 180_000 }, async () => {
   const alice = fresh("alice");
   const bob = fresh("bob");

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Sequence, backoffDelay, tokenExpiryMs } from "../dist/index.js";
+import { Sequence, backoffDelay, rateLimitWaitMs, tokenExpiryMs } from "../dist/index.js";
 import { signToken } from "./harness.mjs";
 
 /**
@@ -57,4 +57,12 @@ test("a token's expiry is read from its claims", () => {
   assert.equal(tokenExpiryMs(signToken({ sub: "a", exp: 1700000000 }, "s")), 1700000000000);
   assert.equal(tokenExpiryMs(signToken({ sub: "a" }, "s")), null);
   assert.equal(tokenExpiryMs("not a token"), null);
+});
+
+test("a rate_limited wait is read from its field, else from its message", () => {
+  const refusal = (extra) => ({ v: 1, type: "error", code: "rate_limited", retryable: true, ...extra });
+  assert.equal(rateLimitWaitMs(refusal({ message: "too many frames; retry in 120 ms", retry_after_ms: 120 }), 1_000), 120);
+  assert.equal(rateLimitWaitMs(refusal({ message: "too many frames; retry in 80 ms" }), 1_000), 80);
+  assert.equal(rateLimitWaitMs(refusal({ message: "slow down" }), 1_000), 1_000);
+  assert.equal(rateLimitWaitMs(refusal({ message: "slow down", retry_after_ms: -5 }), 1_000), 1_000);
 });

@@ -143,6 +143,7 @@ async fn command(cluster: &mut Cluster, chat: &mut Chat, words: &[&str]) -> anyh
                         user_id: (*reader).to_owned(),
                         after_seq: after,
                         limit: 500,
+                        before_seq: 0,
                     })
                     .await?
                     .into_inner();
