@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ChatError;
 use crate::event_log::KafkaEventLog;
+use crate::listing;
 use crate::owned::{Owned, SendRequest, Sent};
 use crate::route::{CONVERSATION_ID, FORWARDED};
 
@@ -166,6 +167,33 @@ impl ChatGrpc {
             return Err(ChatError::FailedPrecondition("the members of a direct conversation do not change".into()));
         }
         Ok(c)
+    }
+
+    /// A conversation of `who` as the list shows it, with its place in the list; `None` when it is gone or
+    /// `who` left it (the reverse index is written apart from the members).
+    async fn summary(
+        &self,
+        id: ConversationId,
+        who: &UserId,
+    ) -> Result<Option<(listing::Place, v1::ConversationSummary)>, ChatError> {
+        let Some(c) = self.store.conversation(id).await? else { return Ok(None) };
+        if !c.members.contains(who) {
+            return Ok(None);
+        }
+        let last_activity_ms = self.store.last_activity_ms(id, c.last_seq).await?;
+        let read_seq = c.read_positions.iter().find(|(u, _)| u == who).map_or(0, |(_, seq)| *seq);
+        let v1::Conversation { conversation_id, kind, member_ids, title, last_seq, .. } = conversation_to_proto(&c);
+        let summary = v1::ConversationSummary {
+            conversation_id,
+            kind,
+            title,
+            member_ids,
+            last_seq,
+            last_activity_ms,
+            read_seq,
+            unread: last_seq.saturating_sub(read_seq),
+        };
+        Ok(Some((listing::Place::new(last_activity_ms, id), summary)))
     }
 
     async fn reload(&self, id: ConversationId) -> Result<v1::Conversation, ChatError> {
@@ -349,6 +377,27 @@ impl ChatService for ChatGrpc {
         let who = user("user_id", &r.user_id)?;
         let c = self.member_conversation(id, &who).await?;
         Ok(Response::new(v1::GetConversationResponse { conversation: Some(conversation_to_proto(&c)) }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<v1::ListConversationsRequest>,
+    ) -> Result<Response<v1::ListConversationsResponse>, Status> {
+        use futures::{StreamExt, TryStreamExt};
+        let r = request.into_inner();
+        let who = user("user_id", &r.user_id)?;
+        let limit = listing::limit(r.limit)?;
+        let after = listing::Place::from_token(&r.page_token)?;
+        let ids = self.store.conversations_of(&who).await.map_err(ChatError::from)?;
+        let who = &who;
+        let items: Vec<(listing::Place, v1::ConversationSummary)> = futures::stream::iter(ids)
+            .map(|id| self.summary(id, who))
+            .buffer_unordered(listing::READS_IN_FLIGHT)
+            .try_filter_map(|s| async move { Ok(s) })
+            .try_collect()
+            .await?;
+        let (conversations, next) = listing::page(items, after, limit);
+        Ok(Response::new(v1::ListConversationsResponse { conversations, next_page_token: next.unwrap_or_default() }))
     }
 
     async fn register_device(

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event_log;
 pub mod grpc;
 pub mod kafka_client;
+pub mod listing;
 pub mod members;
 pub mod owned;
 pub mod owner;

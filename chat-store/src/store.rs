@@ -99,6 +99,9 @@ struct Statements {
     select_read_marks: PreparedStatement,
     insert_owner: PreparedStatement,
     select_owner: PreparedStatement,
+    select_user_conversations: PreparedStatement,
+    select_created_at: PreparedStatement,
+    select_sent_at: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at";
@@ -174,6 +177,44 @@ impl CassandraStore {
         let last_seq = self.head(id).await?.unwrap_or(0);
         let read_positions = self.read_marks(id).await?;
         Ok(Some(ConversationRecord { id, kind, title: title.unwrap_or_default(), members, last_seq, read_positions }))
+    }
+
+    /// The conversations `user` is a member of (the reverse index `conversations_by_user`), in no order.
+    pub async fn conversations_of(&self, user: &UserId) -> Result<Vec<ConversationId>, StoreError> {
+        use futures::StreamExt;
+        let mut pager = self
+            .session
+            .execute_iter(self.st.select_user_conversations.clone(), (user.as_str(),))
+            .await?
+            .rows_stream::<(Uuid,)>()?;
+        let mut out = Vec::new();
+        while let Some(row) = pager.next().await {
+            out.push(ConversationId::from_uuid(row?.0));
+        }
+        Ok(out)
+    }
+
+    /// When the conversation last changed, in milliseconds since the epoch: the time of its message
+    /// `last_seq` (its last), or of its creation when it has none (or history no longer holds that one).
+    pub async fn last_activity_ms(&self, id: ConversationId, last_seq: u64) -> Result<i64, StoreError> {
+        if let Some(seq) = Seq::new(last_seq) {
+            let sent = self
+                .session
+                .execute_unpaged(&self.st.select_sent_at, (id.as_uuid(), bucket_of(seq), to_i64(last_seq)))
+                .await?
+                .into_rows_result()?
+                .maybe_first_row::<(Option<CqlTimestamp>,)>()?;
+            if let Some((Some(at),)) = sent {
+                return Ok(at.0);
+            }
+        }
+        let created = self
+            .session
+            .execute_unpaged(&self.st.select_created_at, (id.as_uuid(),))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<CqlTimestamp>,)>()?;
+        Ok(created.and_then(|(at,)| at).map_or(0, |at| at.0))
     }
 
     pub async fn members(&self, id: ConversationId) -> Result<Vec<UserId>, StoreError> {
@@ -594,6 +635,13 @@ impl Statements {
                 .prepare("DELETE FROM conversations_by_user WHERE user_id = ? AND conversation_id = ?")
                 .await?,
             select_conversation: s.prepare("SELECT kind, title FROM conversations WHERE conversation_id = ?").await?,
+            select_user_conversations: s
+                .prepare("SELECT conversation_id FROM conversations_by_user WHERE user_id = ?")
+                .await?,
+            select_created_at: s.prepare("SELECT created_at FROM conversations WHERE conversation_id = ?").await?,
+            select_sent_at: s
+                .prepare("SELECT sent_at FROM messages WHERE conversation_id = ? AND bucket = ? AND seq = ?")
+                .await?,
             select_members: s.prepare("SELECT user_id FROM members WHERE conversation_id = ?").await?,
             select_member: s
                 .prepare("SELECT user_id FROM members WHERE conversation_id = ? AND user_id = ?")

@@ -65,7 +65,9 @@ impl ClientFrame {
     pub fn request_id(&self) -> Option<String> {
         match self {
             ClientFrame::Send { id, .. } => Some(id.to_string()),
-            ClientFrame::History { id, .. } | ClientFrame::Conversation { id, .. } => Some(id.clone()),
+            ClientFrame::History { id, .. }
+            | ClientFrame::Conversation { id, .. }
+            | ClientFrame::Conversations { id, .. } => Some(id.clone()),
             ClientFrame::Ping { id } => id.clone(),
             ClientFrame::Delivered { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => None,
         }
@@ -104,6 +106,12 @@ pub enum ClientFrame {
         id: String,
         conversation_id: ConversationId,
     },
+    /// A page of the user's conversations, most recently active first.
+    Conversations {
+        id: String,
+        limit: u32,
+        page_token: Option<String>,
+    },
     /// The user started (`typing: true`) or stopped typing; routed live to the other members, never stored.
     Typing {
         conversation_id: ConversationId,
@@ -137,6 +145,7 @@ struct RawFrame {
     before_seq: Option<serde_json::Value>,
     limit: Option<serde_json::Value>,
     typing: Option<serde_json::Value>,
+    page_token: Option<serde_json::Value>,
 }
 
 /// A field's value, checked for its type; `null` counts as absent.
@@ -171,6 +180,11 @@ pub const MAX_REQUEST_ID_BYTES: usize = 64;
 /// A history page's `limit` when the client gives none, and the most it may ask for.
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 500;
+/// A conversation list page's `limit` when the client gives none, and the most it may ask for.
+pub const DEFAULT_LIST_LIMIT: u32 = 20;
+pub const MAX_LIST_LIMIT: u32 = 100;
+/// Longest `page_token` a client may send back, in bytes (the gateway's are far shorter).
+pub const MAX_PAGE_TOKEN_BYTES: usize = 256;
 
 /// Parses and checks one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
@@ -249,6 +263,20 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             let req = id.clone().ok_or_else(|| invalid("id is missing".into()))?;
             Ok(ClientFrame::Conversation { id: req, conversation_id: conversation()? })
         }
+        "conversations" => {
+            let req = id.clone().ok_or_else(|| invalid("id is missing".into()))?;
+            let limit =
+                uint_field(raw.limit.as_ref(), "limit").map_err(invalid)?.unwrap_or(u64::from(DEFAULT_LIST_LIMIT));
+            let limit = u32::try_from(limit)
+                .ok()
+                .filter(|l| (1..=MAX_LIST_LIMIT).contains(l))
+                .ok_or_else(|| invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}")))?;
+            let page_token = text_field(raw.page_token, "page_token").map_err(invalid)?.filter(|t| !t.is_empty());
+            if page_token.as_ref().is_some_and(|t| t.len() > MAX_PAGE_TOKEN_BYTES) {
+                return Err(invalid(format!("page_token is longer than {MAX_PAGE_TOKEN_BYTES} bytes")));
+            }
+            Ok(ClientFrame::Conversations { id: req, limit, page_token })
+        }
         "typing" => {
             let typing = bool_field(raw.typing.as_ref(), "typing").map_err(invalid)?.unwrap_or(true);
             Ok(ClientFrame::Typing { conversation_id: conversation()?, typing })
@@ -286,6 +314,22 @@ pub struct WireMessage {
 pub struct ReadPosition {
     pub user_id: String,
     pub read_seq: u64,
+}
+
+/// A conversation in the user's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationSummary {
+    pub conversation_id: String,
+    /// `direct` or `group`.
+    pub kind: &'static str,
+    pub title: String,
+    pub member_ids: Vec<String>,
+    pub last_seq: u64,
+    /// The last message's time, or the creation's when there is none (ms since the epoch).
+    pub last_activity_ms: i64,
+    /// The user's read position (0: never read).
+    pub read_seq: u64,
+    pub unread: u64,
 }
 
 /// A frame to the client.
@@ -336,6 +380,13 @@ pub enum ServerFrame {
         member_ids: Vec<String>,
         last_seq: u64,
         read_positions: Vec<ReadPosition>,
+    },
+    Conversations {
+        id: String,
+        conversations: Vec<ConversationSummary>,
+        /// Where the next page starts (send it back as `page_token`); absent on the last page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_page_token: Option<String>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -480,6 +531,28 @@ mod tests {
         assert_eq!(parse(&bad_seq).map_err(|e| e.code), Err(ErrorCode::InvalidField));
         let bad_typing = format!(r#"{{"v":1,"type":"typing","conversation_id":"{CONV}","typing":"yes"}}"#);
         assert_eq!(parse(&bad_typing).map_err(|e| e.code), Err(ErrorCode::InvalidField));
+    }
+
+    #[test]
+    fn conversation_lists_take_a_limit_and_a_token() {
+        assert_eq!(
+            parse(r#"{"v":1,"type":"conversations","id":"l"}"#),
+            Ok(ClientFrame::Conversations { id: "l".into(), limit: 20, page_token: None })
+        );
+        assert_eq!(
+            parse(r#"{"v":1,"type":"conversations","id":"l","limit":5,"page_token":"12:x"}"#),
+            Ok(ClientFrame::Conversations { id: "l".into(), limit: 5, page_token: Some("12:x".into()) })
+        );
+        for bad in [
+            r#"{"v":1,"type":"conversations"}"#,
+            r#"{"v":1,"type":"conversations","id":"l","limit":0}"#,
+            r#"{"v":1,"type":"conversations","id":"l","limit":101}"#,
+            r#"{"v":1,"type":"conversations","id":"l","page_token":7}"#,
+        ] {
+            assert_eq!(parse(bad).map_err(|e| e.code), Err(ErrorCode::InvalidField), "{bad}");
+        }
+        let long = format!(r#"{{"v":1,"type":"conversations","id":"l","page_token":"{}"}}"#, "x".repeat(300));
+        assert_eq!(parse(&long).map_err(|e| (e.code, e.id)), Err((ErrorCode::InvalidField, Some("l".into()))));
     }
 
     #[test]

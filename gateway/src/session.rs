@@ -21,7 +21,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
 use crate::limits::{Bucket, Limits};
-use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close};
+use crate::protocol::{
+    self, ClientFrame, ConversationSummary, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close,
+};
 use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Registry};
 use routing::{Holder, Presence};
 
@@ -455,6 +457,23 @@ where
     sink
 }
 
+fn summary(c: v1::ConversationSummary) -> ConversationSummary {
+    let kind = match v1::ConversationKind::try_from(c.kind) {
+        Ok(v1::ConversationKind::Group) => "group",
+        _ => "direct",
+    };
+    ConversationSummary {
+        conversation_id: c.conversation_id,
+        kind,
+        title: c.title,
+        member_ids: c.member_ids,
+        last_seq: c.last_seq,
+        last_activity_ms: c.last_activity_ms,
+        read_seq: c.read_seq,
+        unread: c.unread,
+    }
+}
+
 fn wire(m: &v1::Message) -> WireMessage {
     WireMessage {
         conversation_id: m.conversation_id.clone(),
@@ -712,6 +731,25 @@ async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<
                             .collect(),
                     })
                 }
+                Err(status) => Some(status_frame(Some(req_id), &status)),
+            }
+        }
+        ClientFrame::Conversations { id: req_id, limit, page_token } => {
+            let req = v1::ListConversationsRequest {
+                user_id: id.user.to_string(),
+                limit,
+                page_token: page_token.unwrap_or_default(),
+            };
+            let listed = shared.chat.call(|mut c| {
+                let r = with_deadline(req.clone(), timeout);
+                async move { c.list_conversations(r).await }
+            });
+            match listed.await {
+                Ok(r) => Some(ServerFrame::Conversations {
+                    id: req_id,
+                    conversations: r.conversations.into_iter().map(summary).collect(),
+                    next_page_token: Some(r.next_page_token).filter(|t| !t.is_empty()),
+                }),
                 Err(status) => Some(status_frame(Some(req_id), &status)),
             }
         }

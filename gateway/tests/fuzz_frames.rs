@@ -41,8 +41,10 @@ fn near_frames() -> impl Strategy<Value = String> {
         "body",
         "seq",
         "after_seq",
+        "before_seq",
         "limit",
         "typing",
+        "page_token",
         "extra",
     ]);
     let kinds = prop::sample::select(vec![
@@ -51,6 +53,7 @@ fn near_frames() -> impl Strategy<Value = String> {
         "history",
         "read",
         "conversation",
+        "conversations",
         "typing",
         "ping",
         "Send",
@@ -74,9 +77,15 @@ fn near_frames() -> impl Strategy<Value = String> {
 fn check(text: &str) -> Result<(), TestCaseError> {
     match protocol::parse(text) {
         Ok(frame) => match frame {
-            ClientFrame::History { id, limit, .. } => {
+            ClientFrame::History { id, limit, after_seq, before_seq, .. } => {
                 prop_assert!(!id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES);
                 prop_assert!((1..=500).contains(&limit));
+                prop_assert!(before_seq.is_none_or(|b| b.get() > after_seq));
+            }
+            ClientFrame::Conversations { id, limit, page_token } => {
+                prop_assert!(!id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES);
+                prop_assert!((1..=100).contains(&limit));
+                prop_assert!(page_token.is_none_or(|t| !t.is_empty() && t.len() <= 256));
             }
             ClientFrame::Conversation { id, .. } => prop_assert!(id.len() <= MAX_REQUEST_ID_BYTES),
             ClientFrame::Ping { id } => prop_assert!(id.is_none_or(|i| i.len() <= MAX_REQUEST_ID_BYTES)),

@@ -438,6 +438,146 @@ async fn each_grpc_port_s_reflection_lists_only_what_it_serves() -> anyhow::Resu
     p.stop().await
 }
 
+/// Asks for one page of the user's conversation list; answers the frame that names the request.
+async fn conversation_list(c: &mut WsClient, id: &str, extra: Value) -> anyhow::Result<Value> {
+    let mut r = json!({"v": 1, "type": "conversations", "id": id});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        r[k] = v;
+    }
+    c.send_json(r).await?;
+    loop {
+        let f = c.recv().await?;
+        if (f["type"] == "conversations" || f["type"] == "error") && f["id"] == id {
+            return Ok(f);
+        }
+    }
+}
+
+/// Asks for the first page of the list until `done` holds for it (history and read positions are projected
+/// from the log, so a moment after the acknowledgement); at most 20 s.
+async fn list_until(
+    c: &mut WsClient,
+    what: &str,
+    done: impl Fn(&[(String, u64, u64, u64)]) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = conversation_list(c, "until", json!({})).await?;
+        if done(&list_rows(&page)) {
+            return Ok(page);
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The list's (conversation, last_seq, read_seq, unread) rows.
+fn list_rows(page: &Value) -> Vec<(String, u64, u64, u64)> {
+    page["conversations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let n = |k: &str| c[k].as_u64().unwrap_or(u64::MAX);
+            (c["conversation_id"].as_str().unwrap_or_default().to_owned(), n("last_seq"), n("read_seq"), n("unread"))
+        })
+        .collect()
+}
+
+/// docs/protocol.md, `conversations`: the user's conversations, most recently active first, each with its
+/// last number, the user's read position and the unread count; paged by a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_list_is_newest_first_with_unread_counts_and_pages() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b, c) = (user("alice"), user("bob"), user("carol"));
+    let mut chat = p.chat_client().await?;
+    let with_bob = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let team = chat
+        .create_conversation(v1::CreateConversationRequest {
+            kind: v1::ConversationKind::Group as i32,
+            created_by: a.clone(),
+            member_ids: vec![b.clone(), c.clone()],
+            title: "team".into(),
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .context("no conversation")?
+        .conversation_id;
+    let with_carol = conversation(&p, v1::ConversationKind::Direct, &c, &[&a]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    ca.sync().await?;
+    // Nothing sent yet: ordered by creation, newest first.
+    let fresh = conversation_list(&mut ca, "l0", json!({})).await?;
+    let order: Vec<String> = list_rows(&fresh).into_iter().map(|r| r.0).collect();
+    assert_eq!(order, [with_carol.clone(), team.clone(), with_bob.clone()], "{fresh}");
+    // Activity, oldest to newest: carol writes to alice, alice to the team, bob to alice three times.
+    let send = |conv: &str, from: &str, n: u64| {
+        let (conv, from) = (conv.to_owned(), from.to_owned());
+        let mut chat = chat.clone();
+        async move {
+            for i in 1..=n {
+                chat.send_message(v1::SendMessageRequest {
+                    conversation_id: conv.clone(),
+                    sender_id: from.clone(),
+                    sender_device_id: "bot".into(),
+                    client_msg_id: format!("list-{i}"),
+                    body: format!("hello {i}"),
+                })
+                .await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        }
+    };
+    send(&with_carol, &c, 1).await?;
+    send(&team, &a, 1).await?;
+    send(&with_bob, &b, 3).await?;
+    let expected = vec![(with_bob.clone(), 3, 0, 3), (team.clone(), 1, 0, 1), (with_carol.clone(), 1, 0, 1)];
+    let all = list_until(&mut ca, "the list to show every message", |rows| rows == expected.as_slice()).await?;
+    ensure!(all.get("next_page_token").is_none(), "one page holds all three: {all}");
+    let first = &all["conversations"][0];
+    ensure!(first["kind"] == "direct" && first["last_activity_ms"].as_i64().is_some_and(|t| t > 0), "{first}");
+    let mut members: Vec<&str> =
+        first["member_ids"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+    members.sort();
+    let mut both = vec![a.as_str(), b.as_str()];
+    both.sort();
+    assert_eq!(members, both);
+    ensure!(all["conversations"][1]["kind"] == "group" && all["conversations"][1]["title"] == "team", "{all}");
+    // Paged two at a time: the token leads to the rest, each once.
+    let one = conversation_list(&mut ca, "p1", json!({"limit": 2})).await?;
+    assert_eq!(list_rows(&one), expected[..2]);
+    let token = one["next_page_token"].as_str().context("a next page")?.to_owned();
+    let two = conversation_list(&mut ca, "p2", json!({"limit": 2, "page_token": token})).await?;
+    assert_eq!(list_rows(&two), expected[2..]);
+    ensure!(two.get("next_page_token").is_none(), "the last page has no token: {two}");
+    // Reading moves the read position and the unread count.
+    ca.send_json(json!({"v": 1, "type": "read", "conversation_id": with_bob, "seq": 3})).await?;
+    let read = (with_bob.clone(), 3, 3, 0);
+    list_until(&mut ca, "the read position in the list", |rows| rows.contains(&read)).await?;
+    // Bad requests name the request; a user with no conversation gets an empty list.
+    for (id, extra, field) in [
+        ("bad1", json!({"limit": 0}), "limit"),
+        ("bad2", json!({"limit": "2"}), "limit"),
+        ("bad3", json!({"page_token": "not-ours"}), "page_token"),
+    ] {
+        let e = conversation_list(&mut ca, id, extra).await?;
+        ensure!(e["type"] == "error" && e["code"] == "invalid_field", "{id}: {e}");
+        ensure!(e["message"].as_str().is_some_and(|m| m.contains(field)), "{id}: {e} does not name {field}");
+    }
+    let mut loner = WsClient::connect(p.gateways[1].ws_addr, &user("dave"), "phone").await?;
+    loner.sync().await?;
+    let none = conversation_list(&mut loner, "n", json!({})).await?;
+    ensure!(
+        none["type"] == "conversations" && list_rows(&none).is_empty() && none.get("next_page_token").is_none(),
+        "{none}"
+    );
+    loner.close().await?;
+    ca.close().await?;
+    p.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_spread_over_both_gateways_sees_one_order() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions::default()).await?;

@@ -14,6 +14,7 @@ import {
   rateLimitWaitMs,
   type ClientFrame,
   type ConversationFrame,
+  type ConversationsFrame,
   type ErrorFrame,
   type HistoryFrame,
   type SentFrame,
@@ -28,6 +29,7 @@ import type {
   ClientOptions,
   ConnectionState,
   ConversationInfo,
+  ConversationListPage,
   HistoryPage,
   Sent,
   StateChange,
@@ -411,6 +413,38 @@ export class ChatClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** A page of the user's conversations, most recently active first, with their unread counts. */
+  async conversations(options: { limit?: number; pageToken?: string } = {}): Promise<ConversationListPage> {
+    const frame: ClientFrame = { v: 1, type: "conversations", id: this.newRequestId(), limit: options.limit ?? 20 };
+    if (options.pageToken !== undefined) frame.page_token = options.pageToken;
+    const f = (await this.request(frame)) as ConversationsFrame;
+    const page: ConversationListPage = {
+      conversations: f.conversations.map((c) => ({
+        conversationId: c.conversation_id,
+        kind: c.kind,
+        title: c.title,
+        memberIds: c.member_ids,
+        lastSeq: c.last_seq,
+        lastActivityMs: c.last_activity_ms,
+        readSeq: c.read_seq,
+        unread: c.unread,
+      })),
+    };
+    if (f.next_page_token !== undefined) page.nextPageToken = f.next_page_token;
+    return page;
+  }
+
+  /** Every page of the user's conversation list, newest activity first. */
+  async *conversationPages(options: { limit?: number } = {}): AsyncGenerator<ConversationListPage> {
+    let pageToken: string | undefined;
+    for (;;) {
+      const page = await this.conversations(pageToken === undefined ? options : { ...options, pageToken });
+      yield page;
+      if (page.nextPageToken === undefined) return;
+      pageToken = page.nextPageToken;
+    }
+  }
+
   /** The conversation's members, last number and read positions. */
   async conversation(conversationId: string): Promise<ConversationInfo> {
     const f = (await this.request({
@@ -630,7 +664,8 @@ export class ChatClient extends Emitter<ClientEvents> {
       case "history":
         this.onHistory(conn, frame);
         return;
-      case "conversation": {
+      case "conversation":
+      case "conversations": {
         const r = this.takeRequest(frame.id);
         r?.resolve(frame);
         return;

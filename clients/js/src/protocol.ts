@@ -83,6 +83,24 @@ export interface ConversationFrame {
   read_positions: { user_id: string; read_seq: number }[];
 }
 
+export interface ConversationsFrame {
+  v: 1;
+  type: "conversations";
+  id: string;
+  conversations: {
+    conversation_id: string;
+    kind: "direct" | "group";
+    title: string;
+    member_ids: string[];
+    last_seq: number;
+    last_activity_ms: number;
+    read_seq: number;
+    unread: number;
+  }[];
+  /** Absent on the last page. */
+  next_page_token?: string;
+}
+
 export interface ErrorFrame {
   v: 1;
   type: "error";
@@ -111,6 +129,7 @@ export type ServerFrame =
   | ReceiptFrame
   | TypingFrame
   | ConversationFrame
+  | ConversationsFrame
   | ErrorFrame
   | PongFrame;
 
@@ -121,6 +140,7 @@ export type ClientFrame =
   | { v: 1; type: "history"; id: string; conversation_id: string; after_seq: number; before_seq?: number; limit: number }
   | { v: 1; type: "read"; conversation_id: string; seq: number }
   | { v: 1; type: "conversation"; id: string; conversation_id: string }
+  | { v: 1; type: "conversations"; id: string; limit: number; page_token?: string }
   | { v: 1; type: "typing"; conversation_id: string; typing: boolean }
   | { v: 1; type: "ping"; id?: string };
 

@@ -106,6 +106,29 @@ export interface ConversationInfo {
   readPositions: { userId: string; readSeq: number }[];
 }
 
+/** A conversation in the user's list (`ChatClient.conversations`). */
+export interface ConversationSummary {
+  conversationId: string;
+  kind: "direct" | "group";
+  title: string;
+  memberIds: string[];
+  /** The conversation's last number (0: no message yet). */
+  lastSeq: number;
+  /** The last message's time, or the creation's when there is none (ms since the epoch). */
+  lastActivityMs: number;
+  /** The user's read position (0: never read). */
+  readSeq: number;
+  /** `lastSeq - readSeq`. */
+  unread: number;
+}
+
+/** A page of the user's conversations, most recently active first. */
+export interface ConversationListPage {
+  conversations: ConversationSummary[];
+  /** Pass it as `pageToken` for the next page; absent on the last page. */
+  nextPageToken?: string;
+}
+
 export interface ClientEvents {
   message: ChatMessage;
   receipt: Receipt;

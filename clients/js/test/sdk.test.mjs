@@ -296,6 +296,46 @@ test("history pages backwards from the newest message, and forwards again, each 
   figures("history backwards", { messages: n, pages: backwards.length });
 });
 
+test("the conversation list: newest activity first, unread counts, pages, and read moves them", { timeout: 120_000 }, async () => {
+  const alice = fresh("alice");
+  const bob = fresh("bob");
+  const carol = fresh("carol");
+  const withBob = await h.createConversation(alice, [bob]);
+  const group = await h.createConversation(alice, [bob, carol]);
+  const withCarol = await h.createConversation(alice, [carol]);
+  const a = client({ user: alice, conversations: {} });
+  const b = client({ user: bob, conversations: { [withBob]: 0, [group]: 0 } });
+  const c = client({ user: carol, conversations: { [withCarol]: 0 } });
+  await Promise.all([a.connect(), b.connect(), c.connect()]);
+  // Activity, oldest to newest: bob in the group, carol to alice, bob to alice twice.
+  await b.send(group, "hi all");
+  await c.send(withCarol, "hi alice");
+  await b.send(withBob, "one");
+  await b.send(withBob, "two");
+  const rows = (page) => page.conversations.map((x) => [x.conversationId, x.lastSeq, x.readSeq, x.unread]);
+  const expected = [[withBob, 2, 0, 2], [withCarol, 1, 0, 1], [group, 1, 0, 1]];
+  await until(
+    async () => JSON.stringify(rows(await a.conversations())) === JSON.stringify(expected),
+    20_000,
+    () => "alice's list in order with its unread counts",
+  );
+  const first = (await a.conversations()).conversations;
+  assert.deepEqual(first.map((x) => x.kind), ["direct", "direct", "group"]);
+  assert.deepEqual([...first[0].memberIds].sort(), [alice, bob].sort());
+  assert.ok(first[0].lastActivityMs >= first[1].lastActivityMs && first[1].lastActivityMs >= first[2].lastActivityMs);
+  const pages = [];
+  for await (const page of a.conversationPages({ limit: 2 })) pages.push(rows(page));
+  assert.deepEqual(pages, [expected.slice(0, 2), expected.slice(2)], "two pages, each conversation once");
+  a.read(withBob, 2);
+  await until(
+    async () => rows(await a.conversations()).some(([id, last, read, unread]) => id === withBob && read === 2 && unread === 0),
+    20_000,
+    () => "the read position in alice's list",
+  );
+  await assert.rejects(a.conversations({ pageToken: "not-ours" }), (e) => e instanceof ChatError && e.code === "invalid_field");
+  figures("conversation list", { conversations: 3, pages: pages.length });
+});
+
 test("delivered frames dropped 5 times in a row: the inbox keeps its entries, the app shows each once", { timeout: 180_000 }, async () => {
   const alice = fresh("alice");
   const bob = fresh("bob");
