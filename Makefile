@@ -5,13 +5,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help up down test sdk-test faults faults-prove fuzz bench servers servers-down status lint clean-data infra-check images
+.PHONY: help up down test sdk-test web-test faults faults-prove fuzz bench servers servers-down status lint clean-data infra-check images
 
 help:
 	@echo "make up        install what is missing, start Kafka, Cassandra, Redis and the services; print where to connect"
 	@echo "make down      stop everything make up started"
 	@echo "make test      install what is missing, start the servers, run every test"
 	@echo "make sdk-test  the TypeScript SDK's tests (clients/js, node --test) against real gateways"
+	@echo "make web-test  the web chat (clients/web) in headless Chromium against real gateways; screenshots in target/"
 	@echo "make faults    the fault scenarios at their large size, with counts"
 	@echo "make faults-prove  each fault scenario with the failpoint of its bug on: each must fail (target/faults-prove.md)"
 	@echo "make fuzz      the decoders' fuzz targets with a long budget (FUZZ_CASES, default 200000 each)"
@@ -45,18 +46,25 @@ test: servers infra-check
 	$(CARGO) build --bins
 	@status=0; $(CARGO) test --workspace --no-fail-fast || status=$$?; \
 	$(MAKE) --no-print-directory sdk-test || status=$$?; \
+	$(MAKE) --no-print-directory web-test || status=$$?; \
 	if [ -n "$${CI:-}" ]; then infra/local/servers.sh down; fi; exit $$status
 
 # The TypeScript SDK (clients/js): its dependencies from the committed lock file (when missing or changed),
 # its build (tsc), and its tests with Node's test runner against real services, which the `harness` binary
 # (tests/src/bin/harness.rs) starts as processes. Needs Node 20 or later.
 sdk-test: servers
-	@command -v node >/dev/null && node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
-		|| { echo "sdk-test needs Node.js 20 or later (node, npm) on PATH" >&2; exit 1; }
 	$(CARGO) build --bins
-	cd clients/js && { cmp -s package-lock.json node_modules/.installed-lock || \
-		{ npm ci --no-audit --no-fund && cp package-lock.json node_modules/.installed-lock; }; }
-	cd clients/js && npm run --silent build && npm test
+	infra/local/node-deps.sh --build clients/js
+	cd clients/js && npm test
+
+# The web chat (clients/web: a static page on the SDK, served by the gateways at /app/) in Debian's Chromium,
+# driven by playwright-core: two users in two browser contexts through two gateways. Screenshots in
+# target/web-screenshots/.
+web-test: servers
+	infra/local/browser.sh
+	$(CARGO) build --bins
+	infra/local/node-deps.sh --build clients/js clients/web
+	cd clients/web && npm test
 
 # The fault scenarios at their large size (the small size runs in `make test`); prints the counts.
 faults: servers

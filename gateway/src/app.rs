@@ -87,6 +87,7 @@ impl App {
         let upgrader = Arc::new(Upgrader {
             verifier: Verifier::new(&config.token_policy().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?,
             allowed_origins: config.allowed_origins.clone(),
+            web_dir: config.web_dir.clone(),
             ws_config: http::ws_config(config.max_message_bytes),
             shared,
         });

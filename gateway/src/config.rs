@@ -47,6 +47,10 @@ pub struct Config {
     /// Allowed `Origin` values (exact match), comma separated. Empty: the Origin header is not checked.
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// A folder served read-only at `/app/`: the web chat (`clients/web`, which `make up` serves). Unset:
+    /// nothing is served there.
+    #[arg(long, env = "GATEWAY_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
     /// Frames a connection's send queue holds before the client counts as too slow and is closed (4008).
     #[arg(long, env = "GATEWAY_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
@@ -184,6 +188,11 @@ impl lifecycle::Config for Config {
         if self.allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return Err("GATEWAY_ALLOWED_ORIGINS has an empty entry".into());
         }
+        if let Some(dir) = &self.web_dir
+            && !dir.join("index.html").is_file()
+        {
+            return Err(format!("GATEWAY_WEB_DIR {} has no index.html", dir.display()));
+        }
         Ok(())
     }
 }
@@ -276,5 +285,13 @@ mod tests {
         assert!(e.contains("GRPC_TLS_KEY_FILE"), "{e}");
         let e = check(&["--chat-service-urls", "ftp://chat:1"]).expect_err("accepted");
         assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn the_web_folder_must_hold_an_index() {
+        let web = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/web");
+        assert_eq!(check(&["--web-dir", web]), Ok(()));
+        let e = check(&["--web-dir", env!("CARGO_MANIFEST_DIR")]).expect_err("accepted");
+        assert!(e.contains("GATEWAY_WEB_DIR"), "{e}");
     }
 }

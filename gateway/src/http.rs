@@ -27,6 +27,8 @@ use crate::session::{self, Shared};
 pub struct Upgrader {
     pub verifier: Verifier,
     pub allowed_origins: Vec<String>,
+    /// Served read-only at `/app/` (GATEWAY_WEB_DIR), when set.
+    pub web_dir: Option<std::path::PathBuf>,
     pub ws_config: WebSocketConfig,
     pub shared: Arc<Shared>,
 }
@@ -140,6 +142,7 @@ pub struct Slot(pub Arc<AddressGuard>);
 type Reply = warp::reply::Response;
 
 fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = warp::Rejection> + Clone {
+    let web = web_files(upgrader.web_dir.clone());
     let live = warp::path!("healthz").and(warp::get()).map(|| plain(StatusCode::OK, "ok"));
     let ready_up = upgrader.clone();
     let ready = warp::path!("readyz").and(warp::get()).map(move || {
@@ -162,7 +165,35 @@ fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = wa
                   on_upgrade: Option<OnUpgrade>,
                   slot: Option<Slot>| { upgrade(&upgrader, &headers, &query, on_upgrade, slot) },
         );
-    live.or(ready).unify().or(ws).unify()
+    live.or(ready).unify().or(ws).unify().or(web).unify()
+}
+
+/// `GET /app/...`: the files of GATEWAY_WEB_DIR (warp refuses paths that leave the folder), with headers
+/// that keep a page from being framed or from running scripts of another origin; without the setting,
+/// nothing is there.
+fn web_files(dir: Option<std::path::PathBuf>) -> warp::filters::BoxedFilter<(Reply,)> {
+    let Some(dir) = dir else {
+        return warp::path("app").and_then(|| async { Err::<Reply, _>(warp::reject::not_found()) }).boxed();
+    };
+    warp::path("app")
+        .and(warp::get())
+        .and(warp::fs::dir(dir))
+        .map(|file: warp::fs::File| {
+            let mut r = warp::Reply::into_response(file);
+            let h = r.headers_mut();
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'",
+                ),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        })
+        .boxed()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Reply {

@@ -7,9 +7,7 @@ source "$(dirname "$0")/env.sh"
 VENV="$ROOT/.local/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    log "installing python3-venv"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >>"$LOGS/apt.log" 2>&1 || die "apt-get install python3-venv failed"
+    apt_install python3-venv
   fi
   log "creating $VENV"
   python3 -m venv "$VENV"

@@ -28,3 +28,16 @@ log() { printf '[infra] %s\n' "$*" >&2; }
 die() { printf '[infra] error: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$LIB" "$RUN" "$LOGS" "$DATA"
+
+# apt_install PACKAGE...: Debian's packages, with one `apt-get update` per script run first.
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed, see $LOGS/apt.log"
+    apt_updated=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOGS/apt.log" 2>&1 \
+    || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install $* failed"; }
+}

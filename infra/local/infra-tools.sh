@@ -23,18 +23,6 @@ VENV="$LOCAL/infra-venv"
 HCL_VENV="$LOCAL/hcl-venv"
 mkdir -p "$BIN_DIR"
 
-apt_updated=""
-apt_install() {
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed, see $LOGS/apt.log"
-    apt_updated=1
-  fi
-  log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOGS/apt.log" 2>&1 \
-    || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install $* failed"; }
-}
-
 # go_tool NAME MODULE@VERSION: build MODULE into .local/bin unless NAME of that version is there.
 go_tool() {
   local name="$1" module="$2" version="${2##*@}"

@@ -5,19 +5,6 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
-apt_updated=""
-apt_install() {
-  local pkg="$1"
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed, see $LOGS/apt.log"
-    apt_updated=1
-  fi
-  log "installing $pkg"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >>"$LOGS/apt.log" 2>&1 \
-    || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install $pkg failed"; }
-}
-
 command -v redis-server >/dev/null || apt_install redis-server
 command -v redis-cli >/dev/null || apt_install redis-tools
 command -v "$JAVA" >/dev/null || apt_install openjdk-17-jre-headless

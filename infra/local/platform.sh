@@ -57,10 +57,17 @@ up() {
     chat_urls+=("http://127.0.0.1:$port")
   done
   local urls; urls=$(IFS=,; echo "${chat_urls[*]}")
+  # The web chat (clients/web) needs the SDK built; without Node.js 20 the gateways serve no /app/.
+  local web=()
+  if "$ROOT/infra/local/node-deps.sh" --build clients/js; then
+    web=(GATEWAY_WEB_DIR="$ROOT/clients/web")
+  else
+    log "the web chat is not served (it needs Node.js 20 to build clients/js)"
+  fi
   for i in $(seq 1 "$GATEWAYS"); do
     local ws=$((8079 + i)) grpc=$((50060 + i))
     start "gateway-$i" env GATEWAY_WS_ADDR="127.0.0.1:$ws" GATEWAY_GRPC_ADDR="127.0.0.1:$grpc" \
-      GATEWAY_CHAT_SERVICE_URLS="$urls" GATEWAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" "$BIN/gateway"
+      GATEWAY_CHAT_SERVICE_URLS="$urls" GATEWAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" "${web[@]}" "$BIN/gateway"
     wait_port "gateway-$i" "$ws"
   done
   for i in $(seq 1 "$WORKERS"); do
@@ -73,9 +80,29 @@ up() {
     alive "delivery-worker-$i" || { tail -20 "$LOGS/delivery-worker-$i.log" >&2; die "delivery-worker-$i exited"; }
   done
 
+  # Two demo users in one conversation (made once; kept with the data), and a sign-in link for each.
+  local demo_file="$DATA/demo-conversation" demo=""
+  [ -s "$demo_file" ] && demo=$(cat "$demo_file")
+  if [ -z "$demo" ]; then
+    demo=$(CHAT_SERVICE_URL="${chat_urls[0]}" "$BIN/chatctl" conversation --by alice --member bob) \
+      || die "could not create the demo conversation"
+    echo "$demo" >"$demo_file"
+  fi
+  local links=""
+  if [ ${#web[@]} -gt 0 ]; then
+    local alice bob
+    alice=$("$BIN/chatctl" token --user alice --ttl-secs 86400)
+    bob=$("$BIN/chatctl" token --user bob --ttl-secs 86400)
+    links="Chat in a browser (alice and bob, conversation $demo; links valid 24 h):
+  alice on gateway 1 : http://127.0.0.1:8080/app/#token=$alice&device=web
+  bob on gateway $GATEWAYS   : http://127.0.0.1:$((8079 + GATEWAYS))/app/#token=$bob&device=web
+"
+  fi
+
   cat <<EOT
 
 The platform is up on 127.0.0.1.
+$links
   WebSocket gateways : $(for i in $(seq 1 "$GATEWAYS"); do printf 'ws://127.0.0.1:%s/v1/ws  ' $((8079 + i)); done)
   chat service (gRPC): ${chat_urls[*]}
   Kafka $KAFKA_PORT, Cassandra $CASSANDRA_PORT, Redis $REDIS_PORT; logs in $LOGS

@@ -77,6 +77,8 @@ pub struct PlatformOptions {
     pub message_ttl_secs: i32,
     /// The gateways' origin allow-list (empty: not checked).
     pub allowed_origins: Vec<String>,
+    /// The gateways' GATEWAY_WEB_DIR.
+    pub web_dir: Option<std::path::PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     /// Besides the shared secret, a public key for asymmetric tokens, and the accepted algorithms.
@@ -111,6 +113,7 @@ impl Default for PlatformOptions {
             inbox_recheck_ms: 3_000,
             message_ttl_secs: 0,
             allowed_origins: Vec::new(),
+            web_dir: None,
             jwt_issuer: None,
             jwt_audience: None,
             jwt_public_key_file: None,
@@ -228,6 +231,7 @@ impl Platform {
                 jwt_issuer: opts.jwt_issuer.clone(),
                 jwt_audience: opts.jwt_audience.clone(),
                 allowed_origins: opts.allowed_origins.clone(),
+                web_dir: opts.web_dir.clone(),
                 send_queue: 256,
                 max_message_bytes: 64 * 1024,
                 presence_ttl_ms: 30_000,

@@ -1349,3 +1349,44 @@ async fn a_binary_frame_is_answered_bad_frame_and_the_connection_stays_open() ->
     c.close().await?;
     p.stop().await
 }
+
+/// GATEWAY_WEB_DIR: its files, and only its files, are served at `/app/`, with headers that keep the page
+/// from being framed or sniffed; without the setting `/app/` is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_folder_is_served_at_app_and_nothing_outside_it() -> anyhow::Result<()> {
+    let root = std::env::temp_dir().join(format!("web-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let web = root.join("web");
+    std::fs::create_dir_all(web.join("js"))?;
+    std::fs::write(web.join("index.html"), "<!doctype html><title>chat</title>")?;
+    std::fs::write(web.join("js/app.js"), "export const app = 1;")?;
+    std::fs::write(root.join("secret.txt"), "the secret next to the web folder")?;
+    let p = Platform::start(PlatformOptions { gateways: 1, web_dir: Some(web), ..PlatformOptions::default() }).await?;
+    let gw = p.gateways[0].ws_addr;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {gw}\r\nConnection: close\r\n\r\n");
+    let (status, body) = http_exchange(gw, &get("/app/")).await?;
+    promise!(status == 200 && body.contains("<title>chat</title>"), "/app/ answered {status}: {body:?}");
+    let Some(raw) = knock(gw, get("/app/js/app.js").as_bytes(), ANSWER_WAIT).await? else {
+        broken!("no answer for /app/js/app.js")
+    };
+    let head = String::from_utf8_lossy(&raw).to_lowercase();
+    for header in ["content-type: text/javascript", "x-content-type-options: nosniff", "x-frame-options: deny"] {
+        promise!(head.contains(header), "/app/js/app.js lacks {header}: {head}");
+    }
+    promise!(head.contains("content-security-policy: default-src 'self'"), "no content security policy: {head}");
+    for escape in ["/app/../secret.txt", "/app/%2e%2e/secret.txt", "/app/..%2fsecret.txt", "/app/js/../../secret.txt"] {
+        let (status, body) = http_exchange(gw, &get(escape)).await?;
+        promise!(status >= 400 && !body.contains("the secret"), "{escape} answered {status}: {body:?}");
+    }
+    let (status, _) = http_exchange(gw, &get("/app/missing.js")).await?;
+    promise!(status == 404, "a missing file answered {status}");
+    p.stop().await?;
+    // Without the setting, nothing is served there.
+    let bare = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
+    let gw = bare.gateways[0].ws_addr;
+    let (status, _) =
+        http_exchange(gw, &format!("GET /app/ HTTP/1.1\r\nHost: {gw}\r\nConnection: close\r\n\r\n")).await?;
+    promise!(status == 404, "/app/ without GATEWAY_WEB_DIR answered {status}");
+    bare.stop().await?;
+    std::fs::remove_dir_all(root)?;
+    Ok(())
+}
