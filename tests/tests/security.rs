@@ -1191,19 +1191,30 @@ async fn a_device_connecting_again_to_the_same_gateway_closes_its_older_connecti
     closed_as_replaced(&mut first, "on the same gateway").await?;
     // The newer connection stays, is the device's presence, and gets the device's messages.
     still_open(&mut second, "the newer connection").await?;
-    let entry = presence_entry(&p, &alice, "phone").await?;
-    let expected = p.gateways[0].grpc_addr.to_string();
+    holds_the_device(&p, (&alice, &mut second, 0, session), (&bob, gw), &conv).await?;
+    second.close().await?;
+    p.stop().await
+}
+
+/// The device's connection `(user, conn, gateway index, session)`, which replaced older ones, is the one
+/// presence names and the one that gets the device's messages: one from `sender` on `sender_gw` arrives.
+async fn holds_the_device(
+    p: &Platform,
+    (user, conn, gateway, session): (&str, &mut WsClient, usize, u64),
+    (sender, sender_gw): (&str, std::net::SocketAddr),
+    conv: &str,
+) -> anyhow::Result<()> {
+    let entry = presence_entry(p, user, "phone").await?;
+    let expected = p.gateways[gateway].grpc_addr.to_string();
     promise!(
         entry.as_ref().is_some_and(|e| e.push_addr == expected && e.conn_id == session),
-        "presence names {entry:?}, not the newer connection {session} on {expected}"
+        "presence names {entry:?}, not the newest connection {session} on {expected}"
     );
-    let (mut b, _) = online(gw, &bob, "phone").await?;
-    b.send_message(&conv, "to-the-newer", "hello").await?;
-    let got = second.expect("message").await?;
-    promise!(got["body"] == "hello", "the newer connection got {got}");
-    second.close().await?;
-    b.close().await?;
-    p.stop().await
+    let (mut b, _) = online(sender_gw, sender, "phone").await?;
+    b.send_message(conv, "to-the-newest", "hello").await?;
+    let got = conn.expect("message").await?;
+    promise!(got["body"] == "hello", "the newest connection got {got}");
+    b.close().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1221,18 +1232,8 @@ async fn a_device_connecting_again_to_another_gateway_closes_its_older_connectio
     let (mut back, session) = online(gw0, &alice, "phone").await?;
     closed_as_replaced(&mut on1, "on the first gateway again").await?;
     still_open(&mut back, "the newest connection").await?;
-    let entry = presence_entry(&p, &alice, "phone").await?;
-    let expected = p.gateways[0].grpc_addr.to_string();
-    promise!(
-        entry.as_ref().is_some_and(|e| e.push_addr == expected && e.conn_id == session),
-        "presence names {entry:?}, not the newest connection {session} on {expected}"
-    );
-    let (mut b, _) = online(gw1, &bob, "phone").await?;
-    b.send_message(&conv, "to-the-newest", "hello").await?;
-    let got = back.expect("message").await?;
-    promise!(got["body"] == "hello", "the newest connection got {got}");
+    holds_the_device(&p, (&alice, &mut back, 0, session), (&bob, gw1), &conv).await?;
     back.close().await?;
-    b.close().await?;
     p.stop().await
 }
 

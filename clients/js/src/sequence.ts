@@ -37,14 +37,7 @@ export class Sequence {
   accept(m: ChatMessage, now: number): Accepted {
     if (m.seq <= this.last || this.held.has(m.seq)) return { shown: [], duplicate: true };
     this.held.set(m.seq, m);
-    const shown: ChatMessage[] = [];
-    for (;;) {
-      const next = this.held.get(this.last + 1);
-      if (!next) break;
-      this.held.delete(this.last + 1);
-      this.last += 1;
-      shown.push(next);
-    }
+    const shown = this.drain();
     if (this.held.size === 0) this.gapSince = null;
     else if (this.gapSince === null) this.gapSince = now;
     return { shown, duplicate: false };
@@ -78,15 +71,19 @@ export class Sequence {
     for (const seq of [...this.held.keys()]) if (seq <= to) this.held.delete(seq);
     this.last = to;
     // Nothing held is a duplicate of the skipped range any more; show what became contiguous.
+    const shown = this.drain();
+    this.gapSince = this.held.size === 0 ? null : now;
+    return { from, to, shown };
+  }
+
+  /** Shows what is held right above `last`, in order, up to the next gap. */
+  private drain(): ChatMessage[] {
     const shown: ChatMessage[] = [];
-    for (;;) {
-      const next = this.held.get(this.last + 1);
-      if (!next) break;
+    for (let next = this.held.get(this.last + 1); next; next = this.held.get(this.last + 1)) {
       this.held.delete(this.last + 1);
       this.last += 1;
       shown.push(next);
     }
-    this.gapSince = this.held.size === 0 ? null : now;
-    return { from, to, shown };
+    return shown;
   }
 }
