@@ -73,7 +73,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => return,
+            _ = session::stopped(&mut shutdown) => return,
         };
         // Over a connection cap the socket is closed at once: nothing is read from it.
         let slot = match limits.admit_address(peer.ip()) {
@@ -123,11 +123,6 @@ where
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "http connection ended with an error");
     }
-}
-
-/// Resolves once the flag is true (holding no borrow of it across an await).
-pub async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|s| *s).await;
 }
 
 /// The client's address, put in each request's extensions by the accept loop.

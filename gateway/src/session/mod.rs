@@ -1,14 +1,31 @@
 //! One client connection, from the moment it is upgraded: register, sync the inbox, then live until closed.
 //!
 //! Per connection there are three tasks: this one reads frames; the writer owns the socket's sink and is fed
-//! by the bounded send queue; the request worker calls the chat service one request at a time (so one
-//! client's sends keep their order). A fourth, short-lived task sends the inbox at connect.
+//! by the bounded send queue; the request worker (`requests.rs`) calls the chat service one request at a
+//! time (so one client's sends keep their order). A fourth, short-lived task sends the inbox at connect
+//! (`inbox.rs`). `frames.rs` turns the chat service's answers into client frames; `typing.rs` routes typing
+//! indicators.
 
-use std::collections::{HashMap, HashSet};
+mod frames;
+mod inbox;
+mod requests;
+mod typing;
+
+pub use frames::message_frame;
+pub use requests::with_deadline;
+
+use requests::Requests;
+
+/// Resolves once the flag (the process's shutdown) is true, holding no borrow of it across an await.
+pub async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_model::{ConversationId, Seq, UserId, presence};
+use chat_model::{ConversationId, UserId, presence};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,9 +38,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
 use crate::limits::{Bucket, Limits};
-use crate::protocol::{
-    self, ClientFrame, ConversationSummary, ErrorCode, FrameError, ReadPosition, ServerFrame, WireMessage, close,
-};
+use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, close};
 use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Registry};
 use routing::{Holder, Presence};
 
@@ -49,11 +64,6 @@ pub struct Shared {
     /// Rate and connection limits.
     pub limits: Arc<crate::limits::Limits>,
 }
-
-/// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
-const PENDING_REQUESTS: usize = 32;
-/// Inbox entries fetched per call.
-const INBOX_PAGE: u32 = 500;
 
 pub async fn run<S>(ws: WebSocketStream<S>, identity: Identity, shared: Arc<Shared>)
 where
@@ -131,7 +141,7 @@ where
 
     let inbox_task = tokio::spawn({
         let (handle, identity, shared, out_tx) = (handle.clone(), identity.clone(), shared.clone(), out_tx.clone());
-        async move { inbox(&handle, &identity, &shared, &out_tx).await }
+        async move { inbox::inbox(&handle, &identity, &shared, &out_tx).await }
     });
     let mut requests = Requests { identity: &identity, shared: &shared, out_tx: &out_tx, worker: None };
 
@@ -355,33 +365,6 @@ async fn read_loop<S>(
     }
 }
 
-/// The connection's request worker (answers requests in order, while the reader goes on reading), started
-/// on the first request: most connections rest, and a resting one should not hold a task and a queue for it.
-struct Requests<'a> {
-    identity: &'a Identity,
-    shared: &'a Arc<Shared>,
-    out_tx: &'a mpsc::Sender<Utf8Bytes>,
-    worker: Option<(mpsc::Sender<ClientFrame>, tokio::task::JoinHandle<()>)>,
-}
-
-impl Requests<'_> {
-    async fn enqueue(&mut self, r: ClientFrame) -> Option<ServerFrame> {
-        let (tx, _) = self.worker.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
-            let task = tokio::spawn(request_loop(rx, self.identity.clone(), self.shared.clone(), self.out_tx.clone()));
-            (tx, task)
-        });
-        match tx.send(r).await {
-            Ok(()) => None,
-            Err(_) => Some(ServerFrame::error(FrameError {
-                id: None,
-                code: ErrorCode::Unavailable,
-                message: "connection is closing".into(),
-            })),
-        }
-    }
-}
-
 /// The close code for a read error, or `None` when the socket is simply gone.
 fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
     match e {
@@ -416,7 +399,7 @@ where
             r = async { close_rx.wait_for(|c| c.is_some()).await.ok().and_then(|c| *c) } => {
                 break r.unwrap_or((1000, ""));
             }
-            _ = crate::http::stopped(&mut shutdown) => break (close::GOING_AWAY, "gateway shutting down, reconnect"),
+            _ = stopped(&mut shutdown) => break (close::GOING_AWAY, "gateway shutting down, reconnect"),
             _ = &mut token_expiry => break (close::TOKEN_EXPIRED, "token expired"),
             _ = ping.tick() => {
                 match tokio::time::timeout(write_timeout, sink.send(WsMessage::Ping(Default::default()))).await {
@@ -455,364 +438,4 @@ where
     let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
     sink
-}
-
-fn summary(c: v1::ConversationSummary) -> ConversationSummary {
-    let kind = match v1::ConversationKind::try_from(c.kind) {
-        Ok(v1::ConversationKind::Group) => "group",
-        _ => "direct",
-    };
-    ConversationSummary {
-        conversation_id: c.conversation_id,
-        kind,
-        title: c.title,
-        member_ids: c.member_ids,
-        last_seq: c.last_seq,
-        last_activity_ms: c.last_activity_ms,
-        read_seq: c.read_seq,
-        unread: c.unread,
-    }
-}
-
-fn wire(m: &v1::Message) -> WireMessage {
-    WireMessage {
-        conversation_id: m.conversation_id.clone(),
-        message_id: m.message_id.clone(),
-        seq: m.seq,
-        sender_id: m.sender_id.clone(),
-        body: m.body.clone(),
-        sent_at_ms: m.sent_at_ms,
-        inbox: false,
-    }
-}
-
-/// The frame text of a pushed message.
-pub fn message_frame(m: &v1::Message) -> Utf8Bytes {
-    ServerFrame::Message(wire(m)).to_text().into()
-}
-
-/// The frame text of a message from the device's inbox (marked `inbox`).
-fn inbox_frame(m: &v1::Message) -> Utf8Bytes {
-    ServerFrame::Message(WireMessage { inbox: true, ..wire(m) }).to_text().into()
-}
-
-/// The device's inbox: sent at connect, before live pushes are let through (then `synced`); sent again each
-/// time the device's presence is found lost or a worker that could not reach this gateway asks for it. Each
-/// time it is read twice, `inbox_recheck` apart: a worker that read presence just before it was written (or
-/// came back) writes its inbox row just after the first read. The reads are boxed, as the requests' answers:
-/// the resting task stays small.
-async fn inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
-    let mut connecting = true;
-    loop {
-        let mut sent: HashSet<(String, u64)> = HashSet::new();
-        let count = Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-        if connecting {
-            connecting = false;
-            handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
-            if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
-                return;
-            }
-        }
-        tokio::time::sleep(shared.inbox_recheck).await;
-        Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-        handle.resync.notified().await;
-        tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
-    }
-}
-
-/// Sends every inbox entry not in `sent` (and adds it there); returns how many were sent.
-async fn send_inbox(
-    id: &Identity,
-    shared: &Shared,
-    out_tx: &mpsc::Sender<Utf8Bytes>,
-    sent: &mut HashSet<(String, u64)>,
-) -> usize {
-    let mut count = 0;
-    let mut after: Option<(String, u64)> = None;
-    loop {
-        let (after_conversation_id, after_seq) = after.clone().unwrap_or_default();
-        let req = v1::FetchInboxRequest {
-            user_id: id.user.to_string(),
-            device_id: id.device.to_string(),
-            limit: INBOX_PAGE,
-            after_conversation_id,
-            after_seq,
-        };
-        let timeout = shared.rpc_timeout;
-        let fetched = shared.chat.call(|mut c| {
-            let r = with_deadline(req.clone(), timeout);
-            async move { c.fetch_inbox(r).await }
-        });
-        let page = match fetched.await {
-            Ok(r) => r.messages,
-            Err(e) => {
-                tracing::warn!(user = %id.user, error = %e, "inbox not fetched; the client resumes by cursor");
-                return count;
-            }
-        };
-        // A page may hold fewer than asked when messages are large: only an empty page ends the inbox.
-        let full = !page.is_empty();
-        for m in &page {
-            let key = (m.conversation_id.clone(), m.seq);
-            if sent.contains(&key) {
-                continue;
-            }
-            if out_tx.send(inbox_frame(m)).await.is_err() {
-                return count;
-            }
-            sent.insert(key);
-            count += 1;
-        }
-        match page.last() {
-            Some(last) if full => after = Some((last.conversation_id.clone(), last.seq)),
-            _ => return count,
-        }
-    }
-}
-
-pub fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.set_timeout(timeout);
-    r
-}
-
-/// The client error code for a chat-service status: the gateway's half of the error table.
-pub fn code_for_status(status: &tonic::Status) -> ErrorCode {
-    use tonic::Code;
-    if crate::chat_pool::unavailable(status) {
-        return ErrorCode::Unavailable;
-    }
-    match status.code() {
-        Code::InvalidArgument => ErrorCode::InvalidField,
-        Code::OutOfRange => ErrorCode::BeyondRetention,
-        Code::NotFound => ErrorCode::ConversationNotFound,
-        Code::PermissionDenied | Code::Unauthenticated => ErrorCode::NotMember,
-        Code::FailedPrecondition | Code::AlreadyExists => ErrorCode::FailedPrecondition,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted | Code::Cancelled => {
-            ErrorCode::Unavailable
-        }
-        _ => ErrorCode::Internal,
-    }
-}
-
-/// The metadata key of the first number history holds, on an OUT_OF_RANGE answer (set by the chat service).
-const FIRST_SEQ_METADATA: &str = "x-first-seq";
-
-fn status_frame(id: Option<String>, status: &tonic::Status) -> ServerFrame {
-    let mut frame =
-        ServerFrame::error(FrameError { id, code: code_for_status(status), message: status.message().to_owned() });
-    if let ServerFrame::Error { code: ErrorCode::BeyondRetention, first_seq, .. } = &mut frame {
-        *first_seq =
-            status.metadata().get(FIRST_SEQ_METADATA).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    }
-    frame
-}
-
-async fn request_loop(
-    mut rx: mpsc::Receiver<ClientFrame>,
-    id: Identity,
-    shared: Arc<Shared>,
-    out_tx: mpsc::Sender<Utf8Bytes>,
-) {
-    while let Some(request) = rx.recv().await {
-        // Boxed: the gRPC calls' futures are large, and a resting connection should not carry their room.
-        let reply = Box::pin(answer(request, &id, &shared)).await;
-        if let Some(reply) = reply
-            && out_tx.send(reply.to_text().into()).await.is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The answer to one client request (`None`: nothing to answer).
-async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<ServerFrame> {
-    let timeout = shared.rpc_timeout;
-    match request {
-        ClientFrame::Send { id: client_id, conversation_id, body } => {
-            let req = v1::SendMessageRequest {
-                conversation_id: conversation_id.to_string(),
-                sender_id: id.user.to_string(),
-                sender_device_id: id.device.to_string(),
-                client_msg_id: client_id.to_string(),
-                body: body.into_string(),
-            };
-            let sent = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.send_message(r).await }
-            });
-            match sent.await {
-                Ok(r) => Some(ServerFrame::Sent {
-                    id: client_id.to_string(),
-                    conversation_id: conversation_id.to_string(),
-                    message_id: r.message_id,
-                    seq: r.seq,
-                    sent_at_ms: r.sent_at_ms,
-                    duplicate: r.duplicate,
-                }),
-                Err(status) => Some(status_frame(Some(client_id.to_string()), &status)),
-            }
-        }
-        ClientFrame::History { id: req_id, conversation_id, after_seq, before_seq, limit } => {
-            let req = v1::GetHistoryRequest {
-                conversation_id: conversation_id.to_string(),
-                user_id: id.user.to_string(),
-                after_seq,
-                limit,
-                before_seq: before_seq.map_or(0, Seq::get),
-            };
-            let page = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.get_history(r).await }
-            });
-            match page.await {
-                Ok(r) => Some(ServerFrame::History {
-                    id: req_id,
-                    conversation_id: conversation_id.to_string(),
-                    messages: r.messages.iter().map(wire).collect(),
-                    last_seq: r.last_seq,
-                }),
-                Err(status) => Some(status_frame(Some(req_id), &status)),
-            }
-        }
-        ClientFrame::Delivered { conversation_id, seq } => {
-            let req = v1::AckInboxRequest {
-                user_id: id.user.to_string(),
-                device_id: id.device.to_string(),
-                conversation_id: conversation_id.to_string(),
-                up_to_seq: seq.get(),
-            };
-            let acked = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.ack_inbox(r).await }
-            });
-            match acked.await {
-                Ok(_) => None,
-                Err(status) => Some(status_frame(None, &status)),
-            }
-        }
-        ClientFrame::Read { conversation_id, seq } => {
-            let req = v1::MarkReadRequest {
-                conversation_id: conversation_id.to_string(),
-                user_id: id.user.to_string(),
-                device_id: id.device.to_string(),
-                up_to_seq: seq.get(),
-            };
-            let marked = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.mark_read(r).await }
-            });
-            match marked.await {
-                Ok(_) => None,
-                Err(status) => Some(status_frame(None, &status)),
-            }
-        }
-        ClientFrame::Conversation { id: req_id, conversation_id } => {
-            let req = v1::GetConversationRequest {
-                conversation_id: conversation_id.to_string(),
-                user_id: id.user.to_string(),
-            };
-            let got = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.get_conversation(r).await }
-            });
-            match got.await {
-                Ok(r) => {
-                    let c = r.conversation.unwrap_or_default();
-                    Some(ServerFrame::Conversation {
-                        id: req_id,
-                        conversation_id: c.conversation_id,
-                        member_ids: c.member_ids,
-                        last_seq: c.last_seq,
-                        read_positions: c
-                            .read_positions
-                            .into_iter()
-                            .map(|p| ReadPosition { user_id: p.user_id, read_seq: p.read_seq })
-                            .collect(),
-                    })
-                }
-                Err(status) => Some(status_frame(Some(req_id), &status)),
-            }
-        }
-        ClientFrame::Conversations { id: req_id, limit, page_token } => {
-            let req = v1::ListConversationsRequest {
-                user_id: id.user.to_string(),
-                limit,
-                page_token: page_token.unwrap_or_default(),
-            };
-            let listed = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.list_conversations(r).await }
-            });
-            match listed.await {
-                Ok(r) => Some(ServerFrame::Conversations {
-                    id: req_id,
-                    conversations: r.conversations.into_iter().map(summary).collect(),
-                    next_page_token: Some(r.next_page_token).filter(|t| !t.is_empty()),
-                }),
-                Err(status) => Some(status_frame(Some(req_id), &status)),
-            }
-        }
-        ClientFrame::Typing { conversation_id, typing } => {
-            match route_typing(shared, id, conversation_id, typing).await {
-                Ok(()) => None,
-                Err(status) => Some(status_frame(None, &status)),
-            }
-        }
-        ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
-    }
-}
-
-/// Routes a typing indicator to the online devices of the conversation's other members (and the user's
-/// other devices), straight to the gateways holding them: nothing is logged or stored.
-async fn route_typing(
-    shared: &Shared,
-    id: &Identity,
-    conversation: ConversationId,
-    typing: bool,
-) -> Result<(), tonic::Status> {
-    let members = shared.members_of(conversation, &id.user).await?;
-    let online = shared.presence.online(&members).await;
-    let indicator = v1::Typing {
-        conversation_id: conversation.to_string(),
-        user_id: id.user.to_string(),
-        device_id: id.device.to_string(),
-        typing,
-    };
-    let request = v1::PushRequest { message: None, devices: Vec::new(), receipt: None, typing: Some(indicator) };
-    shared.pushers.fan_out(&online, Some((&id.user, &id.device)), request).await;
-    Ok(())
-}
-
-/// How long a conversation's member list is reused for typing indicators.
-const MEMBERS_TTL: Duration = Duration::from_secs(5);
-
-impl Shared {
-    /// The members of a conversation the user belongs to (PERMISSION_DENIED otherwise), reused for a few
-    /// seconds: typing indicators come in bursts.
-    async fn members_of(&self, conversation: ConversationId, user: &UserId) -> Result<Vec<UserId>, tonic::Status> {
-        if let Some((at, members)) = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(&conversation)
-            && at.elapsed() < MEMBERS_TTL
-            && members.contains(user)
-        {
-            return Ok(members.clone());
-        }
-        let req = v1::GetConversationRequest { conversation_id: conversation.to_string(), user_id: user.to_string() };
-        let timeout = self.rpc_timeout;
-        let answer = self
-            .chat
-            .call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.get_conversation(r).await }
-            })
-            .await?;
-        let ids = answer.conversation.map(|c| c.member_ids).unwrap_or_default();
-        let members: Vec<UserId> = ids.iter().filter_map(|m| UserId::parse(m).ok()).collect();
-        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= 10_000 {
-            cache.clear();
-        }
-        cache.insert(conversation, (Instant::now(), members.clone()));
-        Ok(members)
-    }
 }
