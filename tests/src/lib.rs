@@ -7,7 +7,16 @@
 pub mod arrivals;
 pub mod client;
 pub mod cluster;
-pub mod device;
+/// The test device is the client crate's ([`chat_client::device`]), with tokens signed by the test secret.
+pub mod device {
+    pub use chat_client::device::*;
+
+    /// Tokens for `user`, signed with the platform's test secret, as the test devices present them.
+    pub fn test_token(user: &str) -> TokenSource {
+        let user = user.to_owned();
+        std::sync::Arc::new(move || crate::client::token(&user, crate::platform::JWT_SECRET))
+    }
+}
 pub mod group;
 pub mod load;
 pub mod logcheck;

@@ -8,19 +8,8 @@
 //!   (by name prefix: `chat-`, `gateway-`, `worker-`) as `FAILPOINTS`; [`configure_in_process`] turns them on
 //!   in this process, for the services a [`Platform`](crate::Platform) runs here (a `failpoints` build only).
 
-use std::fmt;
-
-/// A promise found broken: what the check saw.
-#[derive(Debug)]
-pub struct Broken(pub String);
-
-impl fmt::Display for Broken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "promise broken: {}", self.0)
-    }
-}
-
-impl std::error::Error for Broken {}
+/// A promise found broken: what the check saw (the client crate's, so that its devices fail with it too).
+pub use chat_client::Broken;
 
 /// Like `anyhow::ensure!`, for a check of a promise: fails with a [`Broken`] error.
 #[macro_export]

@@ -25,7 +25,7 @@ use proto::v1;
 use proto::v1::chat_service_client::ChatServiceClient;
 use tests::arrivals::{self, Acked, AckedMap, Counts, Expect};
 use tests::cluster::{Cluster, ClusterOptions, Kind};
-use tests::device::{Channel, Device, Report, Rules};
+use tests::device::{Channel, Device, Report, Rules, test_token};
 use tests::promise;
 use tokio::sync::Mutex;
 use tonic::transport::Channel as GrpcChannel;
@@ -316,7 +316,15 @@ async fn check_devices(devices: Vec<ToCheck<'_>>, tally: &mut Tally) -> anyhow::
 }
 
 fn strict_device(cluster: &Cluster, user: &str, device: &str, first: usize, conv: &str) -> Device {
-    Device::spawn_with(user, device, cluster.gateway_ws.clone(), first, &[conv.to_owned()], Rules::STRICT)
+    Device::spawn_with(
+        user,
+        device,
+        test_token(user),
+        cluster.gateway_ws.clone(),
+        first,
+        &[conv.to_owned()],
+        Rules::STRICT,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,7 +584,9 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     let names: Vec<String> = convs.iter().map(|c| c.1.clone()).collect();
     let gateways = cluster.gateway_ws.clone();
     // The device connects once, so the platform knows it, then goes offline.
-    Device::spawn_with(&reader, "tablet", gateways.clone(), 0, &names, Rules::INBOX_ONLY).stop().await?;
+    Device::spawn_with(&reader, "tablet", test_token(&reader), gateways.clone(), 0, &names, Rules::INBOX_ONLY)
+        .stop()
+        .await?;
     let mut acked: Vec<AckedMap> = vec![AckedMap::new(); m];
     for k in 0..n {
         let j = k % m;
@@ -586,7 +596,7 @@ async fn s8_an_offline_device_gets_exactly_what_it_missed() -> anyhow::Result<()
     // Once the workers have handled every record (all in the inbox), it comes back without reading
     // history: only its inbox can bring what it missed.
     wait_inbox(&reader, "tablet", n).await?;
-    let mut d = Device::spawn_with(&reader, "tablet", gateways, 1, &names, Rules::INBOX_ONLY);
+    let mut d = Device::spawn_with(&reader, "tablet", test_token(&reader), gateways, 1, &names, Rules::INBOX_ONLY);
     for (j, name) in names.iter().enumerate() {
         d.wait_shown(name, acked[j].len() as u64, Duration::from_secs(30)).await?;
     }
@@ -968,8 +978,15 @@ async fn s10_a_client_that_stops_reading_is_closed_and_loses_nothing() -> anyhow
     let (code, reason) = stalled.recv_close(Duration::from_secs(60)).await?;
     promise!(code == 4008, "the stalled client was closed with {code} ({reason}), not 4008");
     // Reconnecting, Bob resumes by cursor and misses nothing.
-    let mut d =
-        Device::spawn_with(&bob, "phone", cluster.gateway_ws.clone(), 0, std::slice::from_ref(&conv), Rules::STRICT);
+    let mut d = Device::spawn_with(
+        &bob,
+        "phone",
+        test_token(&bob),
+        cluster.gateway_ws.clone(),
+        0,
+        std::slice::from_ref(&conv),
+        Rules::STRICT,
+    );
     d.wait_shown(&conv, n as u64, CATCH_UP).await?;
     let r = d.stop().await?;
     let mut tally = Tally { sent: n, acknowledged: acked.len(), ..Tally::default() };

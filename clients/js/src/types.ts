@@ -2,7 +2,7 @@
 
 /**
  * How a message reached this device (the same distinction as the test harness's `Channel` in
- * tests/src/device.rs): pushed live, sent from the device's inbox (at connect or at a resync), read from
+ * clients/rust/src/device.rs): pushed live, sent from the device's inbox (at connect or at a resync), read from
  * history (resuming after a reconnect, or filling a gap), or the answer to this device's own send.
  */
 export type Via = "pushed" | "inbox" | "history" | "own";

@@ -24,8 +24,17 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::client::token;
-use crate::platform::JWT_SECRET;
+use crate::Broken;
+
+/// Answers a valid token for the device's user (asked at every connect).
+pub type TokenSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Fails with a [`Broken`] error.
+macro_rules! broken {
+    ($($arg:tt)+) => {
+        return Err(anyhow::Error::new(Broken(format!($($arg)+))))
+    };
+}
 
 /// A send's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +68,8 @@ pub struct Arrival {
     pub message_id: String,
     /// The body, when the arrival carried one (`sent` answers do not; the device knows its own).
     pub body: Option<String>,
+    /// Who sent it (the device's own user for its own sends).
+    pub sender: Option<String>,
     /// Per channel: when it first came by that channel, in which session, and how many times in all.
     pub by: BTreeMap<Channel, Came>,
 }
@@ -266,17 +277,19 @@ impl Device {
     pub fn spawn(
         user: &str,
         device: &str,
+        token: TokenSource,
         gateways: Vec<SocketAddr>,
         first: usize,
         conversations: &[String],
     ) -> Device {
-        Self::spawn_with(user, device, gateways, first, conversations, Rules::default())
+        Self::spawn_with(user, device, token, gateways, first, conversations, Rules::default())
     }
 
     /// Starts the device with the given [`Rules`].
     pub fn spawn_with(
         user: &str,
         device: &str,
+        token: TokenSource,
         gateways: Vec<SocketAddr>,
         first: usize,
         conversations: &[String],
@@ -289,6 +302,7 @@ impl Device {
         let runner = Runner {
             user: user.to_owned(),
             device: device.to_owned(),
+            token,
             gateways,
             next_gateway: first,
             rules,
@@ -322,7 +336,7 @@ impl Device {
     }
 
     /// Waits until the device has shown every number up to `seq` in `conversation`. Fails at once when the
-    /// device sees a broken promise on the wire (a [`Broken`](crate::prove::Broken) error), and after
+    /// device sees a broken promise on the wire (a [`Broken`] error), and after
     /// `within` with what arrived and what is missing.
     pub async fn wait_shown(&mut self, conversation: &str, seq: u64, within: Duration) -> anyhow::Result<()> {
         let reached = tokio::time::timeout(within, async {
@@ -334,7 +348,7 @@ impl Device {
         .await;
         let report = self.report();
         if let Some(v) = report.violations.first() {
-            crate::broken!("{}/{}: {v}", self.user, self.device);
+            broken!("{}/{}: {v}", self.user, self.device);
         }
         if reached == Ok(true) {
             return Ok(());
@@ -343,7 +357,7 @@ impl Device {
         let arrived = report.arrivals.get(conversation);
         let missing: Vec<u64> =
             (at + 1..=seq).filter(|n| arrived.is_none_or(|a| !a.contains_key(n))).take(10).collect();
-        crate::broken!(
+        broken!(
             "{}/{}: showed up to {at} of {seq} in {conversation} within {within:?}; never arrived (first 10): \
              {missing:?}; {} sessions",
             self.user,
@@ -371,6 +385,7 @@ impl Device {
 struct Runner {
     user: String,
     device: String,
+    token: TokenSource,
     gateways: Vec<SocketAddr>,
     next_gateway: usize,
     rules: Rules,
@@ -466,8 +481,7 @@ impl Runner {
     async fn connect(&self, gw: SocketAddr) -> anyhow::Result<Ws> {
         let url = format!("ws://{gw}/v1/ws?device_id={}", self.device);
         let mut req = url.into_client_request()?;
-        req.headers_mut()
-            .insert(http::header::AUTHORIZATION, format!("Bearer {}", token(&self.user, JWT_SECRET)).parse()?);
+        req.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {}", (self.token)()).parse()?);
         let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req)).await??;
         Ok(ws)
     }
@@ -566,7 +580,7 @@ impl Runner {
                 let channel = if f["inbox"].as_bool() == Some(true) { Channel::Inbox } else { Channel::Pushed };
                 let seq = f["seq"].as_u64().unwrap_or(0);
                 let id = f["message_id"].as_str().unwrap_or_default();
-                self.accept(&conv, seq, id, f["body"].as_str(), channel);
+                self.accept(&conv, seq, (id, f["body"].as_str(), f["sender_id"].as_str()), channel);
             }
             Some("sent") => {
                 let id = f["id"].as_str().unwrap_or_default().to_owned();
@@ -581,7 +595,8 @@ impl Runner {
                 }
                 // The sender shows its own message at its number.
                 let body = self.bodies.remove(&id);
-                self.accept(&conv, ack.seq, &ack.message_id, body.as_deref(), Channel::Own);
+                let me = self.user.clone();
+                self.accept(&conv, ack.seq, (&ack.message_id, body.as_deref(), Some(&me)), Channel::Own);
                 if let Some(o) = self.outbox.remove(&id)
                     && let Some(done) = o.done
                 {
@@ -594,7 +609,7 @@ impl Runner {
                 for m in &messages {
                     let seq = m["seq"].as_u64().unwrap_or(0);
                     let id = m["message_id"].as_str().unwrap_or_default();
-                    self.accept(&conv, seq, id, m["body"].as_str(), Channel::History);
+                    self.accept(&conv, seq, (id, m["body"].as_str(), m["sender_id"].as_str()), Channel::History);
                 }
                 // While resuming, more to read as long as the conversation's last number is ahead of what is
                 // shown; with gap filling on, a gap still open means ask again (for the missing range only).
@@ -711,7 +726,8 @@ impl Runner {
 
     /// Records an arrival, then applies the client's rules: drop what is shown already, hold what is above a
     /// gap, show in order.
-    fn accept(&mut self, conv: &str, seq: u64, message_id: &str, body: Option<&str>, channel: Channel) {
+    fn accept(&mut self, conv: &str, seq: u64, message: (&str, Option<&str>, Option<&str>), channel: Channel) {
+        let (message_id, body, sender) = message;
         let now = Instant::now();
         let session = self.session;
         let c = self.convs.entry(conv.to_owned()).or_default();
@@ -733,6 +749,7 @@ impl Runner {
             let arrival = report.arrivals.entry(conv.to_owned()).or_default().entry(seq).or_insert_with(|| Arrival {
                 message_id: message_id.to_owned(),
                 body: None,
+                sender: None,
                 by: BTreeMap::new(),
             });
             if arrival.message_id != message_id {
@@ -743,6 +760,9 @@ impl Runner {
             }
             if arrival.body.is_none() {
                 arrival.body = body.map(str::to_owned);
+            }
+            if arrival.sender.is_none() {
+                arrival.sender = sender.map(str::to_owned);
             }
             let came = arrival.by.entry(channel).or_insert(Came { first_at: now, session, times: 0 });
             came.times += 1;
