@@ -39,6 +39,8 @@ ROWS=(
   "faults|s15_an_owner_dying_between_numbering_and_commit_loses_nothing||PASS"
   "faults|s17_a_worker_out_of_its_group_replaces_its_consumer|worker-consumer-unreachable=return|promise broken:"
   "faults|s17_a_worker_out_of_its_group_replaces_its_consumer||PASS"
+  "faults|s18_a_killed_broker_of_three_loses_no_acknowledged_message|chat-number-twice=3%return|promise broken:"
+  "faults|s19_an_owner_cut_off_from_kafka_writes_nothing_after_its_partitions_moved|chat-ack-unwritten=return|promise broken:"
 )
 # The security tests of close code 4000 (added with the exact answers).
 for t in $(grep -o 'fn [a-z0-9_]*4000[a-z0-9_]*' tests/tests/security.rs 2>/dev/null | cut -d' ' -f2); do

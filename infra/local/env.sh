@@ -12,6 +12,9 @@ KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 # The broker's TLS listener, with a certificate for localhost signed by .local/tls/ca.pem.
 KAFKA_TLS_PORT="${KAFKA_TLS_PORT:-19094}"
+# The three-node Kafka (`servers.sh up kafka3`): node N's broker on KAFKA3_PORT+N, its controller on
+# KAFKA3_PORT+10+N.
+KAFKA3_PORT="${KAFKA3_PORT:-19100}"
 CASSANDRA_PORT="${CASSANDRA_PORT:-19042}"
 CASSANDRA_STORAGE_PORT="${CASSANDRA_STORAGE_PORT:-17000}"
 REDIS_PORT="${REDIS_PORT:-16379}"

@@ -8,6 +8,7 @@ source "$(dirname "$0")/env.sh"
 command -v redis-server >/dev/null || apt_install redis-server
 command -v redis-cli >/dev/null || apt_install redis-tools
 command -v tmux >/dev/null || apt_install tmux   # the terminal client's test drives it in tmux
+command -v iptables >/dev/null || apt_install iptables   # a fault scenario cuts a replica off from Kafka
 command -v "$JAVA" >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
 command -v make >/dev/null || apt_install make   # rdkafka builds its bundled librdkafka with make and a C compiler

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Starts, stops and reports the three real servers on 127.0.0.1: Kafka (one KRaft node), Cassandra and Redis.
-#   servers.sh up [kafka|cassandra|redis ...]    start what is not running yet (all three by default), wait until ready
-#   servers.sh down [kafka|cassandra|redis ...]  stop what this script started
+#   servers.sh up [kafka|cassandra|redis|kafka3|kafka3-N ...]    start what is not running yet (kafka,
+#                                                                 cassandra and redis by default), wait until ready
+#   servers.sh down [kafka|cassandra|redis|kafka3|kafka3-N ...]  stop what this script started
 #   servers.sh status
+# kafka3 is a second Kafka of three KRaft nodes (each broker and controller; node N, 1 to 3, is kafka3-N,
+# on port KAFKA3_PORT+N), only started when asked: the fault scenario of a broker killed under load uses it.
 # Data and logs live under .local/ in the repository (ignored by git). Running `up` again reuses what is up.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -87,6 +90,51 @@ start_kafka() {
   wait_ready kafka "${KAFKA_START_TIMEOUT:-120}" "$LOGS/kafka/server.log" kafka_ready
 }
 
+kafka3_port() { echo $((KAFKA3_PORT + $1)); }
+kafka3_controller_port() { echo $((KAFKA3_PORT + 10 + $1)); }
+
+# One node of the three-node cluster; its storage is formatted once with the cluster's shared id.
+start_kafka3_node() {
+  local n="$1" name="kafka3-$1" port; port=$(kafka3_port "$1")
+  running "$name" && port_open "$port" && { log "$name already up on $port"; return; }
+  port_open "$port" && die "port $port is taken by a process this script did not start"
+  local conf="$RUN/$name.properties" cp="$LIB/kafka/*" dir="$DATA/kafka3/node$n" logs="$LOGS/kafka3/node$n"
+  local voters="" i
+  for i in 1 2 3; do voters="$voters${voters:+,}$i@127.0.0.1:$(kafka3_controller_port "$i")"; done
+  mkdir -p "$dir" "$logs"
+  sed -e "s#@NODE@#$n#g" -e "s#@VOTERS@#$voters#g" -e "s#@PORT@#$port#g" \
+      -e "s#@CONTROLLER_PORT@#$(kafka3_controller_port "$n")#g" -e "s#@DIR@#$dir#g" \
+      "$ROOT/infra/local/conf/kafka3.properties.in" >"$conf"
+  if [ ! -f "$dir/meta.properties" ]; then
+    "$JAVA" -cp "$cp" -Dlog4j2.configurationFile="file:$ROOT/infra/local/conf/log4j2.properties" -Dkafka.logs.dir="$logs" \
+      kafka.tools.StorageTool format -t "$(cat "$DATA/kafka3/cluster-id")" -c "$conf" --ignore-formatted \
+      >>"$logs/format.log" 2>&1 || { tail -20 "$logs/format.log" >&2; die "$name storage format failed"; }
+  fi
+  : >"$logs/server.log"
+  log "starting $name on 127.0.0.1:$port"
+  setsid nohup "$JAVA" -Xms384m -Xmx384m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="file:$ROOT/infra/local/conf/log4j2.properties" -Dkafka.logs.dir="$logs" \
+    -cp "$cp" kafka.Kafka "$conf" >"$logs/stdout.log" 2>&1 &
+  echo $! >"$(pidfile "$name")"
+  # A node is ready once the quorum has a leader, which takes two of the three: they start in parallel.
+  wait_ready "$name" "${KAFKA_START_TIMEOUT:-120}" "$logs/server.log" kafka3_node_ready "$n"
+}
+
+kafka3_node_ready() {
+  grep -q "Kafka Server started" "$LOGS/kafka3/node$1/server.log" 2>/dev/null && port_open "$(kafka3_port "$1")"
+}
+
+start_kafka3() {
+  mkdir -p "$DATA/kafka3"
+  if [ ! -s "$DATA/kafka3/cluster-id" ]; then
+    "$JAVA" -cp "$LIB/kafka/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1 >"$DATA/kafka3/cluster-id"
+  fi
+  local pids=() p rc=0
+  for n in 1 2 3; do start_kafka3_node "$n" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  [ "$rc" -eq 0 ] || die "the three-node kafka did not start"
+}
+
 cassandra_ready() { port_open "$CASSANDRA_PORT"; }
 
 start_cassandra() {
@@ -153,7 +201,12 @@ stop_one() {
 }
 
 cmd="${1:-status}"; shift || true
-names=("$@"); [ ${#names[@]} -eq 0 ] && names=(redis kafka cassandra)
+names=("$@")
+if [ ${#names[@]} -eq 0 ]; then
+  names=(redis kafka cassandra)
+  # `down` also stops the three-node Kafka if a scenario left it running.
+  [ "$cmd" = down ] && names+=(kafka3)
+fi
 case "$cmd" in
   up)
     "$ROOT/infra/local/install.sh"
@@ -163,17 +216,25 @@ case "$cmd" in
     pids=()
     for n in "${names[@]}"; do
       case "$n" in
-        kafka|cassandra|redis) "start_$n" & pids+=($!) ;;
+        kafka|cassandra|redis|kafka3) "start_$n" & pids+=($!) ;;
+        kafka3-[123]) start_kafka3_node "${n#kafka3-}" & pids+=($!) ;;
         *) die "unknown server $n" ;;
       esac
     done
     rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done
     [ "$rc" -eq 0 ] || die "a server failed to start"
     ;;
-  down) for n in "${names[@]}"; do stop_one "$n"; done ;;
-  status)
-    for n in redis kafka cassandra; do
-      if running "$n"; then echo "$n: running (pid $(cat "$(pidfile "$n")"))"; else echo "$n: stopped"; fi
+  down)
+    for n in "${names[@]}"; do
+      case "$n" in
+        kafka3) for i in 1 2 3; do stop_one "kafka3-$i" & done; wait ;;
+        *) stop_one "$n" ;;
+      esac
     done ;;
-  *) die "usage: servers.sh up|down|status [kafka|cassandra|redis ...]" ;;
+  status)
+    for n in redis kafka cassandra kafka3-1 kafka3-2 kafka3-3; do
+      if running "$n"; then echo "$n: running (pid $(cat "$(pidfile "$n")"))"
+      elif [[ "$n" != kafka3-* ]]; then echo "$n: stopped"; fi
+    done ;;
+  *) die "usage: servers.sh up|down|status [kafka|cassandra|redis|kafka3|kafka3-N ...]" ;;
 esac

@@ -12,6 +12,7 @@
 //! | `worker-consumer-unreachable` | delivery worker | a new Kafka consumer is given a bootstrap address where nothing listens |
 //! | `chat-number-twice` | chat service | a send is given the number of the send before it |
 //! | `chat-crash-after-number` | chat service | the process aborts after numbering a send, before the log append |
+//! | `chat-ack-unwritten` | chat service | the sends of a batch whose commit failed (aborted, or its outcome unknown) are acknowledged as written |
 //! | `gateway-keep-replaced` | gateway | a device connecting again leaves its older connection open |
 //! | `gateway-unbounded-queue` | gateway | a connection's send queue has no useful bound |
 //!
@@ -19,12 +20,13 @@
 //! does not, and `N%return` fires with probability N %.
 
 /// The failpoints the services define, for checks of a `FAILPOINTS` setting.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "worker-drop-push",
     "worker-skip-inbox",
     "worker-consumer-unreachable",
     "chat-number-twice",
     "chat-crash-after-number",
+    "chat-ack-unwritten",
     "gateway-keep-replaced",
     "gateway-unbounded-queue",
 ];

@@ -56,6 +56,9 @@ pub struct ClusterOptions {
     pub gateway_open_files: Option<u64>,
     /// Where the service binaries are (default: the debug build of this workspace).
     pub bin_dir: Option<PathBuf>,
+    /// Runs chat-service replica i with the group id `base + i`, so that [`Cluster::cut_off_kafka`] can
+    /// drop its packets to Kafka by iptables' owner match (needs root).
+    pub chat_gid_base: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +73,7 @@ impl Default for ClusterOptions {
             push_timeout_ms: 1_000,
             gateway_open_files: None,
             bin_dir: None,
+            chat_gid_base: None,
         }
     }
 }
@@ -287,6 +291,9 @@ impl Cluster {
             }
             _ => Command::new(&binary),
         };
+        if let (Kind::ChatService, Some(base)) = (kind, self.options.chat_gid_base) {
+            std::os::unix::process::CommandExt::gid(&mut cmd, base + i as u32);
+        }
         // The process's failpoints: its own (set by a scenario) or those of `FAULTS_FAILPOINTS` for its kind.
         cmd.env_remove("FAILPOINTS");
         if let Some(failpoints) = crate::prove::failpoints_for(kind.failpoint_prefix()) {
@@ -387,6 +394,24 @@ impl Cluster {
             bail!("kill {signal} {pid} failed");
         }
         Ok(())
+    }
+
+    /// Cuts chat-service replica `i` off from Kafka, and from nothing else (its gateways, Cassandra and Redis
+    /// still answer): an iptables rule drops every packet its processes send to a Kafka port, until the
+    /// answer is dropped. Needs [`ClusterOptions::chat_gid_base`] and root.
+    pub fn cut_off_kafka(&self, i: usize) -> anyhow::Result<KafkaCut> {
+        let base = self.options.chat_gid_base.context("the cluster was started without chat_gid_base")?;
+        let brokers = kafka_brokers();
+        let ports: Vec<&str> = brokers.split(',').filter_map(|b| b.rsplit(':').next()).collect();
+        let gid = (base + i as u32).to_string();
+        let rule: Vec<String> =
+            ["OUTPUT", "-p", "tcp", "-m", "owner", "--gid-owner", &gid, "-m", "multiport", "--dports"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([ports.join(","), "-j".into(), "DROP".into()])
+                .collect();
+        iptables("-I", &rule)?;
+        Ok(KafkaCut { rule })
     }
 
     /// Sets (or, with `None`, removes) an environment variable of a process, for its next start.
@@ -491,6 +516,41 @@ fn worker_env(topic: &str, id: &str, redis_prefix: &str, options: &ClusterOption
         ("WORKER_MEMBERS_CACHE_MS".into(), "500".into()),
         ("WORKER_PUSH_TIMEOUT_MS".into(), options.push_timeout_ms.to_string()),
     ]
+}
+
+/// A rule of [`Cluster::cut_off_kafka`]; deleted when dropped, whatever the scenario's outcome.
+pub struct KafkaCut {
+    rule: Vec<String>,
+}
+
+impl KafkaCut {
+    /// Deletes the rule: the replica reaches Kafka again.
+    pub fn heal(mut self) -> anyhow::Result<()> {
+        iptables("-D", &std::mem::take(&mut self.rule))
+    }
+}
+
+impl Drop for KafkaCut {
+    fn drop(&mut self) {
+        if !self.rule.is_empty()
+            && let Err(e) = iptables("-D", &self.rule)
+        {
+            eprintln!("[faults] deleting the iptables rule {:?}: {e:#}", self.rule);
+        }
+    }
+}
+
+fn iptables(action: &str, rule: &[String]) -> anyhow::Result<()> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .arg(action)
+        .args(rule)
+        .output()
+        .context("running iptables (installed by infra/local/install.sh)")?;
+    if !out.status.success() {
+        bail!("iptables {action} {}: {}", rule.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Sends a signal (`-STOP`, `-CONT`) to one of the real servers (`kafka`, `cassandra`, `redis`), by the pid

@@ -201,6 +201,15 @@ pub fn lag(group: &str, topic: &str) -> anyhow::Result<i64> {
     Ok(lag_of(group, topic, &partitions)?.values().sum())
 }
 
+/// The broker (node id) leading partition `partition` of `topic` now. Blocking.
+pub fn leader_of(topic: &str, partition: i32) -> anyhow::Result<i32> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let metadata = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = metadata.topics().first().context("no metadata for the topic")?;
+    let p = t.partitions().iter().find(|p| p.id() == partition).context("no such partition")?;
+    Ok(p.leader())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,9 +16,41 @@ use tonic::transport::Channel;
 /// The secret every test gateway checks tokens with.
 pub const JWT_SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-0123";
 
-/// Where the real servers listen; the same defaults and variables as `infra/local/env.sh`.
+/// Where the real servers listen; the same defaults and variables as `infra/local/env.sh`. Kafka is the
+/// one-node Kafka, or the three-node one while a [`ThreeBrokers`] is alive.
 pub fn kafka_brokers() -> String {
+    if let Some(brokers) = three_brokers() {
+        return brokers;
+    }
     format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "19092".into()))
+}
+
+static THREE_BROKERS: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+fn three_brokers() -> Option<String> {
+    if !*THREE_BROKERS.lock().unwrap_or_else(|p| p.into_inner()) {
+        return None;
+    }
+    let base: u16 = std::env::var("KAFKA3_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(19100);
+    Some((1..=3).map(|n| format!("127.0.0.1:{}", base + n)).collect::<Vec<_>>().join(","))
+}
+
+/// While alive, [`kafka_brokers`] (and so every topic, client and service this crate makes) is the three-node
+/// Kafka of `servers.sh up kafka3`, and new topics have three replicas, two of them needed for a write. For
+/// one scenario at a time in a test binary (the fault scenarios run one by one).
+pub struct ThreeBrokers(());
+
+impl ThreeBrokers {
+    pub fn select() -> ThreeBrokers {
+        *THREE_BROKERS.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        ThreeBrokers(())
+    }
+}
+
+impl Drop for ThreeBrokers {
+    fn drop(&mut self) {
+        *THREE_BROKERS.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
 }
 
 /// The local broker's TLS listener (`infra/local/servers.sh` gives it a certificate for `localhost` signed
@@ -381,10 +413,13 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let dlq = format!("{topic}.dlq");
-    let topics = [
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
-    ];
+    // Replicated as `chatctl create-topics` makes them (kept for the broker's default, not forever: tests
+    // make many topics).
+    let (replication, min_insync) = if three_brokers().is_some() { (3, "2") } else { (1, "1") };
+    let topics = [topic, &dlq].map(|name| {
+        NewTopic::new(name, if name == topic { partitions } else { 1 }, TopicReplication::Fixed(replication))
+            .set("min.insync.replicas", min_insync)
+    });
     for r in admin.create_topics(&topics, &opts).await.context("kafka is not reachable: run `make test`")? {
         r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
     }

@@ -654,6 +654,8 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<GrpcSent>>>>,
     /// Every send attempt that failed retryably, and every send that took long: (started, ended, failed).
     troubles: Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>,
+    /// Every acknowledged send: when it began, and how long until its acknowledgement (retries included).
+    took: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>,
 }
 
 /// A send slower than this counts as stalled (an outage that blocks sends rather than failing them).
@@ -690,6 +692,7 @@ impl Load {
         let (started, acked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let latest: Arc<Vec<AtomicU64>> = Arc::new((0..conversations).map(|_| AtomicU64::new(0)).collect());
         let troubles = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let took = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         let pause = Duration::from_millis(1000 * conversations as u64 / per_second.max(1));
         for (i, (s, _, conv)) in pairs.iter().enumerate() {
@@ -700,7 +703,8 @@ impl Load {
                 chats.push(chat(cluster, (i + k) % n).await?);
             }
             let (s, conv, stop, tag) = (s.clone(), conv.clone(), stop.clone(), tag.to_owned());
-            let (started, acked, latest, troubles) = (started.clone(), acked.clone(), latest.clone(), troubles.clone());
+            let (started, acked, latest) = (started.clone(), acked.clone(), latest.clone());
+            let (troubles, took) = (troubles.clone(), took.clone());
             tasks.push(tokio::spawn(async move {
                 let mut acks = Vec::new();
                 let mut k = 0;
@@ -715,6 +719,7 @@ impl Load {
                             t.push((begun, a.at, false));
                         }
                     }
+                    took.lock().unwrap_or_else(|p| p.into_inner()).push((begun, a.at - begun));
                     latest[i].fetch_max(a.seq, Ordering::Relaxed);
                     acked.fetch_add(1, Ordering::Relaxed);
                     acks.push(a);
@@ -724,7 +729,14 @@ impl Load {
                 anyhow::Ok(acks)
             }));
         }
-        Ok(Load { pairs, stop, started, acked, latest, tasks, troubles })
+        Ok(Load { pairs, stop, started, acked, latest, tasks, troubles, took })
+    }
+
+    /// The p99 of send → acknowledgement (retries included) over the sends for which `pick(begun, acked)`
+    /// holds, and how many.
+    fn p99_send(&self, pick: impl Fn(Instant, Instant) -> bool) -> (Duration, usize) {
+        let t = self.took.lock().unwrap_or_else(|p| p.into_inner());
+        p99(t.iter().filter(|(begun, took)| pick(*begun, *begun + *took)).map(|(_, took)| *took).collect())
     }
 
     /// Sends that failed retryably, and sends that stalled, while `window` lasted: (failed, stalled).
@@ -1252,7 +1264,8 @@ async fn s13_a_frozen_broker_fails_sends_and_skips_no_number() -> anyhow::Result
     cluster.shutdown().await
 }
 
-/// The p99 of acknowledgement → first arrival at the readers, over messages acknowledged in `window`.
+/// The p99 of acknowledgement → first arrival at the readers, over messages acknowledged in `window`, and
+/// how many.
 fn p99_delivery(checked: &Checked, window: std::ops::Range<Instant>) -> (Duration, usize) {
     let mut waits: Vec<Duration> = Vec::new();
     for (i, (_, _, conv)) in checked.pairs.iter().enumerate() {
@@ -1265,6 +1278,11 @@ fn p99_delivery(checked: &Checked, window: std::ops::Range<Instant>) -> (Duratio
             }
         }
     }
+    p99(waits)
+}
+
+/// The 99th percentile of `waits` (zero when empty), and how many there were.
+fn p99(mut waits: Vec<Duration>) -> (Duration, usize) {
     waits.sort_unstable();
     let n = waits.len();
     let p99 = if n == 0 { Duration::ZERO } else { waits[((n * 99).div_ceil(100)).saturating_sub(1)] };
@@ -1388,5 +1406,112 @@ async fn s17_a_worker_out_of_its_group_replaces_its_consumer() -> anyhow::Result
         restarted.elapsed()
     );
     print("17 a worker out of its group", &checked.tally);
+    cluster.shutdown().await
+}
+
+/// The three-node Kafka of `servers.sh up kafka3`, stopped when dropped (it is only for one scenario, and
+/// three more JVMs would slow the others).
+struct ThreeNodeKafka(tests::platform::ThreeBrokers);
+
+impl ThreeNodeKafka {
+    async fn start() -> anyhow::Result<ThreeNodeKafka> {
+        tokio::task::spawn_blocking(|| tests::cluster::server("up", "kafka3")).await??;
+        Ok(ThreeNodeKafka(tests::platform::ThreeBrokers::select()))
+    }
+}
+
+impl Drop for ThreeNodeKafka {
+    fn drop(&mut self) {
+        if let Err(e) = tests::cluster::server("down", "kafka3") {
+            eprintln!("[faults] stopping the three-node kafka: {e:#}");
+        }
+    }
+}
+
+/// Kafka of three brokers, topics of three replicas with two needed for a write (as in production): the
+/// broker leading a busy partition is killed with SIGKILL under load, and started again. Sends go on while
+/// it is down (their p99 is printed beside the steady one), and no acknowledged message is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_killed_broker_of_three_loses_no_acknowledged_message() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let _kafka = ThreeNodeKafka::start().await?;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut load = Load::start(&cluster, 10, 200, "s18").await?;
+    let devices = readers(&cluster, &load.pairs);
+    // The steady state after the first sends (which wait for the new transactional producers).
+    load.wait_acked(scale(50, 200)).await?;
+    let steady_from = Instant::now();
+    load.wait_acked(scale(150, 1200)).await?;
+    let (_, partition) = owner_of(&cluster, &load.pairs[0].2).await?;
+    let topic = cluster.topic.clone();
+    let victim = tokio::task::spawn_blocking(move || tests::group::leader_of(&topic, partition)).await??;
+    ensure!((1..=3).contains(&victim), "partition {partition} has no leader among the three nodes ({victim})");
+    let killed = Instant::now();
+    tests::cluster::signal_server(&format!("kafka3-{victim}"), "-KILL")?;
+    let acked_then = load.acked.load(Ordering::Relaxed);
+    load.wait_acked(acked_then + scale(200, 2000)).await?;
+    let down = killed..Instant::now();
+    let (failed, stalled) = load.troubles_during(down.clone());
+    tokio::task::spawn_blocking(move || tests::cluster::server("up", &format!("kafka3-{victim}"))).await??;
+    let restarted = down.end.elapsed();
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 1000)).await?;
+    // Sends that ended before the kill, and those in flight at some time while the broker was down.
+    let (steady, steady_n) = load.p99_send(|begun, acked| begun >= steady_from && acked < killed);
+    let (while_down, down_n) = load.p99_send(|begun, acked| begun < down.end && acked > down.start);
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    let (delivery, delivery_n) = p99_delivery(&checked, down.clone());
+    println!(
+        "[faults] 18: broker {victim} (leader of partition {partition}) killed for {:.1} s, restarted in {:.1} s; \
+         p99 send → acknowledgement {while_down:?} over the {down_n} sends in flight while it was down \
+         (before: {steady:?} over {steady_n}), p99 acknowledgement → arrival {delivery:?} over {delivery_n}; {failed} \
+         attempts failed retryably, {stalled} stalled",
+        (down.end - down.start).as_secs_f64(),
+        restarted.as_secs_f64()
+    );
+    checked.check_log(&cluster).await?;
+    print("18 a broker of three killed -9, then restarted", &checked.tally);
+    cluster.shutdown().await
+}
+
+/// The owner of a busy partition cut off from Kafka, and from nothing else (an iptables rule drops its
+/// packets to Kafka; the gateways, Cassandra and Redis still reach it and it them), until its partitions have
+/// moved to the other replica; then the cut heals. It stops acknowledging (sends fail retryably or stall and
+/// are retried), nothing it wrote after the move reaches a consumer (every number in the log once, as
+/// acknowledged), and it serves again after the cut heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_an_owner_cut_off_from_kafka_writes_nothing_after_its_partitions_moved() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let options = ClusterOptions { chat_gid_base: Some(47_000), ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(options).await?;
+    let mut load = Load::start(&cluster, 10, 200, "s19").await?;
+    let devices = readers(&cluster, &load.pairs);
+    load.wait_acked(scale(100, 1000)).await?;
+    let busy = load.pairs[0].2.clone();
+    let (owner, partition) = owner_of(&cluster, &busy).await?;
+    let owner = owner.context("the busy partition has no recorded owner")?;
+    let fenced_before = fenced_in_log(&cluster, owner);
+    let cut_at = Instant::now();
+    let cut = cluster.cut_off_kafka(owner)?;
+    let moved = wait_owner_moved(&cluster, &busy, owner).await?;
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 1000)).await?;
+    let healed_at = Instant::now();
+    cut.heal()?;
+    let (failed, stalled) = load.troubles_during(cut_at..healed_at);
+    ensure!(failed + stalled > 0, "the fault did not land: no send failed or stalled while the owner was cut off");
+    // Back in the group: both replicas own partitions again.
+    cluster.wait_owners_settled().await?;
+    let rejoined = healed_at.elapsed();
+    load.wait_acked(load.acked.load(Ordering::Relaxed) + scale(100, 1000)).await?;
+    let (while_cut, cut_n) = load.p99_send(|begun, acked| begun < healed_at && acked > cut_at);
+    let checked = load.finish_and_check(&mut cluster, devices, Expect::default()).await?;
+    let fenced = fenced_in_log(&cluster, owner) - fenced_before;
+    println!(
+        "[faults] 19: replica {owner}, owner of partition {partition}, cut off from Kafka: the partition moved in \
+         {moved:?}; during the cut {failed} send attempts failed retryably and {stalled} stalled, p99 send → \
+         acknowledgement {while_cut:?} over {cut_n} sends; after the cut healed, its writes were refused as fenced \
+         {fenced} times and the owners settled in {rejoined:?}"
+    );
+    checked.check_log(&cluster).await?;
+    print("19 an owner cut off from Kafka", &checked.tally);
     cluster.shutdown().await
 }

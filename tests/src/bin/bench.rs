@@ -123,9 +123,13 @@ async fn main() -> anyhow::Result<()> {
             report.scale = Some(scale(&cluster, &size).await.context("scale-out scenario")?);
         }
         if wanted.contains(&"latency") {
-            report.latency = latency(&cluster, &size, 2, size.pairs, &size.rates).await.context("latency scenario")?;
+            report.latency = latency(&cluster, &size, 2, size.pairs, &size.rates, size.jvm_warmup)
+                .await
+                .context("latency scenario")?;
             report.groups =
-                latency(&cluster, &size, size.group_members, size.groups, &size.group_rates).await.context("groups")?;
+                latency(&cluster, &size, size.group_members, size.groups, &size.group_rates, Duration::ZERO)
+                    .await
+                    .context("groups")?;
         }
         if wanted.contains(&"storm") {
             report.storm = Some(storm(&cluster, &size).await.context("reconnect storm")?);
@@ -161,6 +165,9 @@ struct Size {
     group_members: usize,
     group_rates: Vec<u64>,
     warmup: Duration,
+    /// Before the first rate of the latency scenario: traffic at [`JVM_WARMUP_RATE`] for this long, so that
+    /// Kafka's and Cassandra's JVMs have compiled their hot paths before anything is measured.
+    jvm_warmup: Duration,
     measure: Duration,
     storm_groups: usize,
     storm_members: usize,
@@ -178,8 +185,9 @@ impl Size {
             rates: vec![250, 500, 1_000, 2_000, 3_000, 5_000],
             groups: 10,
             group_members: 100,
-            group_rates: vec![10, 25, 50, 100, 250],
+            group_rates: vec![10, 25, 50, 100, 250, 300, 400],
             warmup: Duration::from_secs(3),
+            jvm_warmup: Duration::from_secs(60),
             measure: Duration::from_secs(10),
             storm_groups: 100,
             storm_members: 100,
@@ -199,6 +207,7 @@ impl Size {
             group_members: 5,
             group_rates: vec![10],
             warmup: Duration::from_secs(1),
+            jvm_warmup: Duration::from_secs(1),
             measure: Duration::from_secs(2),
             storm_groups: 4,
             storm_members: 10,
@@ -578,6 +587,9 @@ async fn scale(cluster: &Cluster, size: &Size) -> anyhow::Result<Scale> {
 // ---------------------------------------------------------------------------------------------------------
 // Scenario 3: latency at fixed rates, beside produce → consume on the same broker.
 
+/// The rate of the servers' warm-up before the latency scenario's first rate.
+const JVM_WARMUP_RATE: u64 = 500;
+
 #[derive(Debug, Serialize)]
 struct Latency {
     /// Members of each conversation (the sender and `members - 1` recipients).
@@ -625,6 +637,7 @@ async fn latency(
     members: usize,
     conversations: usize,
     rates: &[u64],
+    jvm_warmup: Duration,
 ) -> anyhow::Result<Vec<Latency>> {
     let mut grpc = chat(cluster).await?;
     let id = run_id();
@@ -645,6 +658,10 @@ async fn latency(
     let senders: Vec<(&Conn, &str)> = conns.iter().step_by(members).zip(convs.iter().map(String::as_str)).collect();
     let recipients = (members - 1) as u64;
     let counter = AtomicU64::new(0);
+    if !jvm_warmup.is_zero() {
+        println!("[bench] warming the servers up: {JVM_WARMUP_RATE} messages/s for {jvm_warmup:?}");
+        load::send_at_rate(&senders, JVM_WARMUP_RATE, jvm_warmup, &counter).await;
+    }
     let mut out = Vec::new();
     for &rate in rates {
         load::send_at_rate(&senders, rate, size.warmup, &counter).await;
