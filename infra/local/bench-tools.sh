@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `make bench` needs besides the servers: a Python virtual environment with matplotlib (the charts),
-# in .local/venv. Safe to run again.
+# in .local/venv, and Centrifugo, the peer it is measured beside, built from the Go module proxy into
+# .local/bin (pinned: tests/src/centrifugo.rs names the same version). Safe to run again.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
@@ -16,3 +17,6 @@ if ! "$VENV/bin/python" -c 'import matplotlib' >/dev/null 2>&1; then
   log "installing matplotlib into $VENV"
   "$VENV/bin/pip" install -q "matplotlib==3.9.2" >"$LOGS/pip-bench.log" 2>&1 || { tail -20 "$LOGS/pip-bench.log" >&2; die "pip install matplotlib failed"; }
 fi
+
+CENTRIFUGO_VERSION=v6.9.1
+go_tool centrifugo "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"

@@ -44,3 +44,19 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOGS/apt.log" 2>&1 \
     || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install $* failed"; }
 }
+
+# go_tool NAME MODULE@VERSION: build MODULE into .local/bin unless NAME of that version is there (under
+# `nice -n 19`: a Go build takes minutes of both cores the first time).
+BIN_DIR="$LOCAL/bin"
+go_tool() {
+  local name="$1" module="$2" version="${2##*@}"
+  local stamp="$BIN_DIR/.$name-$version"
+  [ -x "$BIN_DIR/$name" ] && [ -f "$stamp" ] && return 0
+  command -v go >/dev/null || die "go is needed to build $name"
+  mkdir -p "$BIN_DIR"
+  log "building $name $version from the Go module proxy (a few minutes the first time)"
+  GOBIN="$BIN_DIR" CGO_ENABLED=0 nice -n 19 go install "$module" >"$LOGS/go-$name.log" 2>&1 \
+    || { tail -20 "$LOGS/go-$name.log" >&2; die "go install $module failed"; }
+  rm -f "$BIN_DIR/.$name-"*
+  touch "$stamp"
+}

@@ -18,23 +18,8 @@ TFLINT_VERSION=v0.54.0
 CHECKOV_VERSION=3.3.30
 PYTHON_HCL2_VERSION=8.1.4
 
-BIN_DIR="$LOCAL/bin"
 VENV="$LOCAL/infra-venv"
 HCL_VENV="$LOCAL/hcl-venv"
-mkdir -p "$BIN_DIR"
-
-# go_tool NAME MODULE@VERSION: build MODULE into .local/bin unless NAME of that version is there.
-go_tool() {
-  local name="$1" module="$2" version="${2##*@}"
-  local stamp="$BIN_DIR/.$name-$version"
-  [ -x "$BIN_DIR/$name" ] && [ -f "$stamp" ] && return 0
-  command -v go >/dev/null || die "go is needed to build $name"
-  log "building $name $version from the Go module proxy (a few minutes the first time)"
-  GOBIN="$BIN_DIR" CGO_ENABLED=0 nice -n 19 go install "$module" >"$LOGS/go-$name.log" 2>&1 \
-    || { tail -20 "$LOGS/go-$name.log" >&2; die "go install $module failed"; }
-  rm -f "$BIN_DIR/.$name-"*
-  touch "$stamp"
-}
 
 need_images=""
 command -v umoci >/dev/null || need_images="$need_images umoci"

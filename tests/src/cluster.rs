@@ -109,7 +109,7 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A port on loopback that is free now (checked by binding it), for a child process to bind.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let span = PORTS.end - PORTS.start;
     let _ = NEXT_PORT.compare_exchange(
         0,

@@ -5,6 +5,7 @@
 //! where every test's data is keyed by fresh conversation and user ids. Nothing here fakes a server.
 
 pub mod arrivals;
+pub mod centrifugo;
 pub mod client;
 pub mod cluster;
 /// The test device is the client crate's ([`chat_client::device`]), with tokens signed by the test secret.

@@ -71,7 +71,7 @@ pub struct Recorder {
 
 /// The (conversation, number) pairs one connection has received since the recorder's last restart.
 #[derive(Debug, Default)]
-struct Seen {
+pub struct Seen {
     generation: u64,
     numbers: HashSet<(u128, u64)>,
 }
@@ -107,40 +107,52 @@ impl Recorder {
         }
     }
 
-    /// Records one frame received by a connection that has received `seen` so far.
+    /// Records one frame of the platform's protocol received by a connection that has received `seen` so
+    /// far.
     fn on_frame(&self, text: &str, seen: &mut Seen) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else { return };
         match v["type"].as_str() {
-            Some("sent") => {
-                self.acks.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = v["id"].as_str().and_then(sent_at) {
-                    self.record(&self.acked, t);
-                }
-            }
+            Some("sent") => self.on_ack(v["id"].as_str().unwrap_or_default()),
             Some("message") => {
                 self.frames.fetch_add(1, Ordering::Relaxed);
                 let conversation = v["conversation_id"].as_str().and_then(|c| uuid::Uuid::parse_str(c).ok());
-                let (Some(conversation), Some(seq)) = (conversation, v["seq"].as_u64()) else {
-                    return;
-                };
-                let generation = self.generation.load(Ordering::Relaxed);
-                if seen.generation != generation {
-                    seen.numbers.clear();
-                    seen.generation = generation;
-                }
-                if !seen.numbers.insert((conversation.as_u128(), seq)) {
-                    return;
-                }
-                self.messages.fetch_add(1, Ordering::Relaxed);
-                if let Some(t) = v["body"].as_str().and_then(sent_at) {
-                    self.record(&self.received, t);
+                if let (Some(conversation), Some(seq)) = (conversation, v["seq"].as_u64()) {
+                    self.on_delivery(conversation.as_u128(), seq, v["body"].as_str().unwrap_or_default(), seen);
                 }
             }
-            Some("error") => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-            }
+            Some("error") => self.on_error(),
             _ => {}
         }
+    }
+
+    /// An acknowledgement of the send stamped `stamp` (see [`stamp`]).
+    pub fn on_ack(&self, stamp: &str) {
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = sent_at(stamp) {
+            self.record(&self.acked, t);
+        }
+    }
+
+    /// Message `seq` of `stream` (a conversation, a channel) arrived at a connection that has received
+    /// `seen` so far, stamped `stamp`: a delivery unless that connection had it already.
+    pub fn on_delivery(&self, stream: u128, seq: u64, stamp: &str, seen: &mut Seen) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        if seen.generation != generation {
+            seen.numbers.clear();
+            seen.generation = generation;
+        }
+        if !seen.numbers.insert((stream, seq)) {
+            return;
+        }
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = sent_at(stamp) {
+            self.record(&self.received, t);
+        }
+    }
+
+    /// A send refused or failed.
+    pub fn on_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -153,6 +165,23 @@ fn sent_at(s: &str) -> Option<u64> {
     s.strip_prefix('t')?.split('-').next()?.parse().ok()
 }
 
+/// The stamp of send `n` made now: `t<µs since epoch>-<n>`, carried as a send's id and body.
+pub fn stamp(n: u64) -> String {
+    format!("t{}-{n}", now_us())
+}
+
+/// A connection that can send one message to a conversation (or a channel) at a time: ours, or a peer's.
+pub trait Sender {
+    /// Sends message `n`, stamped now, to `to`; false if the connection is gone.
+    fn send(&self, to: &str, n: u64) -> bool;
+}
+
+impl Sender for Conn {
+    fn send(&self, to: &str, n: u64) -> bool {
+        Conn::send(self, to, n)
+    }
+}
+
 /// One client connection: a reader task feeding the recorder (and answering pings), and a writer task.
 pub struct Conn {
     pub user: String,
@@ -162,10 +191,9 @@ pub struct Conn {
 impl Conn {
     /// Sends a message into `conversation`, stamped with the time now; `n` makes the id unique.
     pub fn send(&self, conversation: &str, n: u64) -> bool {
-        let t = now_us();
+        let stamp = stamp(n);
         let frame = serde_json::json!({
-            "v": 1, "type": "send", "id": format!("t{t}-{n}"), "conversation_id": conversation,
-            "body": format!("t{t}-{n}"),
+            "v": 1, "type": "send", "id": &stamp, "conversation_id": conversation, "body": &stamp,
         });
         self.out.send(Message::text(frame.to_string())).is_ok()
     }
@@ -236,7 +264,7 @@ pub async fn connect_many(
 }
 
 /// Percentiles of a histogram, in milliseconds.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50_ms: f64,
@@ -260,7 +288,7 @@ impl Percentiles {
 
 /// Sends `rate` messages a second for `period`, spread over `senders` (each with its conversation) in turn;
 /// answers how many were sent.
-pub async fn send_at_rate(senders: &[(&Conn, &str)], rate: u64, period: Duration, counter: &AtomicU64) -> u64 {
+pub async fn send_at_rate<S: Sender>(senders: &[(&S, &str)], rate: u64, period: Duration, counter: &AtomicU64) -> u64 {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));

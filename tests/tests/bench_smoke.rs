@@ -16,6 +16,8 @@ fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<
     let out = std::env::temp_dir().join(format!("bench-smoke-{}", uuid::Uuid::new_v4().simple()));
     let status = Command::new(debug.join("bench"))
         .arg("--smoke")
+        // Centrifugo is built only by `make bench` (infra/local/bench-tools.sh); its client is unit-tested.
+        .args(["--scenarios", "idle,scale,latency,storm"])
         .arg("--bin-dir")
         .arg(&debug)
         .arg("--out")

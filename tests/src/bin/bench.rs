@@ -2,7 +2,9 @@
 //! scenarios with the load generator, measures each figure's floor in the same run, and writes
 //! `results.json` and `summary.md` into the output folder (charts are drawn from the JSON by
 //! `tests/bench/charts.py`). `bench floor-ws` is the floor of the idle-connection scenario: a minimal
-//! tokio-tungstenite server, run as its own process so that its memory is measured alone.
+//! tokio-tungstenite server, run as its own process so that its memory is measured alone. The `centrifugo`
+//! scenario runs the same idle, 1:1 and group loads against Centrifugo (`tests::centrifugo`), the peer a
+//! team would weigh against us, without and with its history, in the same run.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,6 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+use tests::centrifugo::{Centrifugo, PeerConn};
 use tests::cluster::{Cluster, ClusterOptions, Kind};
 use tests::load::{self, Conn, Percentiles, Recorder};
 use tests::platform::kafka_brokers;
@@ -34,7 +37,7 @@ struct Args {
     /// Where results go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-    /// Scenarios to run, comma separated: idle, scale, latency, storm (default: all).
+    /// Scenarios to run, comma separated: idle, scale, latency, storm, centrifugo (default: all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// A small run of every scenario (for `make test`'s smoke run): fewer connections, shorter periods.
@@ -86,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     let started = Instant::now();
-    let all = ["idle", "scale", "latency", "storm"];
+    let all = ["idle", "scale", "latency", "storm", "centrifugo"];
     let wanted: Vec<&str> = if args.scenarios.is_empty() {
         all.to_vec()
     } else {
@@ -133,6 +136,11 @@ async fn main() -> anyhow::Result<()> {
         }
         if wanted.contains(&"storm") {
             report.storm = Some(storm(&cluster, &size).await.context("reconnect storm")?);
+        }
+        if wanted.contains(&"centrifugo") {
+            for history in [false, true] {
+                report.peers.push(peer(&size, history, &args.out).await.context("centrifugo")?);
+            }
         }
         anyhow::Ok(())
     };
@@ -226,6 +234,8 @@ struct Report {
     latency: Vec<Latency>,
     groups: Vec<Latency>,
     storm: Option<Storm>,
+    /// Centrifugo, without and with history.
+    peers: Vec<Peer>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -301,8 +311,11 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn start(cluster: &Cluster) -> CpuMeter {
-        let start =
-            processes(cluster).into_iter().filter_map(|(name, pid)| cpu_seconds(pid).map(|s| (name, pid, s))).collect();
+        CpuMeter::of(processes(cluster))
+    }
+
+    fn of(processes: Vec<(String, u32)>) -> CpuMeter {
+        let start = processes.into_iter().filter_map(|(name, pid)| cpu_seconds(pid).map(|s| (name, pid, s))).collect();
         CpuMeter { start }
     }
 
@@ -656,19 +669,47 @@ async fn latency(
     let conns: Vec<Conn> = conns.into_iter().collect::<Option<Vec<_>>>().context("a client did not connect")?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let senders: Vec<(&Conn, &str)> = conns.iter().step_by(members).zip(convs.iter().map(String::as_str)).collect();
+    let fleet = Fleet { recorder: &recorder, members, kafka_floor: true, meter: &|| CpuMeter::start(cluster) };
+    let out = at_rates(&fleet, &senders, size, rates, jvm_warmup).await;
+    for c in &conns {
+        c.close();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    out
+}
+
+/// Who is measured at fixed rates: the connections' recorder, the members per conversation, whether Kafka's
+/// floor is measured beside each rate, and the CPU meter of the processes that serve them.
+struct Fleet<'a> {
+    recorder: &'a Recorder,
+    members: usize,
+    kafka_floor: bool,
+    meter: &'a dyn Fn() -> CpuMeter,
+}
+
+/// Sends at each rate in turn (after `jvm_warmup` at [`JVM_WARMUP_RATE`], and `size.warmup` at the rate
+/// itself), and measures send→ack and send→receive; stops after the first rate not kept up with.
+async fn at_rates<S: load::Sender>(
+    fleet: &Fleet<'_>,
+    senders: &[(&S, &str)],
+    size: &Size,
+    rates: &[u64],
+    jvm_warmup: Duration,
+) -> anyhow::Result<Vec<Latency>> {
+    let (recorder, members) = (fleet.recorder, fleet.members);
     let recipients = (members - 1) as u64;
     let counter = AtomicU64::new(0);
     if !jvm_warmup.is_zero() {
         println!("[bench] warming the servers up: {JVM_WARMUP_RATE} messages/s for {jvm_warmup:?}");
-        load::send_at_rate(&senders, JVM_WARMUP_RATE, jvm_warmup, &counter).await;
+        load::send_at_rate(senders, JVM_WARMUP_RATE, jvm_warmup, &counter).await;
     }
     let mut out = Vec::new();
     for &rate in rates {
-        load::send_at_rate(&senders, rate, size.warmup, &counter).await;
+        load::send_at_rate(senders, rate, size.warmup, &counter).await;
         recorder.restart();
         let errors_before = recorder.errors.load(Ordering::Relaxed);
-        let cpu = CpuMeter::start(cluster);
-        let sent = load::send_at_rate(&senders, rate, size.measure, &counter).await;
+        let cpu = (fleet.meter)();
+        let sent = load::send_at_rate(senders, rate, size.measure, &counter).await;
         // Let the last messages arrive: everything sent so far acknowledged, and what was sent in the
         // measured period received (at most 30 s more).
         let draining = Instant::now();
@@ -689,7 +730,7 @@ async fn latency(
         // Deliveries of the messages sent in the measured period (those sent before are not counted).
         let received = receive.count;
         let errors = recorder.errors.load(Ordering::Relaxed) - errors_before;
-        let floor = kafka_floor(rate, size.measure).await?;
+        let floor = if fleet.kafka_floor { kafka_floor(rate, size.measure).await? } else { Percentiles::default() };
         println!(
             "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}, error answers {errors}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms",
             ack.p99_ms, receive.p99_ms, floor.p99_ms
@@ -704,7 +745,7 @@ async fn latency(
             ack,
             receive,
             floor,
-            ratio_p99: receive.p99_ms / floor.p99_ms.max(0.001),
+            ratio_p99: if fleet.kafka_floor { receive.p99_ms / floor.p99_ms.max(0.001) } else { 0.0 },
             cost: Cost::new(cpu, received),
         });
         if !caught_up {
@@ -713,10 +754,6 @@ async fn latency(
             break;
         }
     }
-    for c in &conns {
-        c.close();
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(out)
 }
 
@@ -886,6 +923,110 @@ async fn storm(cluster: &Cluster, size: &Size) -> anyhow::Result<Storm> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Scenario 6: the peer. Centrifugo under the idle, 1:1 and group loads above, at the same counts and rates.
+
+#[derive(Debug, Serialize)]
+struct Peer {
+    name: String,
+    version: String,
+    history: bool,
+    idle_connections: usize,
+    idle_connected: usize,
+    idle_kib_per_connection: f64,
+    latency: Vec<Latency>,
+    groups: Vec<Latency>,
+}
+
+async fn peer(size: &Size, history: bool, dir: &std::path::Path) -> anyhow::Result<Peer> {
+    let c = Centrifugo::start(history, dir).await?;
+    let pid = c.pid().context("centrifugo pid")?;
+    let label = if history { "with history" } else { "without history" };
+    let run = async {
+        let (idle_connected, kib) = peer_idle(&c, pid, size.idle).await?;
+        println!("[bench] centrifugo {label}: {idle_connected} idle connections, {kib} KiB resident more");
+        let latency = peer_latency(&c, pid, size, 2, size.pairs, &size.rates).await?;
+        let groups = peer_latency(&c, pid, size, size.group_members, size.groups, &size.group_rates).await?;
+        anyhow::Ok(Peer {
+            name: "Centrifugo".into(),
+            version: tests::centrifugo::VERSION.into(),
+            history,
+            idle_connections: size.idle,
+            idle_connected,
+            idle_kib_per_connection: kib as f64 / idle_connected.max(1) as f64,
+            latency,
+            groups,
+        })
+    };
+    let outcome = run.await;
+    c.stop().await?;
+    outcome
+}
+
+/// Holds `n` connections, each subscribed to its user's own channel, and answers how many connected and
+/// the growth of Centrifugo's resident memory once they settled.
+async fn peer_idle(c: &Centrifugo, pid: u32, n: usize) -> anyhow::Result<(usize, u64)> {
+    let before = rss_kib(pid).context("centrifugo died")?;
+    let id = run_id();
+    let users: Vec<(String, Vec<String>)> = (0..n)
+        .map(|i| {
+            let u = format!("cfidle{id}u{i}");
+            let own = format!("direct:#{u}");
+            (u, vec![own])
+        })
+        .collect();
+    let recorder = Arc::new(Recorder::default());
+    let conns = tests::centrifugo::connect_many(c.addr, &users, 200, recorder).await;
+    let connected = conns.iter().flatten().count();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = rss_kib(pid).context("centrifugo died")?;
+    for conn in conns.iter().flatten() {
+        conn.close();
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((connected, after.saturating_sub(before)))
+}
+
+/// As [`latency`]: `conversations` channels of `members` users, the first of each publishing.
+async fn peer_latency(
+    c: &Centrifugo,
+    pid: u32,
+    size: &Size,
+    members: usize,
+    conversations: usize,
+    rates: &[u64],
+) -> anyhow::Result<Vec<Latency>> {
+    let id = run_id();
+    let mut users: Vec<(String, Vec<String>)> = Vec::new();
+    let mut channels = Vec::new();
+    for conv in 0..conversations {
+        let group: Vec<String> = (0..members).map(|m| format!("cf{id}c{conv}m{m}")).collect();
+        let channel = if members == 2 {
+            tests::centrifugo::direct_channel(&group[0], &group[1])
+        } else {
+            format!("group:{id}c{conv}")
+        };
+        users.extend(group.into_iter().map(|u| (u, vec![channel.clone()])));
+        channels.push(channel);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let conns = tests::centrifugo::connect_many(c.addr, &users, 100, recorder.clone()).await;
+    let conns: Vec<PeerConn> = conns.into_iter().collect::<Option<Vec<_>>>().context("a client did not connect")?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let senders: Vec<(&PeerConn, &str)> =
+        conns.iter().step_by(members).zip(channels.iter().map(String::as_str)).collect();
+    let meter =
+        || CpuMeter::of(vec![("centrifugo".to_owned(), pid), ("load-generator".to_owned(), std::process::id())]);
+    let fleet = Fleet { recorder: &recorder, members, kafka_floor: false, meter: &meter };
+    let out = at_rates(&fleet, &senders, size, rates, Duration::ZERO).await;
+    for conn in &conns {
+        conn.close();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The summary.
 
 impl Report {
@@ -962,12 +1103,8 @@ impl Report {
                 g.ratio_p99
             ));
         }
-        // Throughput: the highest rate held with every message through and p99 send→receive under 100 ms.
-        let held = |runs: &[Latency]| {
-            runs.iter().filter(|l| l.kept_up && l.receive.p99_ms < 100.0).map(|l| l.rate * (l.members as u64 - 1)).max()
-        };
         if !self.latency.is_empty() {
-            let best = held(&self.latency).unwrap_or(0);
+            let best = held(&self.latency);
             s.push_str(&format!(
                 "| 4 throughput, 1:1 | persisted messages/s held with p99 send→receive < 100 ms (highest rate tried: {}) | {best} | | | ≥ 5,000 | {} |\n",
                 self.latency.last().map(|l| l.rate).unwrap_or(0),
@@ -975,7 +1112,7 @@ impl Report {
             ));
         }
         if !self.groups.is_empty() {
-            let best = held(&self.groups).unwrap_or(0);
+            let best = held(&self.groups);
             s.push_str(&format!(
                 "| 4 throughput, groups of {} | deliveries/s held with p99 send→receive < 100 ms | {best} | | | ≥ 25,000 | {} |\n",
                 self.groups[0].members,
@@ -994,6 +1131,7 @@ impl Report {
                 yes(st.received >= st.expected && st.seconds_to_catch_up <= st.target_seconds)
             ));
         }
+        s.push_str(&self.peer_markdown());
         s.push_str(
             "\n## CPU-seconds per delivered message (one delivery: one message to one recipient), by process kind\n\n",
         );
@@ -1019,6 +1157,104 @@ impl Report {
         }
         s
     }
+}
+
+impl Report {
+    /// The table beside Centrifugo: each figure of ours, Centrifugo's without and with history, and our
+    /// ratio to Centrifugo with history (its closest to our persistence).
+    fn peer_markdown(&self) -> String {
+        let (Some(plain), Some(kept)) = (self.peers.iter().find(|p| !p.history), self.peers.iter().find(|p| p.history))
+        else {
+            return String::new();
+        };
+        let mut s = format!(
+            "\n## Beside {} {} (same machine, same run, same counts and rates)\n\nWe persist every message \
+             before acknowledging it; Centrifugo without history persists nothing, with history it keeps each \
+             channel's last 1,000 messages in memory for recovery. Ratio: ours ÷ Centrifugo with history; below 1 \
+             is ahead for memory, latency and CPU, above 1 for rates held.\n\n\
+             | figure | ours | Centrifugo, no history | Centrifugo, history | ratio |\n|---|---|---|---|---|\n",
+            kept.name, kept.version
+        );
+        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { format!("{:.2}", ours / theirs) } else { "–".into() };
+        if let Some(i) = &self.idle {
+            s.push_str(&format!(
+                "| resident KiB per idle connection ({} connections) | {:.1} | {:.1} | {:.1} | {} |\n",
+                i.connections,
+                i.gateway_kib_per_connection,
+                plain.idle_kib_per_connection,
+                kept.idle_kib_per_connection,
+                ratio(i.gateway_kib_per_connection, kept.idle_kib_per_connection)
+            ));
+        }
+        for (what, ours, a, b) in [
+            ("1:1", &self.latency, &plain.latency, &kept.latency),
+            ("groups", &self.groups, &plain.groups, &kept.groups),
+        ] {
+            let at = |runs: &[Latency], rate: u64| {
+                runs.iter()
+                    .find(|l| l.rate == rate)
+                    .map(|l| format!("{:.1} / {:.1}", l.receive.p50_ms, l.receive.p99_ms))
+            };
+            let p99 = |runs: &[Latency], rate: u64| runs.iter().find(|l| l.rate == rate).map(|l| l.receive.p99_ms);
+            let mut rates: Vec<u64> = ours.iter().chain(a).chain(b).map(|l| l.rate).collect();
+            rates.sort_unstable();
+            rates.dedup();
+            let members = ours.iter().chain(a).map(|l| l.members).next().unwrap_or(2);
+            for rate in rates {
+                let cell = |runs: &[Latency]| at(runs, rate).unwrap_or_else(|| "not run".into());
+                s.push_str(&format!(
+                    "| {what}, {rate} messages/s ({} deliveries/s): p50 / p99 send→receive, ms | {} | {} | {} | {} |\n",
+                    rate * (members as u64 - 1),
+                    cell(ours),
+                    cell(a),
+                    cell(b),
+                    match (p99(ours, rate), p99(b, rate)) {
+                        (Some(o), Some(t)) => ratio(o, t),
+                        _ => "–".into(),
+                    }
+                ));
+            }
+            let (o, x, y) = (held(ours), held(a), held(b));
+            s.push_str(&format!(
+                "| {what}: deliveries/s held with p99 send→receive < 100 ms | {o} | {x} | {y} | {} |\n",
+                ratio(o as f64, y as f64)
+            ));
+        }
+        // CPU per delivery at 1,000 messages/s, 1:1: every process of ours (servers included) against Centrifugo's.
+        let cpu = |runs: &[Latency], kinds: &[&str]| {
+            runs.iter().find(|l| l.rate == 1_000).map(|l| {
+                l.cost
+                    .cpu_seconds_per_message
+                    .iter()
+                    .filter(|(k, _)| kinds.contains(&k.as_str()))
+                    .map(|(_, v)| v)
+                    .sum::<f64>()
+            })
+        };
+        let ours_kinds = ["gateway", "chat-service", "worker", "kafka", "cassandra", "redis"];
+        if let (Some(o), Some(x), Some(y)) =
+            (cpu(&self.latency, &ours_kinds), cpu(&plain.latency, &["centrifugo"]), cpu(&kept.latency, &["centrifugo"]))
+        {
+            s.push_str(&format!(
+                "| CPU per delivery, 1:1 at 1,000/s (ours: services, Kafka, Cassandra, Redis) | {:.0} µs | {:.0} µs | {:.0} µs | {} |\n",
+                o * 1e6,
+                x * 1e6,
+                y * 1e6,
+                ratio(o, y)
+            ));
+        }
+        s
+    }
+}
+
+/// The highest rate of `runs` held with every message through and p99 send→receive under 100 ms, in
+/// deliveries a second (0 if none).
+fn held(runs: &[Latency]) -> u64 {
+    runs.iter()
+        .filter(|l| l.kept_up && l.receive.p99_ms < 100.0)
+        .map(|l| l.rate * (l.members as u64 - 1))
+        .max()
+        .unwrap_or(0)
 }
 
 fn yes(b: bool) -> &'static str {
