@@ -33,6 +33,9 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
+/// A send taking this long is logged with the time of its steps.
+const SLOW_SEND: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Ids tried for a new conversation before giving up on finding one in a partition this replica owns.
 const ID_TRIES: usize = 256;
 
@@ -62,6 +65,7 @@ impl Owned {
     /// A send to a conversation of an owned partition: answered from what is known when it is a retry,
     /// numbered and committed otherwise.
     pub async fn send(&self, local: Local, req: SendRequest) -> Result<Sent, ChatError> {
+        let started = std::time::Instant::now();
         let conversation = req.conversation_id;
         if !self.members.is_member(conversation, &req.sender_id).await? {
             return Err(self.members.refusal(conversation).await);
@@ -87,8 +91,13 @@ impl Owned {
             sent_at_ms: chat_model::now_ms(),
         };
         let (reply, answer) = oneshot::channel();
+        let checked = started.elapsed();
         local.jobs.send(Job::Send(SendJob { message, store_head, reply })).await.map_err(|_| ChatError::NotOwner)?;
         let (a, duplicate) = answer.await.map_err(|_| ChatError::NotOwner)??;
+        let took = started.elapsed();
+        if took >= SLOW_SEND {
+            tracing::debug!(%conversation, ?took, ?checked, numbered_and_committed = ?(took - checked), "slow send");
+        }
         Ok(Sent { message_id: a.message_id, seq: a.seq, sent_at_ms: a.sent_at_ms, duplicate })
     }
 

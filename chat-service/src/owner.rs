@@ -149,11 +149,13 @@ pub struct Known {
     answers: HashMap<SendKey, (Answer, i64)>,
     /// The highest offset known committed (-1: none).
     last_offset: i64,
+    /// Offsets the workers were seen to have projected, and when: forgetting waits for the grace.
+    projections: Vec<(Instant, i64)>,
 }
 
 impl Default for Known {
     fn default() -> Self {
-        Known { heads: HashMap::new(), answers: HashMap::new(), last_offset: -1 }
+        Known { heads: HashMap::new(), answers: HashMap::new(), last_offset: -1, projections: Vec::new() }
     }
 }
 
@@ -186,6 +188,21 @@ impl Known {
                 self.heads.entry(c.conversation_id).or_insert((0, offset));
             }
             LogEvent::MembersChanged(_) | LogEvent::ReceiptRecorded(_) => {}
+        }
+    }
+
+    /// Learns that the workers have projected everything before `offset` (seen at `now`), and forgets
+    /// what the store has held for longer than `grace`: a caller that looked in the store just before the
+    /// projection must still find its answer here.
+    pub fn projected(&mut self, offset: i64, now: Instant, grace: Duration) {
+        self.projections.push((now, offset));
+        let old_enough =
+            self.projections.iter().filter(|(at, _)| now.duration_since(*at) >= grace).map(|(_, o)| *o).max();
+        if let Some(offset) = old_enough {
+            self.forget_before(offset);
+            self.projections.retain(|(at, _)| now.duration_since(*at) < grace);
+            // Kept, as seen a grace ago: a later look that finds the same offset forgets nothing more.
+            self.projections.push((now.checked_sub(grace).unwrap_or(now), offset));
         }
     }
 
@@ -254,10 +271,9 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
         Ok(())
     }
 
-    /// Handles jobs until the channel closes (the partition was revoked) or the writer is fenced.
+    /// Handles jobs until the channel closes (the partition was revoked) or the writer is fenced. It never
+    /// waits on anything but its log: what the workers projected is learnt beside it ([`Known::projected`]).
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut projected_at: Vec<(Instant, i64)> = Vec::new();
-        let mut last_forget = Instant::now();
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.batching.linger;
@@ -288,24 +304,6 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                     return;
                 }
             }
-            if last_forget.elapsed() >= Duration::from_secs(1) {
-                last_forget = Instant::now();
-                self.forget_projected(&mut projected_at).await;
-            }
-        }
-    }
-
-    /// Forgets answers and heads the store has held for longer than the grace.
-    async fn forget_projected(&mut self, seen: &mut Vec<(Instant, i64)>) {
-        if let Ok(offset) = self.projected.projected_offset().await {
-            seen.push((Instant::now(), offset));
-        }
-        let grace = self.batching.grace;
-        let old_enough = seen.iter().filter(|(at, _)| at.elapsed() >= grace).map(|(_, o)| *o).max();
-        if let Some(offset) = old_enough {
-            self.known.lock().forget_before(offset);
-            seen.retain(|(at, _)| at.elapsed() < grace);
-            seen.push((Instant::now() - grace, offset));
         }
     }
 
@@ -760,5 +758,23 @@ mod tests {
         assert_eq!(known.len().1, 1, "the projected answer is forgotten: the store has it");
         known.forget_before(10);
         assert!(!known.holds(c));
+    }
+
+    #[test]
+    fn a_projection_is_forgotten_only_a_grace_after_it_was_seen() {
+        let c = ConversationId::generate();
+        let mut known = Known::default();
+        let m = message(c, "alice", "a1");
+        known.learn(3, &LogEvent::MessageSent(m.clone()));
+        let grace = Duration::from_secs(60);
+        let t0 = Instant::now();
+        known.projected(4, t0, grace);
+        assert!(known.answer(&SendKey::of(&m)).is_some(), "a caller may have read the store just before");
+        known.projected(4, t0 + Duration::from_secs(59), grace);
+        assert!(known.answer(&SendKey::of(&m)).is_some());
+        known.projected(4, t0 + grace, grace);
+        assert!(known.answer(&SendKey::of(&m)).is_none(), "projected a grace ago: the store has it");
+        assert!(!known.holds(c));
+        assert_eq!(known.projections.len(), 3, "the two looks within the grace, and the one acted on");
     }
 }

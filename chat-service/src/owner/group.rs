@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chat_model::ConversationId;
 use chat_store::CassandraStore;
-use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -90,7 +90,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct Owners {
     inner: Arc<Inner>,
-    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 struct OwnerContext {
@@ -167,7 +167,11 @@ impl Owners {
             // Leaving the group revokes every partition (callbacks included) before the consumer is gone.
             drop(consumer);
         })?;
-        Ok(Owners { inner, thread: Arc::new(Mutex::new(Some(thread))) })
+        let projections_inner = inner.clone();
+        let projections = std::thread::Builder::new()
+            .name("owners-projections".into())
+            .spawn(move || watch_projections(&projections_inner))?;
+        Ok(Owners { inner, threads: Arc::new(Mutex::new(vec![thread, projections])) })
     }
 
     /// Waits until this replica serves at least one partition (the group has settled around it), for at
@@ -216,9 +220,61 @@ impl Owners {
     /// Leaves the group (its partitions move to the other replicas at once) and stops the batchers.
     pub async fn stop(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
-        let thread = lock(&self.thread).take();
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    }
+}
+
+/// How often the owners learn what the workers have projected.
+const PROJECTIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// Tells every served partition, once a second, up to where the delivery workers have projected it (their
+/// committed offsets), so that its owner forgets what the store holds ([`super::Known::projected`]). One
+/// consumer of the workers' group (never subscribed) asks for all the partitions at once, on its own
+/// thread: the batchers never wait for it.
+fn watch_projections(inner: &Inner) {
+    let consumer: Option<BaseConsumer> = match inner
+        .config
+        .log
+        .kafka
+        .config()
+        .set("group.id", &inner.config.log.projector_group)
+        .set("client.id", format!("chat-service-{}-projections", inner.config.advertise))
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the workers' offsets: owners keep every answer in memory");
+            None
+        }
+    };
+    let grace = inner.config.batching.grace;
+    while !inner.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(PROJECTIONS_EVERY);
+        let Some(consumer) = &consumer else { continue };
+        let serving: Vec<(i32, SharedKnown)> =
+            lock(&inner.state).serving.iter().map(|(p, (local, _))| (*p, local.known.clone())).collect();
+        if serving.is_empty() {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in &serving {
+            tpl.add_partition(&inner.config.log.topic, *p);
+        }
+        let committed = match consumer.committed_offsets(tpl, inner.config.log.call_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the workers' offsets not read; trying again");
+                continue;
+            }
+        };
+        let now = std::time::Instant::now();
+        for (p, known) in &serving {
+            let offset = committed.find_partition(&inner.config.log.topic, *p).map(|e| e.offset());
+            if let Some(rdkafka::Offset::Offset(offset)) = offset {
+                known.lock().projected(offset, now, grace);
+            }
         }
     }
 }
