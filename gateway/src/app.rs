@@ -180,7 +180,7 @@ async fn refresh_presence(shared: Arc<Shared>) {
                 Ok(previous) => {
                     for (conn, previous) in chunk.iter().zip(previous) {
                         if previous.is_none() {
-                            conn.resync.notify_one();
+                            conn.ask_resync();
                         }
                     }
                 }
@@ -209,7 +209,7 @@ async fn register_again(shared: &Shared, conns: &[Arc<crate::registry::ConnHandl
         match done {
             Ok(_) => {
                 conn.registered.store(true, Ordering::Relaxed);
-                conn.resync.notify_one();
+                conn.ask_resync();
             }
             // The store is still down: the next refresh tries again.
             Err(_) => return,

@@ -268,7 +268,7 @@ fn upgrade(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(up.ws_config)).await;
-        session::run(ws, identity, up.shared.clone()).await;
+        session::run(Box::new(ws), identity, up.shared.clone()).await;
     });
     let mut r = warp::Reply::into_response(warp::reply::with_status("", StatusCode::SWITCHING_PROTOCOLS));
     let h = r.headers_mut();

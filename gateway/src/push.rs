@@ -82,7 +82,7 @@ impl GatewayService for PushGrpc {
                 continue;
             };
             if let Some(conn) = self.shared.registry.get(&user, &device) {
-                conn.resync.notify_one();
+                conn.ask_resync();
                 held += 1;
             }
         }

@@ -1,10 +1,11 @@
 //! One client connection, from the moment it is upgraded: register, sync the inbox, then live until closed.
 //!
-//! Per connection there are three tasks: this one reads frames; the writer owns the socket's sink and is fed
-//! by the bounded send queue; the request worker (`requests.rs`) calls the chat service one request at a
-//! time (so one client's sends keep their order). A fourth, short-lived task sends the inbox at connect
-//! (`inbox.rs`). `frames.rs` turns the chat service's answers into client frames; `typing.rs` routes typing
-//! indicators.
+//! A resting connection is one task (`run`): one loop over the unsplit socket that reads the client's
+//! frames, writes what the connection's handle queued (pushes, answers, the inbox), pings, and closes.
+//! Other tasks live only while there is work: the request worker (`requests.rs`, started on the first
+//! request; it calls the chat service one request at a time, so one client's sends keep their order), and
+//! the inbox sender (`inbox.rs`, at connect and on each resync). `frames.rs` turns the chat service's
+//! answers into client frames; `typing.rs` routes typing indicators.
 
 mod frames;
 mod inbox;
@@ -29,17 +30,17 @@ use chat_model::{ConversationId, UserId, presence};
 use futures::{SinkExt, StreamExt};
 use proto::v1;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
-use crate::limits::{Bucket, Limits};
+use crate::limits::Bucket;
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, close};
-use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Registry};
+use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Next, Registry};
 use routing::{Holder, Presence};
 
 /// What every session of the process shares.
@@ -65,23 +66,25 @@ pub struct Shared {
     pub limits: Arc<crate::limits::Limits>,
 }
 
-pub async fn run<S>(ws: WebSocketStream<S>, identity: Identity, shared: Arc<Shared>)
+/// Serves one upgraded connection to its end. The socket comes boxed, and the steps before and after its
+/// resting state are boxed too, so that the connection's task holds little more than the socket while it
+/// rests (`make bench` measures it against a bare tokio-tungstenite server).
+pub async fn run<S>(ws: Box<WebSocketStream<S>>, identity: Identity, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut conn = Box::pin(open(ws, identity, shared)).await;
+    let reason = conn.serve().await;
+    Box::pin(conn.end(reason)).await;
+}
+
+/// Registers the connection (here and in presence, and the device in the store), queues the welcome and
+/// starts the inbox's first pass.
+async fn open<S>(ws: Box<WebSocketStream<S>>, identity: Identity, shared: Arc<Shared>) -> Connection<S> {
     let conn_id = shared.registry.next_conn_id();
     // The bug of failpoint `gateway-unbounded-queue`, which the slow-client scenario must catch.
     let send_queue = if lifecycle::failpoint("gateway-unbounded-queue") { 1 << 24 } else { shared.send_queue };
-    let (out_tx, out_rx) = mpsc::channel::<Utf8Bytes>(send_queue);
-    let (close_tx, close_rx) = watch::channel::<Option<CloseReason>>(None);
-    let handle = Arc::new(ConnHandle::new(
-        conn_id,
-        identity.user.clone(),
-        identity.device.clone(),
-        out_tx.clone(),
-        close_tx,
-        send_queue,
-    ));
+    let handle = Arc::new(ConnHandle::new(conn_id, identity.user.clone(), identity.device.clone(), send_queue));
     // The bug of failpoint `gateway-keep-replaced`, which the tests of close code 4000 must catch: the
     // device's older connection, on this gateway or another, is left open.
     let keep_replaced = lifecycle::failpoint("gateway-keep-replaced");
@@ -90,22 +93,11 @@ where
     {
         old.close_with(CONNECTED_AGAIN);
     }
-    let (sink, stream) = ws.split();
-    let token_left = Duration::from_secs(u64::try_from(identity.expires_at - chat_model::now_ms() / 1000).unwrap_or(0));
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out_rx,
-        handle.clone(),
-        shared.shutdown.clone(),
-        token_left,
-        shared.write_timeout,
-        shared.ping_interval,
-    ));
 
     // The device is known (it gets an inbox) and present before the client hears anything: once a client has
     // its welcome, every message for it is either pushed or kept.
     let holder = Holder { user: &identity.user, device: &identity.device, conn_id };
-    match Box::pin(shared.presence.set(&[holder])).await {
+    match shared.presence.set(&[holder]).await {
         Ok(previous) => {
             // The entry this one replaced: a connection of the device on another gateway, closed there.
             let elsewhere =
@@ -123,11 +115,14 @@ where
     let register =
         v1::RegisterDeviceRequest { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
     let timeout = shared.rpc_timeout;
-    let registered = shared.chat.call(|mut c| {
-        let r = with_deadline(register.clone(), timeout);
-        async move { c.register_device(r).await }
-    });
-    match Box::pin(registered).await {
+    let registered = shared
+        .chat
+        .call(|mut c| {
+            let r = with_deadline(register.clone(), timeout);
+            async move { c.register_device(r).await }
+        })
+        .await;
+    match registered {
         Ok(_) => handle.registered.store(true, std::sync::atomic::Ordering::Relaxed),
         Err(e) => tracing::warn!(user = %identity.user, error = %e,
             "device not registered yet; the presence refresh tries again (until then, only presence routes to it)"),
@@ -137,54 +132,26 @@ where
         device_id: identity.device.to_string(),
         session_id: format!("{conn_id}"),
     };
-    let _ = out_tx.send(welcome.to_text().into()).await;
-
-    let inbox_task = tokio::spawn({
-        let (handle, identity, shared, out_tx) = (handle.clone(), identity.clone(), shared.clone(), out_tx.clone());
-        async move { inbox::inbox(&handle, &identity, &shared, &out_tx).await }
-    });
-    let mut requests = Requests { identity: &identity, shared: &shared, out_tx: &out_tx, worker: None };
+    // The queue is empty: the welcome is its first frame.
+    let _ = handle.send(welcome.to_text().into()).await;
 
     let limits = shared.limits.config();
-    let mut limiter = Limiter {
-        limits: &shared.limits,
-        user: &identity.user,
+    let now = tokio::time::Instant::now();
+    let token_left = Duration::from_secs(u64::try_from(identity.expires_at - chat_model::now_ms() / 1000).unwrap_or(0));
+    let inbox = Some(inbox::spawn(&handle, &identity, &shared, inbox::Pass::Connect));
+    Connection {
+        ws,
+        requests: Requests::default(),
         bucket: Bucket::new(limits.connection_rate, limits.connection_burst),
         refused: 0,
         patience: limits.connection_burst.max(10),
-    };
-    let mut stream = stream;
-    read_loop(&mut stream, &handle, &mut requests, &out_tx, close_rx, &mut limiter, shared.idle_timeout).await;
-
-    handle.close_with((1000, ""));
-    let worker = requests.worker.take().map(|(tx, task)| {
-        drop(tx);
-        task
-    });
-    drop(out_tx);
-    inbox_task.abort();
-    // The writer bounds itself (what was queued, the close frame and the close, one write timeout each);
-    // waiting that long keeps the socket until the close frame is out, so that `linger` runs after it: a
-    // slow client that still had pings to answer would otherwise get a reset, which discards the close
-    // frame it had not read yet.
-    let writer_bound = shared.write_timeout * 3 + Duration::from_secs(1);
-    let sink = tokio::time::timeout(writer_bound, writer).await.ok().and_then(Result::ok);
-    if let Some(worker) = worker {
-        worker.abort();
-    }
-    // Presence first, then the registry: a stopping gateway waits for its registry to empty, so its entries
-    // are gone when it exits (otherwise workers would push to it until they expire). A device that
-    // connected here again meanwhile is skipped; one that connected elsewhere keeps its entry anyway (the
-    // removal compares the connection).
-    let current = shared.registry.get(&identity.user, &identity.device).is_some_and(|c| c.conn_id == conn_id);
-    if current && let Err(e) = Box::pin(shared.presence.remove(&identity.user, &identity.device, conn_id)).await {
-        tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
-    }
-    shared.registry.remove(&identity.user, &identity.device, conn_id);
-    if let Some(sink) = sink
-        && let Ok(mut ws) = stream.reunite(sink)
-    {
-        linger(ws.get_mut()).await;
+        inbox,
+        ping_at: now + shared.ping_interval,
+        idle_at: now + shared.idle_timeout,
+        token_at: now + token_left,
+        handle,
+        identity,
+        shared,
     }
 }
 
@@ -228,22 +195,179 @@ async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
     .await;
 }
 
-/// A connection's rate limit: its own bucket and its user's shared one.
-struct Limiter<'a> {
-    limits: &'a Limits,
-    user: &'a UserId,
+/// A connection's loop and what it holds: the socket, read and written by this one task.
+struct Connection<S> {
+    ws: Box<WebSocketStream<S>>,
+    handle: Arc<ConnHandle>,
+    identity: Identity,
+    shared: Arc<Shared>,
+    requests: Requests,
+    /// The connection's rate limit (the user's shared one is in `shared.limits`), and the frames refused
+    /// since the last one taken.
     bucket: Bucket,
-    /// Frames refused since the last one taken.
     refused: u32,
     /// Refused frames in a row after which the connection is closed (4029).
     patience: u32,
+    /// The inbox sender, while one runs (a resync asked meanwhile waits in the handle until it ended).
+    inbox: Option<tokio::task::JoinHandle<()>>,
+    /// When to ping, when the client has been silent too long, when its token expires: one timer waits for
+    /// the earliest.
+    ping_at: tokio::time::Instant,
+    idle_at: tokio::time::Instant,
+    token_at: tokio::time::Instant,
 }
 
-impl Limiter<'_> {
-    /// Takes one frame, or answers the refusal to send (`None`: close the connection).
+/// What one turn of the loop does after its wait.
+enum Turn {
+    Write(WsMessage),
+    Read(Option<Result<WsMessage, tungstenite::Error>>),
+    Close(CloseReason),
+    /// The timer fired: ping, or close for silence or an expired token.
+    Timer,
+    /// Send the inbox again (none is being sent).
+    Resync,
+    /// The inbox sender ended.
+    InboxDone,
+    Nothing,
+}
+
+/// Resolves when the task ends (at once when there is none).
+async fn finished(task: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(t) = task {
+        let _ = t.await;
+    }
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Reads and writes until the connection is to close; answers why.
+    async fn serve(&mut self) -> CloseReason {
+        let mut shutdown = self.shared.shutdown.clone();
+        let timer = tokio::time::sleep_until(self.ping_at.min(self.idle_at).min(self.token_at));
+        tokio::pin!(timer);
+        // Frames written since the client's side was last looked at: a queue that keeps filling must not
+        // keep the client's own frames (and its answers to pings) unread.
+        let mut written = 0;
+        loop {
+            let resync_allowed = self.inbox.is_none();
+            let turn = tokio::select! {
+                // The handle first (a close, then queued frames), so that a close is never overtaken.
+                biased;
+                next = self.handle.next(resync_allowed), if written < WRITES_BEFORE_READING => match next {
+                    Next::Close(reason) => Turn::Close(reason),
+                    Next::Frame(text) => Turn::Write(WsMessage::Text(text)),
+                    Next::Resync => Turn::Resync,
+                },
+                _ = stopped(&mut shutdown) => Turn::Close((close::GOING_AWAY, "gateway shutting down, reconnect")),
+                () = &mut timer => Turn::Timer,
+                () = finished(&mut self.inbox), if self.inbox.is_some() => Turn::InboxDone,
+                // The request worker's queue had no room: the client's frames wait (backpressure).
+                () = self.requests.flush_pending(), if self.requests.pending.is_some() => Turn::Nothing,
+                next = self.ws.next(), if self.requests.pending.is_none() => Turn::Read(next),
+                // Nothing from the client: back to the queue.
+                () = std::future::ready(()), if written >= WRITES_BEFORE_READING => Turn::Nothing,
+            };
+            match &turn {
+                Turn::Write(WsMessage::Text(_)) => written += 1,
+                _ => written = 0,
+            }
+            let reply = match turn {
+                Turn::Nothing => continue,
+                Turn::Resync => {
+                    tracing::info!(user = %self.identity.user, device = %self.identity.device,
+                        "sending the inbox again (presence lost or pushes missed)");
+                    self.inbox = Some(inbox::spawn(&self.handle, &self.identity, &self.shared, inbox::Pass::Resync));
+                    continue;
+                }
+                Turn::InboxDone => {
+                    self.inbox = None;
+                    continue;
+                }
+                Turn::Close(reason) => return reason,
+                Turn::Timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.token_at {
+                        return (close::TOKEN_EXPIRED, "token expired");
+                    }
+                    if now >= self.idle_at {
+                        return (close::IDLE, "idle timeout");
+                    }
+                    let ping = now >= self.ping_at;
+                    if ping {
+                        self.ping_at = now + self.shared.ping_interval;
+                    }
+                    timer.as_mut().reset(self.ping_at.min(self.idle_at).min(self.token_at));
+                    if !ping {
+                        continue;
+                    }
+                    WsMessage::Ping(Default::default())
+                }
+                Turn::Write(message) => message,
+                Turn::Read(next) => {
+                    self.idle_at = tokio::time::Instant::now() + self.shared.idle_timeout;
+                    match next {
+                        None => return (1000, ""),
+                        Some(Err(e)) => return close_for_error(&e).unwrap_or(GONE),
+                        Some(Ok(frame)) => match self.on_frame(frame) {
+                            Ok(None) => continue,
+                            Ok(Some(reply)) => WsMessage::Text(reply.to_text().into()),
+                            Err(reason) => return reason,
+                        },
+                    }
+                }
+            };
+            if let Err(reason) = self.write(reply).await {
+                return reason;
+            }
+        }
+    }
+
+    /// Handles one frame from the client: answers it at once (a ping, a refusal, a bad frame) or hands it
+    /// to the request worker. `Err`: close the connection.
+    fn on_frame(&mut self, frame: WsMessage) -> Result<Option<ServerFrame>, CloseReason> {
+        // Every data frame counts against the rate limits, answered or not; a refused one is not handled.
+        let parsed = match &frame {
+            WsMessage::Text(text) => Some(protocol::parse(text.as_str())),
+            _ => None,
+        };
+        if let WsMessage::Text(_) | WsMessage::Binary(_) = &frame {
+            let id = match &parsed {
+                Some(Ok(f)) => f.request_id(),
+                Some(Err(e)) => e.id.clone(),
+                None => None,
+            };
+            match self.take(id) {
+                Ok(()) => {}
+                Err(None) => return Err((close::RATE_LIMITED, "rate limit exceeded")),
+                Err(Some(refusal)) => return Ok(Some(refusal)),
+            }
+        }
+        match frame {
+            WsMessage::Text(_) => match parsed {
+                // Pings are answered at once; everything else goes to the connection's request worker.
+                Some(Ok(ClientFrame::Ping { id })) => Ok(Some(ServerFrame::Pong { id })),
+                Some(Ok(request)) => Ok(self.requests.enqueue(request, &self.identity, &self.shared, &self.handle)),
+                Some(Err(e)) => Ok(Some(ServerFrame::error(e))),
+                None => Ok(None),
+            },
+            WsMessage::Binary(_) => Ok(Some(ServerFrame::error(FrameError {
+                id: None,
+                code: ErrorCode::BadFrame,
+                message: "binary frames are not part of the protocol".into(),
+            }))),
+            WsMessage::Close(_) => Err((1000, "")),
+            // Pings are answered by tungstenite itself; pongs and raw frames need nothing.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(None),
+        }
+    }
+
+    /// Takes one frame from the connection's and the user's rate limits, or answers the refusal to send
+    /// (`None`: close the connection).
     fn take(&mut self, id: Option<String>) -> Result<(), Option<ServerFrame>> {
         let now = Instant::now();
-        match self.bucket.take(now).and_then(|()| self.limits.take_user(self.user, now)) {
+        match self.bucket.take(now).and_then(|()| self.shared.limits.take_user(&self.identity.user, now)) {
             Ok(()) => {
                 self.refused = 0;
                 Ok(())
@@ -264,106 +388,69 @@ impl Limiter<'_> {
             }
         }
     }
-}
 
-async fn read_loop<S>(
-    stream: &mut futures::stream::SplitStream<WebSocketStream<S>>,
-    handle: &ConnHandle,
-    requests: &mut Requests<'_>,
-    out_tx: &mpsc::Sender<Utf8Bytes>,
-    mut close_rx: watch::Receiver<Option<CloseReason>>,
-    limiter: &mut Limiter<'_>,
-    idle_timeout: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        let next = tokio::select! {
-            // Closing first, then frames, then silence (a frame waiting while the reader was busy is not idle).
-            biased;
-            _ = async { let _ = close_rx.wait_for(|c| c.is_some()).await; } => {
-                // We are closing: give the client a moment to answer our close frame, then stop reading.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = stream.next().await {} }).await;
-                return;
-            }
-            next = stream.next() => {
-                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
-                next
-            }
-            () = &mut idle => {
-                handle.close_with((close::IDLE, "idle timeout"));
-                continue;
-            }
-        };
-        let frame = match next {
-            None => return,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                if let Some(reason) = close_for_error(&e) {
-                    handle.close_with(reason);
-                    continue;
-                }
-                return;
-            }
-        };
-        // Every data frame counts against the rate limits, answered or not; a refused one is not handled.
-        let parsed = match &frame {
-            WsMessage::Text(text) => Some(protocol::parse(text.as_str())),
-            _ => None,
-        };
-        if let WsMessage::Text(_) | WsMessage::Binary(_) = &frame {
-            let id = match &parsed {
-                Some(Ok(f)) => f.request_id(),
-                Some(Err(e)) => e.id.clone(),
-                None => None,
-            };
-            match limiter.take(id) {
-                Ok(()) => {}
-                Err(None) => {
-                    handle.close_with((close::RATE_LIMITED, "rate limit exceeded"));
-                    continue;
-                }
-                Err(Some(refusal)) => {
-                    if out_tx.send(refusal.to_text().into()).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        }
-        match frame {
-            WsMessage::Text(_) => {
-                let Some(parsed) = parsed else { continue };
-                let reply = match parsed {
-                    // Pings are answered at once; everything else goes to the connection's request worker.
-                    Ok(ClientFrame::Ping { id }) => Some(ServerFrame::Pong { id }),
-                    Ok(request) => requests.enqueue(request).await,
-                    Err(e) => Some(ServerFrame::error(e)),
-                };
-                if let Some(reply) = reply
-                    && out_tx.send(reply.to_text().into()).await.is_err()
-                {
-                    return;
-                }
-            }
-            WsMessage::Binary(_) => {
-                let e = FrameError {
-                    id: None,
-                    code: ErrorCode::BadFrame,
-                    message: "binary frames are not part of the protocol".into(),
-                };
-                if out_tx.send(ServerFrame::error(e).to_text().into()).await.is_err() {
-                    return;
-                }
-            }
-            WsMessage::Close(_) => return,
-            // Pings are answered by tungstenite itself; pongs and raw frames need nothing.
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+    /// Writes one frame within the write timeout. `Err`: close the connection (a client that has not read
+    /// for the whole timeout is too slow, like one whose queue is full).
+    async fn write(&mut self, message: WsMessage) -> Result<(), CloseReason> {
+        match tokio::time::timeout(self.shared.write_timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(GONE),
+            Err(_) => Err((close::SLOW_CONSUMER, "client not reading")),
         }
     }
+
+    /// Closes with `reason` and lets go of the connection: what was queued before the close still goes out
+    /// (the answers to a client's last frames, such as its `rate_limited` refusals) within one write
+    /// timeout in all, unless the client was closed for not reading; then the close frame, and a moment
+    /// for the client to answer it. Then presence and the registry, and a last linger on the socket.
+    async fn end(mut self, reason: CloseReason) {
+        self.handle.close_with(reason);
+        if let Some((_, worker)) = self.requests.worker.take() {
+            worker.abort();
+        }
+        if let Some(inbox) = self.inbox.take() {
+            inbox.abort();
+        }
+        let write_timeout = self.shared.write_timeout;
+        if reason != GONE {
+            if reason.0 != close::SLOW_CONSUMER {
+                let deadline = tokio::time::Instant::now() + write_timeout;
+                while let Some(text) = self.handle.take_queued() {
+                    match tokio::time::timeout_at(deadline, self.ws.send(WsMessage::Text(text))).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    }
+                }
+            }
+            self.handle.end();
+            let frame = CloseFrame { code: CloseCode::from(reason.0), reason: reason.1.into() };
+            let _ = tokio::time::timeout(write_timeout, self.ws.send(WsMessage::Close(Some(frame)))).await;
+            // A moment for the client to answer the close frame, then no more reading.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} })
+                    .await;
+        }
+        self.handle.end();
+
+        // Presence first, then the registry: a stopping gateway waits for its registry to empty, so its
+        // entries are gone when it exits (otherwise workers would push to it until they expire). A device
+        // that connected here again meanwhile is skipped; one that connected elsewhere keeps its entry
+        // anyway (the removal compares the connection).
+        let (shared, identity, conn_id) = (&self.shared, &self.identity, self.handle.conn_id);
+        let current = shared.registry.get(&identity.user, &identity.device).is_some_and(|c| c.conn_id == conn_id);
+        if current && let Err(e) = shared.presence.remove(&identity.user, &identity.device, conn_id).await {
+            tracing::warn!(user = %identity.user, error = %e, "presence not removed; it expires with its TTL");
+        }
+        shared.registry.remove(&identity.user, &identity.device, conn_id);
+        linger(self.ws.get_mut()).await;
+    }
 }
+
+/// Queued frames written in a row before the client's side is looked at again.
+const WRITES_BEFORE_READING: u32 = 32;
+
+/// The close of a connection whose socket failed: nothing more can be written to it.
+const GONE: CloseReason = (1006, "");
 
 /// The close code for a read error, or `None` when the socket is simply gone.
 fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
@@ -373,69 +460,4 @@ fn close_for_error(e: &tungstenite::Error) -> Option<CloseReason> {
         tungstenite::Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
         _ => None,
     }
-}
-
-/// Writes queued frames until a close; answers the sink (for the session to linger on the socket).
-async fn write_loop<S>(
-    mut sink: futures::stream::SplitSink<WebSocketStream<S>, WsMessage>,
-    mut out_rx: mpsc::Receiver<Utf8Bytes>,
-    handle: Arc<ConnHandle>,
-    mut shutdown: watch::Receiver<bool>,
-    token_left: Duration,
-    write_timeout: Duration,
-    ping_interval: Duration,
-) -> futures::stream::SplitSink<WebSocketStream<S>, WsMessage>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut close_rx = handle.closing();
-    let token_expiry = tokio::time::sleep(token_left);
-    tokio::pin!(token_expiry);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reason: CloseReason = loop {
-        tokio::select! {
-            biased;
-            r = async { close_rx.wait_for(|c| c.is_some()).await.ok().and_then(|c| *c) } => {
-                break r.unwrap_or((1000, ""));
-            }
-            _ = stopped(&mut shutdown) => break (close::GOING_AWAY, "gateway shutting down, reconnect"),
-            _ = &mut token_expiry => break (close::TOKEN_EXPIRED, "token expired"),
-            _ = ping.tick() => {
-                match tokio::time::timeout(write_timeout, sink.send(WsMessage::Ping(Default::default()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return sink,
-                    Err(_) => break (close::SLOW_CONSUMER, "client not reading"),
-                }
-            }
-            frame = out_rx.recv() => {
-                let Some(text) = frame else { break (1000, "") };
-                match tokio::time::timeout(write_timeout, sink.send(WsMessage::Text(text))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return sink,
-                    // The client has not read for the whole timeout: too slow, like a full queue.
-                    Err(_) => break (close::SLOW_CONSUMER, "client not reading"),
-                }
-            }
-        }
-    };
-    // A close decided here (shutdown, token expiry, a write timeout) is the connection's close too: the
-    // reader then gives the client a moment to answer the close frame and stops, rather than waiting for
-    // the client (a stopping gateway waits for its sessions to end, and then for nobody).
-    handle.close_with(reason);
-    // What was queued before the close still goes out (the answers to a client's last frames, such as its
-    // `rate_limited` refusals), within one write timeout in all; not to a client closed for not reading.
-    if reason.0 != close::SLOW_CONSUMER {
-        let deadline = tokio::time::Instant::now() + write_timeout;
-        while let Ok(text) = out_rx.try_recv() {
-            match tokio::time::timeout_at(deadline, sink.send(WsMessage::Text(text))).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
-        }
-    }
-    let frame = CloseFrame { code: CloseCode::from(reason.0), reason: reason.1.into() };
-    let _ = tokio::time::timeout(write_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
-    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-    sink
 }

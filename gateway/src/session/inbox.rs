@@ -2,52 +2,63 @@
 //! again on a resync.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use proto::v1;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Shared;
 use super::frames::inbox_frame;
 use super::requests::with_deadline;
 use crate::auth::Identity;
 use crate::protocol::ServerFrame;
-use crate::registry::ConnHandle;
+use crate::registry::{ConnHandle, Refused};
 
 /// Inbox entries fetched per call.
 const INBOX_PAGE: u32 = 500;
 
-/// The device's inbox: sent at connect, before live pushes are let through (then `synced`); sent again each
-/// time the device's presence is found lost or a worker that could not reach this gateway asks for it. Each
-/// time it is read twice, `inbox_recheck` apart: a worker that read presence just before it was written (or
-/// came back) writes its inbox row just after the first read. The reads are boxed, as the requests' answers:
-/// the resting task stays small.
-pub(super) async fn inbox(handle: &ConnHandle, id: &Identity, shared: &Shared, out_tx: &mpsc::Sender<Utf8Bytes>) {
-    let mut connecting = true;
-    loop {
+/// Which pass of the inbox a sender makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// At connect: live pushes are held until it is sent (then `synced`).
+    Connect,
+    /// Again, because the device's presence was found lost or a worker that could not reach this gateway
+    /// asked for it.
+    Resync,
+}
+
+/// Starts a sender of the device's inbox; it ends once the pass is done, so a resting connection has none.
+/// Each pass reads the inbox twice, `inbox_recheck` apart: a worker that read presence just before it was
+/// written (or came back) writes its inbox row just after the first read. The reads are boxed, as the
+/// requests' answers: the task stays small.
+pub(super) fn spawn(
+    handle: &Arc<ConnHandle>,
+    id: &Identity,
+    shared: &Arc<Shared>,
+    pass: Pass,
+) -> tokio::task::JoinHandle<()> {
+    let (handle, id, shared) = (handle.clone(), id.clone(), shared.clone());
+    tokio::spawn(async move {
         let mut sent: HashSet<(String, u64)> = HashSet::new();
-        let count = Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-        if connecting {
-            connecting = false;
+        let Ok(count) = Box::pin(send_inbox(&id, &shared, &handle, &mut sent)).await else { return };
+        if pass == Pass::Connect {
             handle.go_live(|c, s| sent.contains(&(c.to_string(), s)));
-            if out_tx.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
+            if handle.send(ServerFrame::Synced { count }.to_text().into()).await.is_err() {
                 return;
             }
         }
         tokio::time::sleep(shared.inbox_recheck).await;
-        Box::pin(send_inbox(id, shared, out_tx, &mut sent)).await;
-        handle.resync.notified().await;
-        tracing::info!(user = %id.user, device = %id.device, "sending the inbox again (presence lost or pushes missed)");
-    }
+        let _ = Box::pin(send_inbox(&id, &shared, &handle, &mut sent)).await;
+    })
 }
 
-/// Sends every inbox entry not in `sent` (and adds it there); returns how many were sent.
+/// Sends every inbox entry not in `sent` (and adds it there); answers how many were sent, or `Err` when
+/// the connection stopped writing.
 async fn send_inbox(
     id: &Identity,
     shared: &Shared,
-    out_tx: &mpsc::Sender<Utf8Bytes>,
+    handle: &ConnHandle,
     sent: &mut HashSet<(String, u64)>,
-) -> usize {
+) -> Result<usize, Refused> {
     let mut count = 0;
     let mut after: Option<(String, u64)> = None;
     loop {
@@ -68,7 +79,7 @@ async fn send_inbox(
             Ok(r) => r.messages,
             Err(e) => {
                 tracing::warn!(user = %id.user, error = %e, "inbox not fetched; the client resumes by cursor");
-                return count;
+                return Ok(count);
             }
         };
         // A page may hold fewer than asked when messages are large: only an empty page ends the inbox.
@@ -78,15 +89,13 @@ async fn send_inbox(
             if sent.contains(&key) {
                 continue;
             }
-            if out_tx.send(inbox_frame(m)).await.is_err() {
-                return count;
-            }
+            handle.send(inbox_frame(m)).await?;
             sent.insert(key);
             count += 1;
         }
         match page.last() {
             Some(last) if full => after = Some((last.conversation_id.clone(), last.seq)),
-            _ => return count,
+            _ => return Ok(count),
         }
     }
 }

@@ -7,42 +7,72 @@ use std::time::Duration;
 use chat_model::Seq;
 use proto::v1;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Shared;
 use super::frames::{summary, wire};
 use super::typing::route_typing;
 use crate::auth::Identity;
 use crate::protocol::{ClientFrame, ErrorCode, FrameError, ReadPosition, ServerFrame};
+use crate::registry::ConnHandle;
 
 /// Most requests a client may have waiting for the chat service; past it the reader waits (backpressure).
 const PENDING_REQUESTS: usize = 32;
 
-/// The connection's request worker (answers requests in order, while the reader goes on reading), started
-/// on the first request: most connections rest, and a resting one should not hold a task and a queue for it.
-pub(super) struct Requests<'a> {
-    pub(super) identity: &'a Identity,
-    pub(super) shared: &'a Arc<Shared>,
-    pub(super) out_tx: &'a mpsc::Sender<Utf8Bytes>,
+/// The connection's request worker (answers requests in order, while the connection goes on reading),
+/// started on the first request: most connections rest, and a resting one should not hold a task and a
+/// queue for it.
+#[derive(Default)]
+pub(super) struct Requests {
     pub(super) worker: Option<(mpsc::Sender<ClientFrame>, tokio::task::JoinHandle<()>)>,
+    /// A request the worker had no room for: the connection reads nothing more until it is taken.
+    pub(super) pending: Option<Box<ClientFrame>>,
 }
 
-impl Requests<'_> {
-    pub(super) async fn enqueue(&mut self, r: ClientFrame) -> Option<ServerFrame> {
+impl Requests {
+    /// Hands a request to the worker, without waiting: when its queue is full the request is kept as
+    /// `pending` (see [`Requests::flush_pending`]). Answers at once only when the worker is gone.
+    pub(super) fn enqueue(
+        &mut self,
+        r: ClientFrame,
+        identity: &Identity,
+        shared: &Arc<Shared>,
+        handle: &Arc<ConnHandle>,
+    ) -> Option<ServerFrame> {
         let (tx, _) = self.worker.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel::<ClientFrame>(PENDING_REQUESTS);
-            let task = tokio::spawn(request_loop(rx, self.identity.clone(), self.shared.clone(), self.out_tx.clone()));
+            let task = tokio::spawn(request_loop(rx, identity.clone(), shared.clone(), handle.clone()));
             (tx, task)
         });
-        match tx.send(r).await {
+        match tx.try_send(r) {
             Ok(()) => None,
-            Err(_) => Some(ServerFrame::error(FrameError {
-                id: None,
-                code: ErrorCode::Unavailable,
-                message: "connection is closing".into(),
-            })),
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                self.pending = Some(Box::new(r));
+                None
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(closing()),
         }
     }
+
+    /// Waits for room in the worker's queue and hands it the pending request.
+    pub(super) async fn flush_pending(&mut self) {
+        let Some((tx, _)) = &self.worker else {
+            self.pending = None;
+            return;
+        };
+        match tx.reserve().await {
+            Ok(permit) => {
+                if let Some(r) = self.pending.take() {
+                    permit.send(*r);
+                }
+            }
+            // The worker is gone (the connection is closing): the request gets no answer.
+            Err(_) => self.pending = None,
+        }
+    }
+}
+
+fn closing() -> ServerFrame {
+    ServerFrame::error(FrameError { id: None, code: ErrorCode::Unavailable, message: "connection is closing".into() })
 }
 
 pub fn with_deadline<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -83,17 +113,12 @@ fn status_frame(id: Option<String>, status: &tonic::Status) -> ServerFrame {
     frame
 }
 
-async fn request_loop(
-    mut rx: mpsc::Receiver<ClientFrame>,
-    id: Identity,
-    shared: Arc<Shared>,
-    out_tx: mpsc::Sender<Utf8Bytes>,
-) {
+async fn request_loop(mut rx: mpsc::Receiver<ClientFrame>, id: Identity, shared: Arc<Shared>, handle: Arc<ConnHandle>) {
     while let Some(request) = rx.recv().await {
         // Boxed: the gRPC calls' futures are large, and a resting connection should not carry their room.
         let reply = Box::pin(answer(request, &id, &shared)).await;
         if let Some(reply) = reply
-            && out_tx.send(reply.to_text().into()).await.is_err()
+            && handle.send(reply.to_text().into()).await.is_err()
         {
             return;
         }
