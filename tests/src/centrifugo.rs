@@ -8,6 +8,8 @@
 //! wait for `sent`. A publication carries the load generator's stamp (`tests::load::stamp`), so that its
 //! receipt is timed as ours are, and counted once per receiving connection.
 //!
+//! A backend may publish instead, through the HTTP API ([`ApiPublisher`]), as a team's own services would.
+//!
 //! Two configurations: without history (Centrifugo's default: a publication lives only in flight), and
 //! with history and recovery on every channel (its last messages kept, and given back to a client that
 //! reconnects): the closest it comes to our persistence.
@@ -63,7 +65,7 @@ pub fn config(port: u16, history: bool) -> serde_json::Value {
         "log": {"level": "error"},
         "http_server": {"address": "127.0.0.1", "port": port},
         "client": {"token": {"hmac_secret_key": TOKEN_SECRET}, "allowed_origins": []},
-        "http_api": {"key": "bench-centrifugo-api-key"},
+        "http_api": {"key": API_KEY},
         "health": {"enabled": true},
         "usage_stats": {"disabled": true},
         "channel": {"namespaces": [namespace("direct", true), namespace("group", false)]},
@@ -277,6 +279,109 @@ fn on_line(line: &str, me: &str, pending: &mut HashMap<u64, String>, recorder: &
     recorder.on_delivery(u128::from(h.finish()), n, stamp, seen);
 }
 
+/// The key of its HTTP API (`http_api.key` in [`config`]).
+const API_KEY: &str = "bench-centrifugo-api-key";
+
+/// A backend publishing through Centrifugo's HTTP API (`POST /api/publish`), as a team's own services would:
+/// `lanes` keep-alive HTTP/1.1 connections, each carrying one request at a time, taken in turn. The HTTP
+/// answer is the acknowledgement. A publication names the conversation's first member as its sender, so
+/// that, as with [`PeerConn`], only the other members' receipts count as deliveries.
+pub struct ApiPublisher {
+    lanes: Vec<mpsc::UnboundedSender<(String, String)>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Sender for ApiPublisher {
+    fn send(&self, channel: &str, n: u64) -> bool {
+        let lane = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.lanes.len();
+        self.lanes[lane].send((channel.to_owned(), stamp(n))).is_ok()
+    }
+}
+
+impl ApiPublisher {
+    /// Opens `lanes` connections; `senders` names each channel's sender.
+    pub async fn connect(
+        addr: SocketAddr,
+        lanes: usize,
+        senders: HashMap<String, String>,
+        recorder: Arc<Recorder>,
+    ) -> anyhow::Result<ApiPublisher> {
+        let senders = Arc::new(senders);
+        let mut out = Vec::new();
+        for _ in 0..lanes.max(1) {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(api_lane(stream, addr, rx, senders.clone(), recorder.clone()));
+            out.push(tx);
+        }
+        Ok(ApiPublisher { lanes: out, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+}
+
+/// One connection of an [`ApiPublisher`]: publishes what it is given, one request at a time.
+async fn api_lane(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<(String, String)>,
+    senders: Arc<HashMap<String, String>>,
+    recorder: Arc<Recorder>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    while let Some((channel, stamp)) = rx.recv().await {
+        let sender = senders.get(&channel).map_or("", String::as_str);
+        let body = serde_json::json!({"channel": channel, "data": {"t": &stamp, "s": sender}}).to_string();
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {API_KEY}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = async {
+            stream.write_all(request.as_bytes()).await?;
+            loop {
+                if let Some((status, body, used)) = parse_response(&buf)? {
+                    let ok = status == 200 && !body.windows(7).any(|w| w == b"\"error\"");
+                    buf.drain(..used);
+                    return anyhow::Ok(ok);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await?;
+                ensure!(n > 0, "centrifugo closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), answer).await {
+            Ok(Ok(true)) => recorder.on_ack(&stamp),
+            Ok(Ok(false)) => recorder.on_error(),
+            Ok(Err(_)) | Err(_) => {
+                recorder.on_error();
+                break;
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 response at the start of `buf`, if it is all there: its status, its body and how many
+/// bytes it took. A response without `Content-Length` (chunked) is refused: Centrifugo's answers to a
+/// publish are small and carry one.
+fn parse_response(buf: &[u8]) -> anyhow::Result<Option<(u16, &[u8], usize)>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
+    let length = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .context("a response without Content-Length")?;
+    let start = end + 4;
+    if buf.len() < start + length {
+        return Ok(None);
+    }
+    Ok(Some((status, &buf[start..start + length], start + length)))
+}
+
 /// Connects every user with its channels (at most `parallel` at a time); None where one failed.
 pub async fn connect_many(
     addr: SocketAddr,
@@ -321,6 +426,18 @@ mod tests {
         assert_eq!(r.errors.load(Ordering::Relaxed), 1);
         assert_eq!(r.messages.load(Ordering::Relaxed), 2, "a repeat and the connection's own are no delivery");
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn responses_are_read_whole_and_one_at_a_time() {
+        let two = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"result\":{}}HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let (status, body, used) = parse_response(two).expect("valid").expect("complete");
+        assert_eq!((status, body), (200, &b"{\"result\":{}}"[..]));
+        let (status, body, _) = parse_response(&two[used..]).expect("valid").expect("complete");
+        assert_eq!((status, body), (200, &b"{}"[..]));
+        assert!(parse_response(&two[..40]).expect("valid so far").is_none(), "the head is not all there");
+        assert!(parse_response(&two[..used - 1]).expect("valid so far").is_none(), "the body is not all there");
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
     }
 
     #[test]

@@ -393,15 +393,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The topic's partition count, from the brokers' metadata.
+///
+/// A topic created a moment ago may not be in every broker's metadata yet (seen on a Kafka just started:
+/// the topic answered with no partitions), so a topic without partitions is asked for again, every 200 ms
+/// for at most the call timeout, before the service gives up.
 pub async fn partition_count(log: &LogConfig) -> anyhow::Result<i32> {
     let (kafka, topic, timeout) = (log.kafka.clone(), log.topic.clone(), log.call_timeout);
     tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
         let consumer: BaseConsumer = kafka.config().create()?;
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-        let t = metadata.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
-        let n = t.partitions().len();
-        anyhow::ensure!(n > 0, "topic {topic} has no partitions (create it with `chatctl create-topics`)");
-        Ok(i32::try_from(n)?)
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let n = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            if n > 0 {
+                return Ok(i32::try_from(n)?);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "topic {topic} has no partitions (create it with `chatctl create-topics`)"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     })
     .await?
 }

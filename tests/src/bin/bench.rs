@@ -23,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use tests::centrifugo::{Centrifugo, PeerConn};
+use tests::centrifugo::{ApiPublisher, Centrifugo, PeerConn};
 use tests::cluster::{Cluster, ClusterOptions, Kind};
 use tests::load::{self, Conn, Percentiles, Recorder};
 use tests::platform::kafka_brokers;
@@ -383,15 +383,27 @@ async fn floor_ws() -> anyhow::Result<()> {
 /// Opens `n` connections (each its own user) and answers how many connected and the growth of `pid`'s
 /// resident memory, measured once they settled; closes them.
 async fn hold(gw: SocketAddr, pid: u32, n: usize, tag: &str, settle: Duration) -> anyhow::Result<(usize, u64)> {
-    let before = rss_kib(pid).context("no such process")?;
     let users: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
     let recorder = Arc::new(Recorder::default());
-    let conns = load::connect_many(gw, &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &users, 200, recorder).await;
+    let open = load::connect_many(gw, &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &users, 200, recorder);
+    resident_growth(pid, settle, open, load::Conn::close).await
+}
+
+/// Opens connections (`open`), and answers how many connected and the growth of `pid`'s resident memory
+/// once they settled; then closes them (`close`).
+async fn resident_growth<C>(
+    pid: u32,
+    settle: Duration,
+    open: impl Future<Output = Vec<Option<C>>>,
+    close: impl Fn(&C),
+) -> anyhow::Result<(usize, u64)> {
+    let before = rss_kib(pid).context("no such process")?;
+    let conns = open.await;
     let connected = conns.iter().flatten().count();
     tokio::time::sleep(settle).await;
     let after = rss_kib(pid).context("the process died")?;
     for c in conns.iter().flatten() {
-        c.close();
+        close(c);
     }
     drop(conns);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -934,8 +946,13 @@ struct Peer {
     idle_connected: usize,
     idle_kib_per_connection: f64,
     latency: Vec<Latency>,
+    /// 1:1 again, published by a backend through its HTTP API rather than by the members' connections.
+    api: Vec<Latency>,
     groups: Vec<Latency>,
 }
+
+/// Connections an [`ApiPublisher`] keeps to Centrifugo.
+const API_LANES: usize = 32;
 
 async fn peer(size: &Size, history: bool, dir: &std::path::Path) -> anyhow::Result<Peer> {
     let c = Centrifugo::start(history, dir).await?;
@@ -944,8 +961,10 @@ async fn peer(size: &Size, history: bool, dir: &std::path::Path) -> anyhow::Resu
     let run = async {
         let (idle_connected, kib) = peer_idle(&c, pid, size.idle).await?;
         println!("[bench] centrifugo {label}: {idle_connected} idle connections, {kib} KiB resident more");
-        let latency = peer_latency(&c, pid, size, 2, size.pairs, &size.rates).await?;
-        let groups = peer_latency(&c, pid, size, size.group_members, size.groups, &size.group_rates).await?;
+        let latency = peer_latency(&c, pid, size, 2, size.pairs, &size.rates, Publish::Client).await?;
+        let api = peer_latency(&c, pid, size, 2, size.pairs, &size.rates, Publish::Api).await?;
+        let groups =
+            peer_latency(&c, pid, size, size.group_members, size.groups, &size.group_rates, Publish::Client).await?;
         anyhow::Ok(Peer {
             name: "Centrifugo".into(),
             version: tests::centrifugo::VERSION.into(),
@@ -954,6 +973,7 @@ async fn peer(size: &Size, history: bool, dir: &std::path::Path) -> anyhow::Resu
             idle_connected,
             idle_kib_per_connection: kib as f64 / idle_connected.max(1) as f64,
             latency,
+            api,
             groups,
         })
     };
@@ -965,7 +985,6 @@ async fn peer(size: &Size, history: bool, dir: &std::path::Path) -> anyhow::Resu
 /// Holds `n` connections, each subscribed to its user's own channel, and answers how many connected and
 /// the growth of Centrifugo's resident memory once they settled.
 async fn peer_idle(c: &Centrifugo, pid: u32, n: usize) -> anyhow::Result<(usize, u64)> {
-    let before = rss_kib(pid).context("centrifugo died")?;
     let id = run_id();
     let users: Vec<(String, Vec<String>)> = (0..n)
         .map(|i| {
@@ -975,16 +994,17 @@ async fn peer_idle(c: &Centrifugo, pid: u32, n: usize) -> anyhow::Result<(usize,
         })
         .collect();
     let recorder = Arc::new(Recorder::default());
-    let conns = tests::centrifugo::connect_many(c.addr, &users, 200, recorder).await;
-    let connected = conns.iter().flatten().count();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let after = rss_kib(pid).context("centrifugo died")?;
-    for conn in conns.iter().flatten() {
-        conn.close();
-    }
-    drop(conns);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok((connected, after.saturating_sub(before)))
+    let open = tests::centrifugo::connect_many(c.addr, &users, 200, recorder);
+    resident_growth(pid, Duration::from_secs(6), open, PeerConn::close).await
+}
+
+/// Who publishes to Centrifugo.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Each conversation's first member, on its connection (the client protocol's `publish`).
+    Client,
+    /// A backend, through the HTTP API, in the name of each conversation's first member.
+    Api,
 }
 
 /// As [`latency`]: `conversations` channels of `members` users, the first of each publishing.
@@ -995,6 +1015,7 @@ async fn peer_latency(
     members: usize,
     conversations: usize,
     rates: &[u64],
+    publish: Publish,
 ) -> anyhow::Result<Vec<Latency>> {
     let id = run_id();
     let mut users: Vec<(String, Vec<String>)> = Vec::new();
@@ -1013,12 +1034,22 @@ async fn peer_latency(
     let conns = tests::centrifugo::connect_many(c.addr, &users, 100, recorder.clone()).await;
     let conns: Vec<PeerConn> = conns.into_iter().collect::<Option<Vec<_>>>().context("a client did not connect")?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let senders: Vec<(&PeerConn, &str)> =
-        conns.iter().step_by(members).zip(channels.iter().map(String::as_str)).collect();
+    let first: Vec<&PeerConn> = conns.iter().step_by(members).collect();
     let meter =
         || CpuMeter::of(vec![("centrifugo".to_owned(), pid), ("load-generator".to_owned(), std::process::id())]);
     let fleet = Fleet { recorder: &recorder, members, kafka_floor: false, meter: &meter };
-    let out = at_rates(&fleet, &senders, size, rates, Duration::ZERO).await;
+    let out = match publish {
+        Publish::Client => {
+            let senders: Vec<(&PeerConn, &str)> = first.into_iter().zip(channels.iter().map(String::as_str)).collect();
+            at_rates(&fleet, &senders, size, rates, Duration::ZERO).await
+        }
+        Publish::Api => {
+            let names = channels.iter().cloned().zip(first.iter().map(|c| c.user.clone())).collect();
+            let publisher = ApiPublisher::connect(c.addr, API_LANES, names, recorder.clone()).await?;
+            let senders: Vec<(&ApiPublisher, &str)> = channels.iter().map(|ch| (&publisher, ch.as_str())).collect();
+            at_rates(&fleet, &senders, size, rates, Duration::ZERO).await
+        }
+    };
     for conn in &conns {
         conn.close();
     }
@@ -1188,6 +1219,7 @@ impl Report {
         }
         for (what, ours, a, b) in [
             ("1:1", &self.latency, &plain.latency, &kept.latency),
+            ("1:1, Centrifugo's publishes through its HTTP API", &self.latency, &plain.api, &kept.api),
             ("groups", &self.groups, &plain.groups, &kept.groups),
         ] {
             let at = |runs: &[Latency], rate: u64| {
