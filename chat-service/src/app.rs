@@ -7,7 +7,7 @@ use anyhow::Context;
 use chat_store::CassandraStore;
 use proto::v1::chat_service_server::ChatServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,11 +118,14 @@ impl App {
         if let Some(tls) = &self.tls {
             server = server.tls_config(tls.server()).context("mutual TLS")?;
         }
+        // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it binds itself): without
+        // it, a response written in several small pieces waited for the peer's delayed ACK, about 40 ms
+        // (measured: every push to a gateway took 50 to 60 ms).
         server
             .add_service(health)
             .add_service(reflection)
             .add_service(chat)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), shutdown)
             .await
             .context("grpc server")?;
         // Leaving the owners' group hands this replica's partitions to the others at once.

@@ -20,6 +20,7 @@
 
 pub mod group;
 pub mod kafka;
+pub mod producer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -9,7 +9,7 @@ use anyhow::Context;
 use proto::v1::gateway_service_server::GatewayServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::Config;
 use crate::auth::Verifier;
@@ -133,8 +133,11 @@ impl App {
         if let Some(tls) = &self.grpc_tls {
             server = server.tls_config(tls.server()).context("mutual TLS")?;
         }
+        // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it binds itself): without
+        // it, a response written in several small pieces waited for the peer's delayed ACK, about 40 ms
+        // (measured: every push to a gateway took 50 to 60 ms).
         let grpc = server.add_service(health).add_service(reflection).add_service(push).serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.grpc_listener),
+            TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
             async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             },

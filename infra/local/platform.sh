@@ -4,6 +4,8 @@
 #   platform.sh up     build, migrate the keyspace, create the topics, start what is not running
 #   platform.sh down   stop what this script started (SIGTERM: graceful), then SIGKILL stragglers
 #   platform.sh status
+# PLATFORM_BIN names the folder of the binaries (default target/debug, which `up` builds; target/release
+# runs a release build made beforehand, as when measuring CPU at rest).
 # Expects the servers from servers.sh to be up.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -14,7 +16,7 @@ WORKERS="${WORKERS:-2}"
 KEYSPACE="${CHAT_CASSANDRA_KEYSPACE:-chat}"
 TOPIC="${CHAT_EVENTS_TOPIC:-chat.events.v1}"
 PARTITIONS="${CHAT_EVENTS_PARTITIONS:-8}"
-BIN="$ROOT/target/debug"
+BIN="${PLATFORM_BIN:-$ROOT/target/debug}"
 
 secret_file="$RUN/jwt-secret"
 if [ ! -s "$secret_file" ]; then

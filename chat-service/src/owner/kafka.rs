@@ -9,10 +9,11 @@ use std::time::Duration;
 use chat_model::event::{self, LogEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaError};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
+use super::producer::{LogProducer, Reports};
 use super::{PartitionLog, WriteError};
 use crate::kafka_client::{KafkaClient, record_headers};
 
@@ -62,7 +63,7 @@ impl LogConfig {
 pub struct KafkaPartition {
     config: LogConfig,
     partition: i32,
-    producer: FutureProducer,
+    producer: LogProducer,
 }
 
 fn fenced(e: &RDKafkaError) -> bool {
@@ -85,8 +86,8 @@ impl KafkaPartition {
         Ok(KafkaPartition { config, partition, producer })
     }
 
-    async fn producer(config: &LogConfig, partition: i32) -> Result<FutureProducer, WriteError> {
-        let producer: FutureProducer = config
+    async fn producer(config: &LogConfig, partition: i32) -> Result<LogProducer, WriteError> {
+        let settings = config
             .kafka
             .config()
             .set("transactional.id", config.transactional_id(partition))
@@ -96,11 +97,12 @@ impl KafkaPartition {
             .set("linger.ms", "0")
             .set("message.timeout.ms", config.call_timeout.as_millis().to_string())
             .set("client.id", format!("chat-service-owner-{partition}"))
-            .create()
-            .map_err(|e| WriteError::Unknown(format!("creating the producer: {e}")))?;
+            .clone();
+        let producer =
+            LogProducer::create(&settings).map_err(|e| WriteError::Unknown(format!("creating the producer: {e}")))?;
         let timeout = config.call_timeout;
         let p = producer.clone();
-        match blocking(move || p.init_transactions(timeout)).await? {
+        match blocking(move || p.get().init_transactions(timeout)).await? {
             Ok(()) => Ok(producer),
             Err(KafkaError::Transaction(e)) if fenced(&e) => Err(WriteError::Fenced),
             Err(e) => Err(WriteError::Unknown(format!("init_transactions: {e}"))),
@@ -115,7 +117,7 @@ impl KafkaPartition {
     async fn abort(&self, why: String) -> WriteError {
         let p = self.producer.clone();
         let timeout = self.config.call_timeout;
-        match blocking(move || p.abort_transaction(timeout)).await {
+        match blocking(move || p.get().abort_transaction(timeout)).await {
             Ok(Ok(())) => WriteError::Aborted(why),
             Ok(Err(KafkaError::Transaction(e))) if fenced(&e) => WriteError::Fenced,
             Ok(Err(e)) => WriteError::Unknown(format!("{why}; abort failed: {e}")),
@@ -131,7 +133,7 @@ const SLOW_COMMIT: Duration = Duration::from_millis(50);
 /// `commit_transaction` flushes first, and its flush waits in whole polls of 100 ms while anything is
 /// left: often the report of the batch's last record, still being served on the poll thread after its
 /// future resolved. Measured: that race alone put 100 to 200 ms on about one commit in fifty.
-fn drain(producer: &FutureProducer, within: Duration) -> Result<(), KafkaError> {
+fn drain(producer: &BaseProducer<Reports>, within: Duration) -> Result<(), KafkaError> {
     let deadline = std::time::Instant::now() + within;
     while producer.in_flight_count() > 0 {
         if std::time::Instant::now() >= deadline {
@@ -147,7 +149,7 @@ impl PartitionLog for KafkaPartition {
     async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
         let started = std::time::Instant::now();
         let p = self.producer.clone();
-        match blocking(move || p.begin_transaction()).await? {
+        match blocking(move || p.get().begin_transaction()).await? {
             Ok(()) => {}
             Err(KafkaError::Transaction(e)) if fenced(&e) => return Err(WriteError::Fenced),
             // A producer that cannot begin is in a state only a new one leaves.
@@ -157,14 +159,9 @@ impl PartitionLog for KafkaPartition {
         for ev in &events {
             let payload = event::encode(ev, created_at(ev));
             let key = ev.conversation_id().to_string();
-            let record = FutureRecord::to(&self.config.topic)
-                .partition(self.partition)
-                .key(&key)
-                .payload(&payload)
-                .headers(record_headers());
-            match self.producer.send_result(record) {
+            match self.producer.send(&self.config.topic, self.partition, &key, &payload, record_headers()) {
                 Ok(d) => deliveries.push(d),
-                Err((e, _)) => return Err(self.abort(format!("producing: {e}")).await),
+                Err(e) => return Err(self.abort(format!("producing: {e}")).await),
             }
         }
         // The records' acknowledgements first (each gives its offset): then the commit's own flush has
@@ -173,8 +170,8 @@ impl PartitionLog for KafkaPartition {
         let mut offsets = Vec::with_capacity(deliveries.len());
         for d in deliveries {
             match tokio::time::timeout(self.config.call_timeout, d).await {
-                Ok(Ok(Ok(delivery))) => offsets.push(delivery.offset),
-                Ok(Ok(Err((e, _)))) => return Err(self.abort(format!("producing: {e}")).await),
+                Ok(Ok(Ok(offset))) => offsets.push(offset),
+                Ok(Ok(Err(e))) => return Err(self.abort(format!("producing: {e}")).await),
                 Ok(Err(_)) => return Err(self.abort("delivery report lost".into()).await),
                 Err(_) => return Err(self.abort("records not acknowledged in time".into()).await),
             }
@@ -184,9 +181,9 @@ impl PartitionLog for KafkaPartition {
         let timeout = self.config.call_timeout;
         let committed = blocking(move || {
             let at = std::time::Instant::now();
-            let drained = drain(&p, timeout);
+            let drained = drain(p.get(), timeout);
             let drain_took = at.elapsed();
-            (drained.and_then(|()| p.commit_transaction(timeout)), drain_took)
+            (drained.and_then(|()| p.get().commit_transaction(timeout)), drain_took)
         });
         let (committed, drain_took) = committed.await?;
         let took = started.elapsed();
