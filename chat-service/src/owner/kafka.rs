@@ -113,10 +113,13 @@ impl KafkaPartition {
         self.partition
     }
 
-    /// Aborts the open transaction; an abort that fails leaves the outcome unknown.
+    /// Aborts the open transaction; an abort that fails leaves the outcome unknown. It may take half the
+    /// call timeout: a batch whose records were not acknowledged in time (a call timeout) is then settled
+    /// within 1.5 call timeouts, before its senders' calls end (two call timeouts), so that they hear
+    /// `unavailable` from the owner rather than a deadline of their own.
     async fn abort(&self, why: String) -> WriteError {
         let p = self.producer.clone();
-        let timeout = self.config.call_timeout;
+        let timeout = self.config.call_timeout / 2;
         match blocking(move || p.get().abort_transaction(timeout)).await {
             Ok(Ok(())) => WriteError::Aborted(why),
             Ok(Err(KafkaError::Transaction(e))) if fenced(&e) => WriteError::Fenced,
