@@ -116,10 +116,6 @@ pub struct Loop {
     pub wedged_after: Duration,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Lanes, each handling its conversations' records in order.
 const LANES: usize = 32;
 /// Records waiting per lane; past it the poll loop waits (backpressure).
@@ -444,10 +440,10 @@ impl Handler {
             };
             match handled {
                 Ok(outcome) => {
-                    // How long after its append the record was handled (the log's clock and ours are the
-                    // same machine's in tests; a skewed clock only skews this log line).
-                    let age_ms = record.timestamp().to_millis().map(|t| now_ms() - t);
-                    tracing::debug!(event_id = %event.event_id(), ?outcome, ?age_ms, "handled");
+                    // age_ms: how long after its append the record was handled (read only when debug is on;
+                    // a skewed clock only skews this log line).
+                    tracing::debug!(event_id = %event.event_id(), ?outcome,
+                        age_ms = ?record.timestamp().to_millis().map(|t| chat_model::now_ms() - t), "handled");
                     return true;
                 }
                 Err(e) => {
