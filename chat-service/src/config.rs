@@ -31,10 +31,11 @@ pub struct Config {
     /// answered OUT_OF_RANGE, naming the first number still held.
     #[arg(long, env = "CHAT_MESSAGE_TTL_SECS", default_value_t = 0)]
     pub message_ttl_secs: i32,
-    /// How long this replica trusts that a sender is a member before reading membership again. A member
-    /// removed through this replica is refused at once; through another one, within this time. 0: read on
-    /// every send.
-    #[arg(long, env = "CHAT_MEMBERS_CACHE_MS", default_value_t = 2_000)]
+    /// How long the owner of a conversation's partition trusts that a sender is a member before reading
+    /// membership again. Removals go through the owner, which forgets the removed members at once, and a
+    /// partition's memory starts empty each time it is acquired; the bound only limits how long a store
+    /// changed by hand goes unseen. 0: read on every send.
+    #[arg(long, env = "CHAT_MEMBERS_CACHE_MS", default_value_t = 60_000)]
     pub members_cache_ms: u64,
     /// Timeout of one store request.
     #[arg(long, env = "CHAT_STORE_TIMEOUT_MS", default_value_t = 5_000)]

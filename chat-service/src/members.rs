@@ -1,55 +1,47 @@
-//! Who may send to a conversation: membership read from the store, a sender found to be a member trusted
-//! for a short time (sends come in bursts), and forgotten at once when removed through this replica.
+//! Who may send to a conversation: membership read from the store, and a sender found to be a member
+//! trusted for a while by the partition's owner ([`crate::owner::Known`]). Every membership change of a
+//! conversation goes through the owner of its partition, which forgets the removed members at once, and an
+//! owner starts with an empty memory at each acquisition (another replica may have changed members since).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_model::{ConversationId, UserId};
 use chat_store::CassandraStore;
 
 use crate::error::ChatError;
-
-/// Senders known to be members, before the cache is cleared.
-const CAPACITY: usize = 100_000;
+use crate::owner::group::Local;
 
 #[derive(Clone)]
 pub struct Members {
     store: CassandraStore,
-    /// Senders recently found to be members, and when: a send within `ttl` skips the read.
-    known: Arc<Mutex<HashMap<(ConversationId, UserId), Instant>>>,
+    /// How long a sender found to be a member is trusted without reading again (0: read on every send).
     ttl: Duration,
 }
 
 impl Members {
     pub fn new(store: CassandraStore, ttl: Duration) -> Members {
-        Members { store, known: Arc::default(), ttl }
+        Members { store, ttl }
     }
 
-    pub async fn is_member(&self, id: ConversationId, user: &UserId) -> Result<bool, ChatError> {
-        let key = (id, user.clone());
-        if let Some(at) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(true);
-        }
+    /// Whether `user` is a member of `id`, a conversation of the partition `local` owns.
+    pub async fn is_member(&self, local: &Local, id: ConversationId, user: &UserId) -> Result<bool, ChatError> {
+        let removals = {
+            let known = local.known.lock();
+            if known.is_known_member(id, user, self.ttl) {
+                return Ok(true);
+            }
+            known.removals()
+        };
         let member = self.store.is_member(id, user).await?;
         if member && !self.ttl.is_zero() {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if known.len() >= CAPACITY {
-                known.clear();
-            }
-            known.insert(key, Instant::now());
+            local.known.lock().remember_member(id, user.clone(), removals);
         }
         Ok(member)
     }
 
-    /// Forgets that `users` were members (they were just removed through this replica).
-    pub fn forget(&self, id: ConversationId, users: &[UserId]) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        for u in users {
-            known.remove(&(id, u.clone()));
-        }
+    /// Forgets that `users` were members of `id` (they are being removed through its owner, `local`).
+    pub fn forget(&self, local: &Local, id: ConversationId, users: &[UserId]) {
+        local.known.lock().forget_members(id, users);
     }
 
     /// Why a user who is not a member was refused: the conversation is missing, or they are not in it.

@@ -67,7 +67,7 @@ impl Owned {
     pub async fn send(&self, local: Local, req: SendRequest) -> Result<Sent, ChatError> {
         let started = std::time::Instant::now();
         let conversation = req.conversation_id;
-        if !self.members.is_member(conversation, &req.sender_id).await? {
+        if !self.members.is_member(&local, conversation, &req.sender_id).await? {
             return Err(self.members.refusal(conversation).await);
         }
         let key = SendKey { conversation, sender: req.sender_id.clone(), client_msg_id: req.client_msg_id.clone() };
@@ -162,10 +162,12 @@ impl Owned {
             changed_by: by,
             at_ms,
         };
+        // Forgotten before and after: a send checked meanwhile reads the store again.
+        self.members.forget(&local, id, &removed);
         self.commit(&local, LogEvent::MembersChanged(change)).await?;
         self.store.add_members(id, &added, at_ms).await?;
         self.store.remove_members(id, &removed).await?;
-        self.members.forget(id, &removed);
+        self.members.forget(&local, id, &removed);
         Ok(())
     }
 }

@@ -152,11 +152,27 @@ pub struct Known {
     last_offset: i64,
     /// Offsets the workers were seen to have projected, and when: forgetting waits for the grace.
     projections: Vec<(Instant, i64)>,
+    /// Senders found to be members while this replica owns the partition, and when. Membership changes
+    /// of the partition's conversations go through its owner, which forgets removed members at once; a
+    /// new acquisition starts with none.
+    members: HashMap<(ConversationId, UserId), Instant>,
+    /// Removals seen (any conversation): a membership read that a removal overtook is not remembered.
+    removals: u64,
 }
+
+/// Senders remembered as members per partition, before that memory is cleared.
+const MEMBERS_CAPACITY: usize = 100_000;
 
 impl Default for Known {
     fn default() -> Self {
-        Known { heads: HashMap::new(), answers: HashMap::new(), last_offset: -1, projections: Vec::new() }
+        Known {
+            heads: HashMap::new(),
+            answers: HashMap::new(),
+            last_offset: -1,
+            projections: Vec::new(),
+            members: HashMap::new(),
+            removals: 0,
+        }
     }
 }
 
@@ -171,6 +187,36 @@ impl Known {
 
     pub fn head(&self, conversation: ConversationId) -> Option<u64> {
         self.heads.get(&conversation).map(|(h, _)| *h)
+    }
+
+    /// Whether `user` was found to be a member of `conversation` less than `ttl` ago.
+    pub fn is_known_member(&self, conversation: ConversationId, user: &UserId, ttl: Duration) -> bool {
+        self.members.get(&(conversation, user.clone())).is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// What [`Known::remember_member`] needs from before a membership read.
+    pub fn removals(&self) -> u64 {
+        self.removals
+    }
+
+    /// Remembers that `user` was found to be a member of `conversation` by a read started when
+    /// [`Known::removals`] answered `removals`; not if a removal came since (the read may predate it).
+    pub fn remember_member(&mut self, conversation: ConversationId, user: UserId, removals: u64) {
+        if removals != self.removals {
+            return;
+        }
+        if self.members.len() >= MEMBERS_CAPACITY {
+            self.members.clear();
+        }
+        self.members.insert((conversation, user), Instant::now());
+    }
+
+    /// Forgets that `users` were members of `conversation` (they are being removed).
+    pub fn forget_members(&mut self, conversation: ConversationId, users: &[UserId]) {
+        self.removals += 1;
+        for u in users {
+            self.members.remove(&(conversation, u.clone()));
+        }
     }
 
     /// Learns a committed event at `offset`.
@@ -590,6 +636,26 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_member_is_remembered_until_removed_and_a_read_overtaken_by_a_removal_is_not_kept() {
+        let c = ConversationId::generate();
+        let carol = UserId::parse("carol").expect("valid");
+        let ttl = Duration::from_secs(60);
+        let mut known = Known::default();
+        assert!(!known.is_known_member(c, &carol, ttl), "nothing is known at first");
+        let before = known.removals();
+        known.remember_member(c, carol.clone(), before);
+        assert!(known.is_known_member(c, &carol, ttl));
+        assert!(!known.is_known_member(c, &carol, Duration::ZERO), "past the bound it is read again");
+        known.forget_members(c, std::slice::from_ref(&carol));
+        assert!(!known.is_known_member(c, &carol, ttl), "a removal is seen at once");
+        // A read started before the removal found her a member: what it found is stale, not remembered.
+        known.remember_member(c, carol.clone(), before);
+        assert!(!known.is_known_member(c, &carol, ttl));
+        known.remember_member(c, carol.clone(), known.removals());
+        assert!(known.is_known_member(c, &carol, ttl), "a read after the removal is");
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ impl App {
             presence,
             routing::Pushers::with_tls(Duration::from_millis(config.push_timeout_ms), grpc_tls.map(|t| t.client())),
             Duration::from_millis(config.members_cache_ms),
+            Duration::from_millis(config.devices_cache_ms),
         );
         let metrics = match config.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),

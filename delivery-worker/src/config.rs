@@ -31,9 +31,17 @@ pub struct Config {
     /// History's retention, as the chat service's CHAT_MESSAGE_TTL_SECS (the worker writes history rows).
     #[arg(long, env = "WORKER_MESSAGE_TTL_SECS", default_value_t = 0)]
     pub message_ttl_secs: i32,
-    /// How long a conversation's member list is reused before it is read again.
-    #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 2_000)]
+    /// Longest time a conversation's member list is reused before it is read again. The list changes only
+    /// through events of the conversation's own partition, which this worker applies in log order
+    /// (forgetting the list), and every list is forgotten at a rebalance; the bound only limits how long a
+    /// list read from a store changed by hand is trusted.
+    #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 60_000)]
     pub members_cache_ms: u64,
+    /// How long a user's device list is reused before it is read again. Devices are registered by the
+    /// gateways, outside the log: a device registered after the list was read gets no inbox row for this
+    /// long (it is pushed to while it is online).
+    #[arg(long, env = "WORKER_DEVICES_CACHE_MS", default_value_t = 2_000)]
+    pub devices_cache_ms: u64,
     /// How often each lane writes the delivery cursors that moved (at most one write per conversation per
     /// interval). Longer saves writes; on a failover, the messages of the last interval are delivered again
     /// (duplicates, which clients drop). 0: after every record.

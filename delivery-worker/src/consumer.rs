@@ -311,10 +311,11 @@ impl Handler {
         }
     }
 
-    /// After a rebalance or a new consumer: the offsets handed out and the cursors are forgotten (the
-    /// partitions' new owners decide). False when the lanes are gone.
+    /// After a rebalance or a new consumer: the offsets handed out, the cursors and the member lists are
+    /// forgotten (the partitions' new owners decide). False when the lanes are gone.
     async fn forget_tracking(&self, lanes: &[mpsc::Sender<Job>]) -> bool {
         lock(&self.offsets).partitions.clear();
+        self.deliverer.forget_members();
         for lane in lanes {
             if lane.send(Job::ClearCursors).await.is_err() {
                 return false;

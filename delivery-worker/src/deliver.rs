@@ -64,6 +64,10 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The cached value of `key`, or the one `load` reads (then cached).
     async fn get<F, Fut>(&self, key: &K, load: F) -> Result<Arc<V>, StoreError>
     where
@@ -88,10 +92,23 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
 type Target = (UserId, DeviceId);
 
 impl Deliverer {
-    /// Pushes go through `pushers` (whose deadline bounds each); member and device lists are reused for
-    /// `members_ttl`.
-    pub fn new(store: CassandraStore, presence: Presence, pushers: Pushers, members_ttl: Duration) -> Deliverer {
-        Deliverer { store, presence, pushers, members: TtlCache::new(members_ttl), devices: TtlCache::new(members_ttl) }
+    /// Pushes go through `pushers` (whose deadline bounds each); member lists are reused for at most
+    /// `members_ttl` (each is forgotten sooner by its conversation's membership events, and all of them by
+    /// [`Deliverer::forget_members`]), device lists for `devices_ttl`.
+    pub fn new(
+        store: CassandraStore,
+        presence: Presence,
+        pushers: Pushers,
+        members_ttl: Duration,
+        devices_ttl: Duration,
+    ) -> Deliverer {
+        Deliverer { store, presence, pushers, members: TtlCache::new(members_ttl), devices: TtlCache::new(devices_ttl) }
+    }
+
+    /// Forgets every member list: after a rebalance, the partitions this worker gets may have had membership
+    /// events applied elsewhere since it last held them.
+    pub fn forget_members(&self) {
+        self.members.clear();
     }
 
     /// Handles the record of `m`: delivers it, unless it was delivered already.

@@ -1017,3 +1017,50 @@ async fn a_removed_member_can_no_longer_send_even_just_after_sending() -> anyhow
     assert_eq!(bodies, vec![format!("from {c}"), format!("from {b}")]);
     p.stop().await
 }
+
+/// The worker keeps member lists until the conversation's own membership events say otherwise: a member
+/// added gets the very next message, a member removed gets none after the removal, with no wait for a cache
+/// to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_reach_delivery_at_the_next_message() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b, c) = (user("alice"), user("bob"), user("carol"));
+    let conv = conversation(&p, v1::ConversationKind::Group, &a, &[&b]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    let mut cc = WsClient::connect(p.gateways[1].ws_addr, &c, "phone").await?;
+    ensure!(ca.sync().await?.is_empty() && cb.sync().await?.is_empty() && cc.sync().await?.is_empty());
+    let mut chat = p.chat_client().await?;
+
+    // The worker reads the member list [alice, bob] for the first message, and keeps it.
+    let first = ca.send_message(&conv, "m-1", "before").await?;
+    assert_eq!(cb.expect("message").await?["seq"], first["seq"]);
+
+    chat.add_members(v1::AddMembersRequest {
+        conversation_id: conv.clone(),
+        acting_user_id: a.clone(),
+        user_ids: vec![c.clone()],
+    })
+    .await?;
+    let second = ca.send_message(&conv, "m-2", "carol is in").await?;
+    assert_eq!(cc.expect("message").await?["seq"], second["seq"], "the added member got the next message");
+    assert_eq!(cb.expect("message").await?["seq"], second["seq"]);
+
+    chat.remove_members(v1::RemoveMembersRequest {
+        conversation_id: conv.clone(),
+        acting_user_id: a.clone(),
+        user_ids: vec![b.clone()],
+    })
+    .await?;
+    let third = ca.send_message(&conv, "m-3", "bob is out").await?;
+    assert_eq!(cc.expect("message").await?["seq"], third["seq"]);
+    // Carol got it by the same push round as bob would have: whatever bob was sent has arrived by now.
+    let late = cb.stay_silent(Duration::from_millis(500)).await?;
+    let messages: Vec<&Value> = late.iter().filter(|f| f["type"] == "message").collect();
+    ensure!(messages.is_empty(), "the removed member got messages after his removal: {messages:?}");
+
+    ca.close().await?;
+    cb.close().await?;
+    cc.close().await?;
+    p.stop().await
+}

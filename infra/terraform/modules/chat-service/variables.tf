@@ -142,9 +142,9 @@ variable "message_ttl_secs" {
 }
 
 variable "members_cache_ms" {
-  description = "CHAT_MEMBERS_CACHE_MS: how long a replica trusts that a sender is a member."
+  description = "CHAT_MEMBERS_CACHE_MS: how long a partition's owner trusts that a sender is a member (removals forget it at once)."
   type        = number
-  default     = 2000
+  default     = 60000
 
   validation {
     condition     = var.members_cache_ms >= 0 && var.members_cache_ms <= 60000

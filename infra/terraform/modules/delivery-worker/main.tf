@@ -17,6 +17,7 @@ locals {
     WORKER_PUSH_TIMEOUT_MS       = tostring(var.push_timeout_ms)
     WORKER_MESSAGE_TTL_SECS      = tostring(var.message_ttl_secs)
     WORKER_MEMBERS_CACHE_MS      = tostring(var.members_cache_ms)
+    WORKER_DEVICES_CACHE_MS      = tostring(var.devices_cache_ms)
     WORKER_CURSOR_SAVE_MS        = tostring(var.cursor_save_ms)
     WORKER_GROUP_WEDGED_AFTER_MS = tostring(var.group_wedged_after_ms)
     WORKER_METRICS_ADDR          = "0.0.0.0:${var.metrics_port}"

@@ -127,9 +127,25 @@ variable "message_ttl_secs" {
 }
 
 variable "members_cache_ms" {
-  description = "WORKER_MEMBERS_CACHE_MS: how long member and device lists are reused."
+  description = "WORKER_MEMBERS_CACHE_MS: longest time a member list is reused (the log's membership events forget it sooner)."
+  type        = number
+  default     = 60000
+
+  validation {
+    condition     = var.members_cache_ms >= 0
+    error_message = "0 or positive."
+  }
+}
+
+variable "devices_cache_ms" {
+  description = "WORKER_DEVICES_CACHE_MS: how long a user's device list is reused."
   type        = number
   default     = 2000
+
+  validation {
+    condition     = var.devices_cache_ms >= 0
+    error_message = "0 or positive."
+  }
 }
 
 variable "cursor_save_ms" {
