@@ -42,6 +42,7 @@ ROWS=(
   "faults|s18_a_killed_broker_of_three_loses_no_acknowledged_message|chat-number-twice=3%return|promise broken:"
   "faults|s19_an_owner_cut_off_from_kafka_writes_nothing_after_its_partitions_moved|chat-ack-unwritten=return|promise broken:"
 )
+ROWS+=("message_path|a_device_registered_after_its_users_list_was_kept_gets_the_next_message_kept|gateway-skip-device-stamp=return|promise broken:")
 # The security tests of close code 4000 (added with the exact answers).
 for t in $(grep -o 'fn [a-z0-9_]*4000[a-z0-9_]*' tests/tests/security.rs 2>/dev/null | cut -d' ' -f2); do
   ROWS+=("security|$t|gateway-keep-replaced=return|promise broken:")

@@ -3,6 +3,10 @@
 //! One hash per user, `{prefix}presence:{user}`; one field per device, whose value is
 //! `{push address}|{connection id}|{expires at, ms since epoch}`. Gateways write it, delivery workers read it.
 //! A field past its expiry is ignored by readers, so a gateway that dies stops receiving pushes within one TTL.
+//!
+//! One more field, [`DEVICES_CHANGED`], holds a random stamp that a gateway replaces each time it has registered
+//! a device of the user in the store: a reader that keeps the user's device list may keep it while the stamp it
+//! read before reading the list is unchanged. It is not a device (device ids cannot hold `~`).
 
 use crate::{DeviceId, UserId};
 
@@ -10,6 +14,9 @@ use crate::{DeviceId, UserId};
 pub fn key(prefix: &str, user: &UserId) -> String {
     format!("{prefix}presence:{user}")
 }
+
+/// The field of a user's hash whose value changes after each registration of one of their devices.
+pub const DEVICES_CHANGED: &str = "~devices";
 
 /// Where one device is connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +89,7 @@ mod tests {
             ("tablet".to_owned(), Entry { expires_at_ms: 10, ..e.clone() }.encode()),
             ("bad device".to_owned(), e.encode()),
             ("laptop".to_owned(), "garbage".to_owned()),
+            (DEVICES_CHANGED.to_owned(), "7f3a".to_owned()),
         ];
         let live = live_devices(fields, 500);
         assert_eq!(live.len(), 1);

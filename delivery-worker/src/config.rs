@@ -37,10 +37,11 @@ pub struct Config {
     /// list read from a store changed by hand is trusted.
     #[arg(long, env = "WORKER_MEMBERS_CACHE_MS", default_value_t = 60_000)]
     pub members_cache_ms: u64,
-    /// How long a user's device list is reused before it is read again. Devices are registered by the
-    /// gateways, outside the log: a device registered after the list was read gets no inbox row for this
-    /// long (it is pushed to while it is online).
-    #[arg(long, env = "WORKER_DEVICES_CACHE_MS", default_value_t = 2_000)]
+    /// Longest time a user's device list is reused before it is read again. A gateway that registers a
+    /// device replaces the user's device-list stamp in presence, and a list is reused only while the stamp
+    /// read before it is unchanged (never while presence is unreadable); the bound only limits how long a
+    /// list read from a store changed by hand is trusted.
+    #[arg(long, env = "WORKER_DEVICES_CACHE_MS", default_value_t = 60_000)]
     pub devices_cache_ms: u64,
     /// How often each lane writes the delivery cursors that moved (at most one write per conversation per
     /// interval). Longer saves writes; on a failover, the messages of the last interval are delivered again

@@ -38,7 +38,14 @@ pub struct Deliverer {
     presence: Presence,
     pushers: Pushers,
     members: TtlCache<ConversationId, Vec<UserId>>,
-    devices: TtlCache<UserId, Vec<DeviceId>>,
+    devices: TtlCache<UserId, Devices>,
+}
+
+/// A user's device list, with the presence stamp read before it ([`chat_model::presence::DEVICES_CHANGED`]):
+/// kept while the stamp is unchanged.
+struct Devices {
+    stamp: Option<String>,
+    list: Vec<DeviceId>,
 }
 
 /// Values reused for a short time. Bounded: when full it is cleared, which only costs reads.
@@ -74,8 +81,18 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, StoreError>>,
     {
+        self.get_if(key, |_| true, load).await
+    }
+
+    /// The cached value of `key` if `still` holds for it, or the one `load` reads (then cached).
+    async fn get_if<F, Fut>(&self, key: &K, still: impl Fn(&V) -> bool, load: F) -> Result<Arc<V>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, StoreError>>,
+    {
         if let Some((at, v)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key)
             && at.elapsed() < self.ttl
+            && still(v)
         {
             return Ok(v.clone());
         }
@@ -151,12 +168,14 @@ impl Deliverer {
         projected?;
         let members = members?;
         let projected = started.elapsed();
-        let (online, devices) = tokio::join!(self.presence.online(&members), self.devices_of(&members));
-        let devices = devices?;
+        // Presence first: its device-list stamps say which kept device lists still hold.
+        let lookup = self.presence.lookup(&members).await;
+        let online = lookup.online;
+        let devices = self.devices_of(&members, lookup.device_stamps.as_deref()).await?;
         let looked_up = started.elapsed();
         let mut targets: HashSet<Target> = HashSet::new();
         for (user, devices) in members.iter().zip(devices) {
-            targets.extend(devices.iter().map(|d| (user.clone(), d.clone())));
+            targets.extend(devices.list.iter().map(|d| (user.clone(), d.clone())));
         }
         targets.extend(online.keys().cloned());
         targets.remove(&(m.sender_id.clone(), m.sender_device_id.clone()));
@@ -228,20 +247,60 @@ impl Deliverer {
         self.members.get(&id, || self.store.members(id)).await
     }
 
-    async fn devices(&self, user: &UserId) -> Result<Arc<Vec<DeviceId>>, StoreError> {
-        self.devices.get(user, || self.store.devices(user)).await
+    /// `user`'s devices: the kept list while its stamp is `stamp`, else read from the store (and kept with
+    /// `stamp`). With no stamps (presence unreadable) the store is read and nothing kept.
+    async fn devices(&self, user: &UserId, stamp: Option<&Option<String>>) -> Result<Arc<Devices>, StoreError> {
+        let Some(stamp) = stamp else {
+            return Ok(Arc::new(Devices { stamp: None, list: self.store.devices(user).await? }));
+        };
+        self.devices
+            .get_if(
+                user,
+                |d| d.stamp == *stamp,
+                || async { Ok(Devices { stamp: stamp.clone(), list: self.store.devices(user).await? }) },
+            )
+            .await
     }
 
-    /// The devices of each of `users`, in their order. The ones not cached are read concurrently,
-    /// [`DEVICE_READS`] at a time: a group's lists expire together, and read one after the other they
-    /// held each of its messages about 50 ms.
-    async fn devices_of(&self, users: &[UserId]) -> Result<Vec<Arc<Vec<DeviceId>>>, StoreError> {
+    /// The devices of each of `users`, in their order (`stamps`: their device-list stamps, in the same
+    /// order). The ones not kept are read concurrently, [`DEVICE_READS`] at a time: a group's lists expire
+    /// together, and read one after the other they held each of its messages about 50 ms.
+    async fn devices_of(
+        &self,
+        users: &[UserId],
+        stamps: Option<&[Option<String>]>,
+    ) -> Result<Vec<Arc<Devices>>, StoreError> {
         let mut out = Vec::with_capacity(users.len());
-        for chunk in users.chunks(DEVICE_READS) {
-            for devices in join_all(chunk.iter().map(|u| self.devices(u))).await {
+        for (i, chunk) in users.chunks(DEVICE_READS).enumerate() {
+            let first = i * DEVICE_READS;
+            let reads = chunk.iter().enumerate().map(|(j, u)| self.devices(u, stamps.map(|s| &s[first + j])));
+            for devices in join_all(reads).await {
                 out.push(devices?);
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kept_value_is_read_again_once_its_stamp_or_its_time_has_passed() {
+        let cache: TtlCache<&str, (u32, u32)> = TtlCache::new(Duration::from_secs(60));
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let read = |stamp: u32| {
+            let n = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            async move { Ok((stamp, n)) }
+        };
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.unwrap(), (1, 1));
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.unwrap(), (1, 1), "same stamp: kept");
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.unwrap(), (2, 2), "new stamp: read again");
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.unwrap(), (2, 2));
+
+        let short: TtlCache<&str, (u32, u32)> = TtlCache::new(Duration::ZERO);
+        assert_eq!(*short.get_if(&"bob", |_| true, || read(2)).await.unwrap(), (2, 3));
+        assert_eq!(*short.get_if(&"bob", |_| true, || read(2)).await.unwrap(), (2, 4), "past its time: read again");
     }
 }

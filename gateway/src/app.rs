@@ -199,22 +199,12 @@ async fn refresh_presence(shared: Arc<Shared>) {
 async fn register_again(shared: &Shared, conns: &[Arc<crate::registry::ConnHandle>]) {
     use std::sync::atomic::Ordering;
     for conn in conns.iter().filter(|c| !c.registered.load(Ordering::Relaxed)) {
-        let request =
-            proto::v1::RegisterDeviceRequest { user_id: conn.user.to_string(), device_id: conn.device.to_string() };
-        let timeout = shared.rpc_timeout;
-        let done = shared
-            .chat
-            .call(|mut c| {
-                let r = crate::session::with_deadline(request.clone(), timeout);
-                async move { c.register_device(r).await }
-            })
-            .await;
-        match done {
-            Ok(_) => {
+        match shared.register_device(&conn.user, &conn.device).await {
+            Ok(()) => {
                 conn.registered.store(true, Ordering::Relaxed);
                 conn.ask_resync();
             }
-            // The store is still down: the next refresh tries again.
+            // The store (or Redis) is still down: the next refresh tries again.
             Err(_) => return,
         }
     }

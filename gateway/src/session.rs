@@ -66,6 +66,28 @@ pub struct Shared {
     pub limits: Arc<crate::limits::Limits>,
 }
 
+impl Shared {
+    /// Registers `user`'s `device` in the store (so that workers keep an inbox for it), then replaces the
+    /// user's device-list stamp in presence (so that a worker holding the list from before reads it again).
+    /// Done only when both are: a caller that gets an error registers again later.
+    pub async fn register_device(&self, user: &UserId, device: &chat_model::DeviceId) -> Result<(), String> {
+        let register = v1::RegisterDeviceRequest { user_id: user.to_string(), device_id: device.to_string() };
+        let timeout = self.rpc_timeout;
+        self.chat
+            .call(|mut c| {
+                let r = with_deadline(register.clone(), timeout);
+                async move { c.register_device(r).await }
+            })
+            .await
+            .map_err(|e| format!("registering in the store: {e}"))?;
+        // The bug of failpoint `gateway-skip-device-stamp`, which the device-list test must catch.
+        if lifecycle::failpoint("gateway-skip-device-stamp") {
+            return Ok(());
+        }
+        self.presence.devices_changed(user).await.map_err(|e| format!("stamping the device list: {e}"))
+    }
+}
+
 /// Serves one upgraded connection to its end. The socket comes boxed, and the steps before and after its
 /// resting state are boxed too, so that the connection's task holds little more than the socket while it
 /// rests (`make bench` measures it against a bare tokio-tungstenite server).
@@ -112,18 +134,8 @@ async fn open<S>(ws: Box<WebSocketStream<S>>, identity: Identity, shared: Arc<Sh
             tracing::warn!(user = %identity.user, error = %e, "presence not written; delivery falls back to the inbox")
         }
     }
-    let register =
-        v1::RegisterDeviceRequest { user_id: identity.user.to_string(), device_id: identity.device.to_string() };
-    let timeout = shared.rpc_timeout;
-    let registered = shared
-        .chat
-        .call(|mut c| {
-            let r = with_deadline(register.clone(), timeout);
-            async move { c.register_device(r).await }
-        })
-        .await;
-    match registered {
-        Ok(_) => handle.registered.store(true, std::sync::atomic::Ordering::Relaxed),
+    match shared.register_device(&identity.user, &identity.device).await {
+        Ok(()) => handle.registered.store(true, std::sync::atomic::Ordering::Relaxed),
         Err(e) => tracing::warn!(user = %identity.user, error = %e,
             "device not registered yet; the presence refresh tries again (until then, only presence routes to it)"),
     }

@@ -15,12 +15,13 @@
 //! | `chat-ack-unwritten` | chat service | the sends of a batch whose commit failed (aborted, or its outcome unknown) are acknowledged as written |
 //! | `gateway-keep-replaced` | gateway | a device connecting again leaves its older connection open |
 //! | `gateway-unbounded-queue` | gateway | a connection's send queue has no useful bound |
+//! | `gateway-skip-device-stamp` | gateway | a registered device's device-list stamp is not replaced, yet the registration counts as done |
 //!
 //! Actions are the `fail` crate's (`FAILPOINTS="worker-drop-push=1%return;..."`): `return` fires, `off`
 //! does not, and `N%return` fires with probability N %.
 
 /// The failpoints the services define, for checks of a `FAILPOINTS` setting.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "worker-drop-push",
     "worker-skip-inbox",
     "worker-consumer-unreachable",
@@ -29,6 +30,7 @@ pub const NAMES: [&str; 8] = [
     "chat-ack-unwritten",
     "gateway-keep-replaced",
     "gateway-unbounded-queue",
+    "gateway-skip-device-stamp",
 ];
 
 /// Whether the failpoint `name` fires now.

@@ -28,6 +28,15 @@ pub struct Presence {
     ttl: Duration,
 }
 
+/// The presence of some users, read at once.
+pub struct Lookup {
+    /// (user, device) to the push address of the gateway holding it.
+    pub online: HashMap<(UserId, DeviceId), String>,
+    /// Each user's device-list stamp (`None` where the user has none), in the order asked; `None` when Redis
+    /// could not be read, so that no kept device list can be trusted.
+    pub device_stamps: Option<Vec<Option<String>>>,
+}
+
 /// One connection's entry to write.
 pub struct Holder<'a> {
     pub user: &'a UserId,
@@ -106,6 +115,11 @@ impl Presence {
     /// The live presence of `users`' devices: (user, device) to the push address of the gateway holding it.
     /// Redis being unreadable means nobody is online (every device gets the inbox; resume covers the rest).
     pub async fn online(&self, users: &[UserId]) -> HashMap<(UserId, DeviceId), String> {
+        self.lookup(users).await.online
+    }
+
+    /// What [`Presence::online`] answers, with each user's device-list stamp ([`presence::DEVICES_CHANGED`]).
+    pub async fn lookup(&self, users: &[UserId]) -> Lookup {
         let mut pipe = redis::pipe();
         for u in users {
             pipe.hgetall(presence::key(&self.prefix, u));
@@ -114,17 +128,35 @@ impl Presence {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "presence unreadable; nobody counts as online");
-                return HashMap::new();
+                return Lookup { online: HashMap::new(), device_stamps: None };
             }
         };
         let now = now_ms();
-        let mut out = HashMap::new();
-        for (user, fields) in users.iter().zip(hashes) {
+        let mut online = HashMap::new();
+        let mut stamps = Vec::with_capacity(users.len());
+        for (user, mut fields) in users.iter().zip(hashes) {
+            let stamp = fields.iter().position(|(f, _)| f == presence::DEVICES_CHANGED);
+            stamps.push(stamp.map(|i| fields.swap_remove(i).1));
             for (device, entry) in presence::live_devices(fields, now) {
-                out.insert((user.clone(), device), entry.push_addr);
+                online.insert((user.clone(), device), entry.push_addr);
             }
         }
-        out
+        Lookup { online, device_stamps: Some(stamps) }
+    }
+
+    /// Records that a device of `user` was registered in the store: replaces the user's device-list stamp
+    /// with a new random one, so that a reader holding the list from before reads it again. Called after
+    /// the registration succeeded; when it fails, the registration counts as not done (and is done again).
+    pub async fn devices_changed(&self, user: &UserId) -> redis::RedisResult<()> {
+        let key = presence::key(&self.prefix, user);
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.hset(&key, presence::DEVICES_CHANGED, uuid::Uuid::new_v4().simple().to_string()).ignore();
+        // The hash lives as long as its newest entry; without entries it goes with the stamp, which readers
+        // then see as changed.
+        pipe.pexpire(&key, ttl_ms).ignore();
+        self.link.query(&pipe).await
     }
 
     /// Whether Redis answers.

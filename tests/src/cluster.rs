@@ -513,7 +513,6 @@ fn worker_env(topic: &str, id: &str, redis_prefix: &str, options: &ClusterOption
         ("WORKER_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
         ("WORKER_REDIS_URL".into(), redis_url()),
         ("WORKER_REDIS_PREFIX".into(), redis_prefix.into()),
-        ("WORKER_DEVICES_CACHE_MS".into(), "500".into()),
         ("WORKER_PUSH_TIMEOUT_MS".into(), options.push_timeout_ms.to_string()),
     ]
 }

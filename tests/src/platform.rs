@@ -309,9 +309,10 @@ impl Platform {
                 redis_url: if opts.redis_tls.is_some() { redis_tls_url() } else { redis_url() },
                 redis_prefix: redis_prefix.clone(),
                 push_timeout_ms: 2_000,
-                // The default: member lists are forgotten by the log's membership events, not by time.
+                // The defaults: member lists are forgotten by the log's membership events, device lists by
+                // their stamps in presence, not by time.
                 members_cache_ms: 60_000,
-                devices_cache_ms: 0,
+                devices_cache_ms: 60_000,
                 cursor_save_ms: 1_000,
                 group_wedged_after_ms: 60_000,
                 message_ttl_secs: opts.message_ttl_secs,

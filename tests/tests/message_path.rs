@@ -57,6 +57,21 @@ where
     }
 }
 
+/// Waits until `user`'s `device` has no presence entry (its connection closed).
+async fn presence_gone(p: &Platform, user: &str, device: &str) -> anyhow::Result<()> {
+    let redis = p.redis().await?;
+    let key = presence::key(&p.redis_prefix, &UserId::parse(user)?);
+    eventually(&format!("{user}/{device}'s presence to go"), || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            let exists: bool = redis::cmd("HEXISTS").arg(&key).arg(device).query_async(&mut redis).await?;
+            Ok((!exists).then_some(()))
+        }
+    })
+    .await
+}
+
 /// Reads the conversation's records back from the Kafka topic, with a consumer of its own.
 async fn events_in_topic(topic: &str, conversation: &str, expected: usize) -> anyhow::Result<Vec<chat_model::Message>> {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -168,17 +183,7 @@ async fn an_offline_device_gets_its_inbox_in_order_and_acks_clear_it() -> anyhow
     // Bob's phone connects once (so the platform knows the device), then goes offline.
     let cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
     cb.close().await?;
-    let redis = p.redis().await?;
-    let key = presence::key(&p.redis_prefix, &UserId::parse(&b)?);
-    eventually("bob's presence to go", || {
-        let mut redis = redis.clone();
-        let key = key.clone();
-        async move {
-            let exists: bool = redis::cmd("HEXISTS").arg(&key).arg("phone").query_async(&mut redis).await?;
-            Ok((!exists).then_some(()))
-        }
-    })
-    .await?;
+    presence_gone(&p, &b, "phone").await?;
 
     let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
     ca.sync().await?;
@@ -1015,6 +1020,50 @@ async fn a_removed_member_can_no_longer_send_even_just_after_sending() -> anyhow
     })
     .await?;
     assert_eq!(bodies, vec![format!("from {c}"), format!("from {b}")]);
+    p.stop().await
+}
+
+/// The worker keeps a user's device list while the user's device-list stamp in presence is unchanged, and a
+/// gateway replaces the stamp after registering a device: a device that connected once after its user's list
+/// was kept gets an inbox row for the very next message, with no wait for a cache to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_registered_after_its_users_list_was_kept_gets_the_next_message_kept() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &b, "phone").await?;
+    ensure!(ca.sync().await?.is_empty() && cb.sync().await?.is_empty());
+
+    // The worker reads bob's device list [phone] for the first message, and keeps it.
+    let first = ca.send_message(&conv, "m-1", "before the tablet").await?;
+    assert_eq!(cb.expect("message").await?["seq"], first["seq"]);
+
+    // Bob's tablet connects once (its welcome comes after its registration), then goes offline.
+    let tablet = WsClient::connect(p.gateways[1].ws_addr, &b, "tablet").await?;
+    tablet.close().await?;
+    presence_gone(&p, &b, "tablet").await?;
+
+    let second = ca.send_message(&conv, "m-2", "after the tablet").await?;
+    assert_eq!(cb.expect("message").await?["seq"], second["seq"]);
+    let (bu, bd) = (UserId::parse(&b)?, DeviceId::parse("tablet")?);
+    let kept = eventually("the tablet's inbox", || {
+        let store = p.store.clone();
+        let (bu, bd) = (bu.clone(), bd.clone());
+        async move {
+            let rows = store.inbox(&bu, &bd, None, 100).await?;
+            Ok((!rows.is_empty()).then_some(rows))
+        }
+    })
+    .await;
+    let Ok(kept) = kept else {
+        tests::broken!("the tablet, registered after bob's device list was read, got no inbox row in 20 s");
+    };
+    let seqs: Vec<u64> = kept.iter().map(|m| m.seq.get()).collect();
+    assert_eq!(Some(seqs), second["seq"].as_u64().map(|s| vec![s]), "the tablet's inbox holds the second message only");
+
+    ca.close().await?;
+    cb.close().await?;
     p.stop().await
 }
 

@@ -138,9 +138,9 @@ variable "members_cache_ms" {
 }
 
 variable "devices_cache_ms" {
-  description = "WORKER_DEVICES_CACHE_MS: how long a user's device list is reused."
+  description = "WORKER_DEVICES_CACHE_MS: longest time a user's device list is reused (a device registered since changes its stamp in presence, which forgets it sooner)."
   type        = number
-  default     = 2000
+  default     = 60000
 
   validation {
     condition     = var.devices_cache_ms >= 0
