@@ -35,6 +35,8 @@ pub struct App {
     tls: Option<lifecycle::grpc_tls::GrpcTls>,
     /// Longest any call may run (a caller's shorter `grpc-timeout` wins).
     call_timeout: std::time::Duration,
+    /// Where the counters are served, when they are (CHAT_METRICS_ADDR).
+    metrics: Option<TcpListener>,
 }
 
 impl App {
@@ -90,11 +92,20 @@ impl App {
         let service = ChatGrpc { store, owned, log, send_timeout: config.send_timeout() };
         // A send may take its whole timeout; a history page a few store requests.
         let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;
-        Ok(App { listener, service, owners, tls, call_timeout })
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
+            None => None,
+        };
+        Ok(App { listener, service, owners, tls, call_timeout, metrics })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Where the counters are served, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then finishes the calls in flight.
@@ -114,6 +125,13 @@ impl App {
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         tracing::info!(addr = %self.listener.local_addr()?, "chat service listening");
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = self.metrics.map(|listener| {
+            let owners = self.owners.clone();
+            tokio::spawn(lifecycle::metrics::serve(listener, move || crate::metrics::render(&owners), async {
+                let _ = metrics_stopped.await;
+            }))
+        });
         let mut server = tonic::transport::Server::builder().timeout(self.call_timeout);
         if let Some(tls) = &self.tls {
             server = server.tls_config(tls.server()).context("mutual TLS")?;
@@ -130,6 +148,10 @@ impl App {
             .context("grpc server")?;
         // Leaving the owners' group hands this replica's partitions to the others at once.
         self.owners.stop().await;
+        let _ = stop_metrics.send(());
+        if let Some(served) = served {
+            let _ = served.await;
+        }
         Ok(())
     }
 }

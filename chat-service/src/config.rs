@@ -62,6 +62,9 @@ pub struct Config {
     /// How long a replica that stopped answering keeps its partitions (the owners' group session timeout).
     #[arg(long, env = "CHAT_OWNER_SESSION_TIMEOUT_MS", default_value_t = 6_000)]
     pub owner_session_timeout_ms: u64,
+    /// Where to serve the counters (`GET /metrics`, Prometheus text format); unset: not served.
+    #[arg(long, env = "CHAT_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// TLS to Kafka (KAFKA_TLS*).
     #[command(flatten)]
     pub kafka_tls: lifecycle::kafka_tls::KafkaTlsArgs,

@@ -81,7 +81,8 @@ impl App {
         });
         let served = self.metrics.map(|listener| {
             let mut stop = rx.clone();
-            tokio::spawn(crate::metrics::serve(listener, self.worker.metrics.clone(), async move {
+            let metrics = self.worker.metrics.clone();
+            tokio::spawn(lifecycle::metrics::serve(listener, move || metrics.render(), async move {
                 let _ = stop.wait_for(|s| *s).await;
             }))
         });

@@ -294,13 +294,21 @@ mod tests {
             let n = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             async move { Ok((stamp, n)) }
         };
-        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.unwrap(), (1, 1));
-        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.unwrap(), (1, 1), "same stamp: kept");
-        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.unwrap(), (2, 2), "new stamp: read again");
-        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.unwrap(), (2, 2));
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.expect("read"), (1, 1));
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 1, || read(1)).await.expect("read"), (1, 1), "same stamp: kept");
+        assert_eq!(
+            *cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.expect("read"),
+            (2, 2),
+            "new stamp: read again"
+        );
+        assert_eq!(*cache.get_if(&"bob", |v| v.0 == 2, || read(2)).await.expect("read"), (2, 2));
 
         let short: TtlCache<&str, (u32, u32)> = TtlCache::new(Duration::ZERO);
-        assert_eq!(*short.get_if(&"bob", |_| true, || read(2)).await.unwrap(), (2, 3));
-        assert_eq!(*short.get_if(&"bob", |_| true, || read(2)).await.unwrap(), (2, 4), "past its time: read again");
+        assert_eq!(*short.get_if(&"bob", |_| true, || read(2)).await.expect("read"), (2, 3));
+        assert_eq!(
+            *short.get_if(&"bob", |_| true, || read(2)).await.expect("read"),
+            (2, 4),
+            "past its time: read again"
+        );
     }
 }

@@ -1,12 +1,9 @@
-//! The worker's counters, served in the Prometheus text format at `GET /metrics` (WORKER_METRICS_ADDR).
+//! The worker's counters, served in the Prometheus text format at `GET /metrics` (WORKER_METRICS_ADDR,
+//! `lifecycle::metrics`).
 
-use std::fmt::Write as _;
-use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::net::TcpListener;
-use warp::Filter;
+use lifecycle::metrics::Sample;
 
 /// Counters since the process started.
 #[derive(Debug, Default)]
@@ -30,32 +27,19 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
-        let counters = [
-            ("worker_records_total", "Records taken from the log and handled.", &self.records),
-            ("worker_dead_letters_total", "Records copied to the dead-letter topic.", &self.dead_letters),
-            ("worker_retries_total", "Failed attempts at handling a record, retried.", &self.retries),
-            ("worker_consumer_errors_total", "Errors reported by the Kafka consumer.", &self.consumer_errors),
-            (
+        let c = |name, help, value: &AtomicU64| Sample::counter(name, help, value.load(Ordering::Relaxed));
+        lifecycle::metrics::render(&[
+            c("worker_records_total", "Records taken from the log and handled.", &self.records),
+            c("worker_dead_letters_total", "Records copied to the dead-letter topic.", &self.dead_letters),
+            c("worker_retries_total", "Failed attempts at handling a record, retried.", &self.retries),
+            c("worker_consumer_errors_total", "Errors reported by the Kafka consumer.", &self.consumer_errors),
+            c(
                 "worker_consumer_replacements_total",
                 "Kafka consumers replaced after being out of their group too long.",
                 &self.consumer_replacements,
             ),
-        ];
-        let mut out = String::new();
-        for (name, help, value) in counters {
-            let _ =
-                write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", value.load(Ordering::Relaxed));
-        }
-        out
+        ])
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let route = warp::path!("metrics")
-        .and(warp::get())
-        .map(move || warp::reply::with_header(metrics.render(), "content-type", "text/plain; version=0.0.4"));
-    warp::serve(route).incoming(listener).graceful(shutdown).run().await;
 }
 
 #[cfg(test)]

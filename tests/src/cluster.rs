@@ -96,6 +96,8 @@ pub struct Cluster {
     pub gateway_ws: Vec<SocketAddr>,
     /// gRPC addresses of the chat services, by index.
     pub chat_addrs: Vec<SocketAddr>,
+    /// Where each chat service serves its counters (`GET /metrics`), by index.
+    pub chat_metrics: Vec<SocketAddr>,
     procs: HashMap<(Kind, usize), Proc>,
     options: ClusterOptions,
 }
@@ -175,12 +177,16 @@ impl Cluster {
 
         let mut procs = HashMap::new();
         let mut chat_addrs = Vec::new();
+        let mut chat_metrics = Vec::new();
         for i in 0..options.chat_services {
             let port = free_port()?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             chat_addrs.push(addr);
+            let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            chat_metrics.push(metrics);
             let env = vec![
                 ("CHAT_GRPC_ADDR".into(), addr.to_string()),
+                ("CHAT_METRICS_ADDR".into(), metrics.to_string()),
                 ("CHAT_KAFKA_BROKERS".into(), kafka_brokers()),
                 ("CHAT_EVENTS_TOPIC".into(), topic.clone()),
                 ("CHAT_CASSANDRA_NODES".into(), cassandra_node()),
@@ -220,7 +226,7 @@ impl Cluster {
                 Proc::new(Kind::Worker, i, &id, worker_env(&topic, &id, &redis_prefix, &options), None),
             );
         }
-        let mut cluster = Cluster { id, topic, redis_prefix, gateway_ws, chat_addrs, procs, options };
+        let mut cluster = Cluster { id, topic, redis_prefix, gateway_ws, chat_addrs, chat_metrics, procs, options };
         for kind in [Kind::ChatService, Kind::Gateway, Kind::Worker] {
             for i in 0..cluster.count(kind) {
                 cluster.start_proc(kind, i).await?;

@@ -186,6 +186,8 @@ pub struct Platform {
     pub store: CassandraStore,
     /// Where each worker serves its counters.
     pub worker_metrics: Vec<SocketAddr>,
+    /// Where the chat service serves its counters.
+    pub chat_metrics: SocketAddr,
     chat: Stoppable,
     workers: Vec<Stoppable>,
     /// The services' mutual TLS, which an internal client must use too.
@@ -234,12 +236,14 @@ impl Platform {
             owner_session_timeout_ms: 6_000,
             grpc_tls: opts.grpc_tls.clone(),
             kafka_tls: opts.kafka_tls.clone(),
+            metrics_addr: Some("127.0.0.1:0".parse()?),
         };
         lifecycle::Config::validate(&chat_config).map_err(anyhow::Error::msg)?;
         let grpc_tls = opts.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let scheme = lifecycle::grpc_tls::scheme(grpc_tls.as_ref());
         let chat_app = chat_service::App::build(&chat_config).await?;
         let chat_addr = chat_app.local_addr();
+        let chat_metrics = chat_app.metrics_addr().context("the chat service serves no metrics")?;
         let (stop, task) = stoppable(|rx| {
             chat_app.run(async move {
                 let _ = rx.await;
@@ -339,7 +343,19 @@ impl Platform {
             message_ttl_secs: 0,
         })
         .await?;
-        Ok(Platform { id, topic, redis_prefix, chat_addr, gateways, store, chat, workers, worker_metrics, grpc_tls })
+        Ok(Platform {
+            id,
+            topic,
+            redis_prefix,
+            chat_addr,
+            gateways,
+            store,
+            chat,
+            workers,
+            worker_metrics,
+            chat_metrics,
+            grpc_tls,
+        })
     }
 
     /// A gRPC client of the chat service, as an internal service would use it.
@@ -359,13 +375,12 @@ impl Platform {
 
     /// The value of the counter `name` served by worker `i`.
     pub async fn worker_counter(&self, i: usize, name: &str) -> anyhow::Result<u64> {
-        let addr = *self.worker_metrics.get(i).context("no such worker")?;
-        let body = http_get(addr, "/metrics").await?;
-        let line = body
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .with_context(|| format!("no {name} in the metrics:\n{body}"))?;
-        Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+        metric_at(*self.worker_metrics.get(i).context("no such worker")?, name).await
+    }
+
+    /// The value of the counter or gauge `name` served by the chat service.
+    pub async fn chat_metric(&self, name: &str) -> anyhow::Result<u64> {
+        metric_at(self.chat_metrics, name).await
     }
 
     /// A Redis connection, to look at presence.
@@ -512,4 +527,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {}", head.lines().next().unwrap_or_default());
     Ok(body.to_owned())
+}
+
+/// The value of the sample `name` in the Prometheus text that `addr` serves at `/metrics`.
+pub async fn metric_at(addr: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    let body = http_get(addr, "/metrics").await?;
+    let line = body
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .with_context(|| format!("no {name} in the metrics:\n{body}"))?;
+    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
 }

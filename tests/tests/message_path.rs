@@ -170,6 +170,14 @@ async fn a_message_travels_from_one_gateway_to_the_other() -> anyhow::Result<()>
     let entry = presence::Entry::decode(&value.context("no presence for bob's laptop")?).context("bad presence")?;
     assert_eq!(entry.push_addr, p.gateways[1].grpc_addr.to_string());
 
+    // The chat service's counters: its one replica serves every partition, and committed the conversation's
+    // creation and the send.
+    assert_eq!(p.chat_metric("chat_owner_partitions").await?, PlatformOptions::default().partitions as u64);
+    let transactions = p.chat_metric("chat_owner_transactions_total").await?;
+    let events = p.chat_metric("chat_owner_events_total").await?;
+    ensure!(transactions >= 1 && events >= 2 && events >= transactions, "{transactions} transactions, {events} events");
+    assert_eq!(p.chat_metric("chat_owner_fenced_total").await?, 0);
+
     ca.close().await?;
     cb.close().await?;
     p.stop().await

@@ -630,6 +630,8 @@ struct Latency {
     receive: Percentiles,
     floor: Percentiles,
     ratio_p99: f64,
+    /// Events per log transaction of the chat services while the rate was measured (0: not ours).
+    events_per_transaction: f64,
     #[serde(flatten)]
     cost: Cost,
 }
@@ -681,7 +683,13 @@ async fn latency(
     let conns: Vec<Conn> = conns.into_iter().collect::<Option<Vec<_>>>().context("a client did not connect")?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let senders: Vec<(&Conn, &str)> = conns.iter().step_by(members).zip(convs.iter().map(String::as_str)).collect();
-    let fleet = Fleet { recorder: &recorder, members, kafka_floor: true, meter: &|| CpuMeter::start(cluster) };
+    let fleet = Fleet {
+        recorder: &recorder,
+        members,
+        kafka_floor: true,
+        meter: &|| CpuMeter::start(cluster),
+        chat_metrics: &cluster.chat_metrics,
+    };
     let out = at_rates(&fleet, &senders, size, rates, jvm_warmup).await;
     for c in &conns {
         c.close();
@@ -691,12 +699,24 @@ async fn latency(
 }
 
 /// Who is measured at fixed rates: the connections' recorder, the members per conversation, whether Kafka's
-/// floor is measured beside each rate, and the CPU meter of the processes that serve them.
+/// floor is measured beside each rate, the CPU meter of the processes that serve them, and where the chat
+/// services serve their counters (none for a peer).
 struct Fleet<'a> {
     recorder: &'a Recorder,
     members: usize,
     kafka_floor: bool,
     meter: &'a dyn Fn() -> CpuMeter,
+    chat_metrics: &'a [SocketAddr],
+}
+
+/// The chat services' transactions and their events so far, summed (zero when they serve no counters).
+async fn transactions(chat_metrics: &[SocketAddr]) -> (u64, u64) {
+    let (mut transactions, mut events) = (0, 0);
+    for addr in chat_metrics {
+        transactions += tests::platform::metric_at(*addr, "chat_owner_transactions_total").await.unwrap_or(0);
+        events += tests::platform::metric_at(*addr, "chat_owner_events_total").await.unwrap_or(0);
+    }
+    (transactions, events)
 }
 
 /// Sends at each rate in turn (after `jvm_warmup` at [`JVM_WARMUP_RATE`], and `size.warmup` at the rate
@@ -721,7 +741,11 @@ async fn at_rates<S: load::Sender>(
         recorder.restart();
         let errors_before = recorder.errors.load(Ordering::Relaxed);
         let cpu = (fleet.meter)();
+        let committed_before = transactions(fleet.chat_metrics).await;
         let sent = load::send_at_rate(senders, rate, size.measure, &counter).await;
+        let committed = transactions(fleet.chat_metrics).await;
+        let (txns, events) = (committed.0 - committed_before.0, committed.1 - committed_before.1);
+        let events_per_transaction = if txns == 0 { 0.0 } else { events as f64 / txns as f64 };
         // Let the last messages arrive: everything sent so far acknowledged, and what was sent in the
         // measured period received (at most 30 s more).
         let draining = Instant::now();
@@ -744,7 +768,7 @@ async fn at_rates<S: load::Sender>(
         let errors = recorder.errors.load(Ordering::Relaxed) - errors_before;
         let floor = if fleet.kafka_floor { kafka_floor(rate, size.measure).await? } else { Percentiles::default() };
         println!(
-            "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}, error answers {errors}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms",
+            "[bench] {members} members, {rate} messages/s: sent {sent}, deliveries {received}, error answers {errors}; p99 ack {:.1} ms, receive {:.1} ms; kafka floor p99 {:.1} ms; {txns} transactions, {events_per_transaction:.2} events each",
             ack.p99_ms, receive.p99_ms, floor.p99_ms
         );
         out.push(Latency {
@@ -758,6 +782,7 @@ async fn at_rates<S: load::Sender>(
             receive,
             floor,
             ratio_p99: if fleet.kafka_floor { receive.p99_ms / floor.p99_ms.max(0.001) } else { 0.0 },
+            events_per_transaction,
             cost: Cost::new(cpu, received),
         });
         if !caught_up {
@@ -1037,7 +1062,7 @@ async fn peer_latency(
     let first: Vec<&PeerConn> = conns.iter().step_by(members).collect();
     let meter =
         || CpuMeter::of(vec![("centrifugo".to_owned(), pid), ("load-generator".to_owned(), std::process::id())]);
-    let fleet = Fleet { recorder: &recorder, members, kafka_floor: false, meter: &meter };
+    let fleet = Fleet { recorder: &recorder, members, kafka_floor: false, meter: &meter, chat_metrics: &[] };
     let out = match publish {
         Publish::Client => {
             let senders: Vec<(&PeerConn, &str)> = first.into_iter().zip(channels.iter().map(String::as_str)).collect();

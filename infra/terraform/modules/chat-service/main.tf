@@ -20,6 +20,7 @@ locals {
     CHAT_PROJECTOR_GROUP_ID       = var.worker_group_id
     CHAT_TRANSACTION_TIMEOUT_MS   = tostring(var.transaction_timeout_ms)
     CHAT_OWNER_SESSION_TIMEOUT_MS = tostring(var.owner_session_timeout_ms)
+    CHAT_METRICS_ADDR             = "0.0.0.0:${var.metrics_port}"
     GRPC_TLS_SERVER_NAME          = var.grpc_tls == null ? null : var.grpc_tls_server_name
     RUST_LOG                      = var.rust_log
   }
@@ -74,7 +75,10 @@ module "service" {
   # The chat service finishes the calls in flight after SIGTERM (each bounded by CHAT_SEND_TIMEOUT_MS).
   stop_timeout = 30
 
-  port_mappings = [{ name = "grpc", container_port = var.grpc_port }]
+  port_mappings = [
+    { name = "grpc", container_port = var.grpc_port },
+    { name = "metrics", container_port = var.metrics_port },
+  ]
 
   desired_count = var.desired_count
   min_count     = var.min_count

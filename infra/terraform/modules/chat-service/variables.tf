@@ -60,6 +60,17 @@ variable "grpc_port" {
   }
 }
 
+variable "metrics_port" {
+  description = "Port of CHAT_METRICS_ADDR (GET /metrics, Prometheus text: the partition owners' counters)."
+  type        = number
+  default     = 9100
+
+  validation {
+    condition     = var.metrics_port >= 1024 && var.metrics_port <= 65535
+    error_message = "An unprivileged port: the image runs as a non-root user."
+  }
+}
+
 variable "kafka_bootstrap_brokers" {
   description = "CHAT_KAFKA_BROKERS: bootstrap brokers (module kafka: output bootstrap_brokers_tls with kafka_tls, bootstrap_brokers without)."
   type        = string

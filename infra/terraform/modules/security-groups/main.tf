@@ -7,6 +7,7 @@
 #   chat_service, delivery_worker, chatctl -> kafka (kafka_port), scylla (cql_ports)
 #   gateway, delivery_worker               -> redis (redis_port)
 #   scrapers       -> delivery_worker  worker_metrics_port
+#   scrapers       -> chat_service     chat_service_metrics_port
 #   scylla         -> scylla           7000 (inter-node)
 # Tasks also reach AWS APIs on 443 (image pull, Secrets Manager, CloudWatch Logs) through NAT or VPC endpoints.
 
@@ -30,6 +31,12 @@ locals {
   scylla_ingress = merge([for c in local.data_clients : { for p in var.cql_ports : "${c}-${p}" => { from = c, port = p } }]...)
   redis_ingress  = { gateway = "gateway", delivery_worker = "delivery_worker" }
   aws_api_egress = ["gateway", "chat_service", "delivery_worker", "chatctl", "scylla"]
+
+  # Who serves GET /metrics, on which port; every scraper reaches each of them.
+  metrics_ports = { delivery_worker = var.worker_metrics_port, chat_service = var.chat_service_metrics_port }
+  metrics_ingress = merge([for tier in keys(local.metrics_ports) : {
+    for sg in var.metrics_source_security_group_ids : "${tier}-${sg}" => { tier = tier, scraper = sg }
+  }]...)
 }
 
 resource "aws_security_group" "this" {
@@ -217,15 +224,15 @@ resource "aws_vpc_security_group_egress_rule" "to_redis" {
 }
 
 # --- metrics and AWS APIs ---------------------------------------------------------------------------------------
-resource "aws_vpc_security_group_ingress_rule" "worker_metrics" {
-  for_each = toset(var.metrics_source_security_group_ids)
+resource "aws_vpc_security_group_ingress_rule" "metrics" {
+  for_each = local.metrics_ingress
 
-  security_group_id            = aws_security_group.this["delivery_worker"].id
+  security_group_id            = aws_security_group.this[each.value.tier].id
   description                  = "Prometheus scrapes of GET /metrics"
-  referenced_security_group_id = each.value
+  referenced_security_group_id = each.value.scraper
   ip_protocol                  = "tcp"
-  from_port                    = var.worker_metrics_port
-  to_port                      = var.worker_metrics_port
+  from_port                    = local.metrics_ports[each.value.tier]
+  to_port                      = local.metrics_ports[each.value.tier]
 }
 
 resource "aws_vpc_security_group_egress_rule" "aws_apis" {

@@ -84,8 +84,19 @@ variable "worker_metrics_port" {
   }
 }
 
+variable "chat_service_metrics_port" {
+  description = "The chat services' metrics port (CHAT_METRICS_ADDR)."
+  type        = number
+  default     = 9100
+
+  validation {
+    condition     = var.chat_service_metrics_port >= 1024 && var.chat_service_metrics_port <= 65535
+    error_message = "An unprivileged port: the images run as a non-root user."
+  }
+}
+
 variable "metrics_source_security_group_ids" {
-  description = "Security groups of the Prometheus scrapers allowed to read the workers' /metrics."
+  description = "Security groups of the Prometheus scrapers allowed to read the workers' and the chat services' /metrics."
   type        = list(string)
   default     = []
 }
