@@ -16,7 +16,11 @@ use chat_model::event::{self, LogEvent};
 use rdkafka::config::ClientConfig;
 
 use crate::kafka_client::{KafkaClient, record_headers};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use lifecycle::kafka_producer::{LogProducer, Record};
+use rdkafka::producer::Producer;
+
+/// The name of the producer's polling thread.
+const REPORTS_THREAD: &str = "receipt-reports";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -37,7 +41,7 @@ struct Inner {
     /// The topic's partition count: each event goes to its conversation's partition (`partition_of`).
     partitions: i32,
     /// The producer in use, and its generation (how many were replaced before it).
-    producer: RwLock<(u64, FutureProducer)>,
+    producer: RwLock<(u64, LogProducer)>,
     /// When the producer in use last delivered a record, or was created (ms since the epoch).
     last_success_ms: AtomicI64,
     /// Failing this long with no success replaces the producer.
@@ -71,7 +75,7 @@ impl KafkaEventLog {
             .set("linger.ms", "1")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("client.id", "chat-service");
-        let producer: FutureProducer = config.create().map_err(|e| LogError::Kafka(e.to_string()))?;
+        let producer = LogProducer::create(&config, REPORTS_THREAD).map_err(|e| LogError::Kafka(e.to_string()))?;
         Ok(KafkaEventLog {
             inner: Arc::new(Inner {
                 config,
@@ -90,18 +94,22 @@ impl KafkaEventLog {
         let payload = event::encode(ev, created_at_ms);
         let key = ev.conversation_id().to_string();
         let partition = chat_model::partition_of(ev.conversation_id(), self.inner.partitions);
-        let record = FutureRecord::to(&self.inner.topic)
-            .partition(partition)
-            .key(&key)
-            .payload(&payload)
-            .headers(record_headers());
         let (generation, producer) = self.inner.current();
-        match producer.send(record, Duration::from_secs(0)).await {
+        match producer
+            .write(Record {
+                topic: &self.inner.topic,
+                partition: Some(partition),
+                key: Some(key.as_bytes()),
+                payload: &payload,
+                headers: record_headers(),
+            })
+            .await
+        {
             Ok(_) => {
                 self.inner.last_success_ms.fetch_max(chat_model::now_ms(), Ordering::Relaxed);
                 Ok(())
             }
-            Err((e, _)) => {
+            Err(e) => {
                 self.inner.renew_if_stuck(generation, &producer);
                 Err(LogError::Kafka(e.to_string()))
             }
@@ -115,15 +123,15 @@ impl KafkaEventLog {
 }
 
 impl Inner {
-    fn current(&self) -> (u64, FutureProducer) {
+    fn current(&self) -> (u64, LogProducer) {
         let guard = self.producer.read().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
     }
 
     /// Replaces the producer of `generation` if it reported a fatal error, or has had no success for longer
     /// than the patience; once per generation (concurrent failures replace it once).
-    fn renew_if_stuck(&self, generation: u64, producer: &FutureProducer) {
-        let fatal = producer.client().fatal_error();
+    fn renew_if_stuck(&self, generation: u64, producer: &LogProducer) {
+        let fatal = producer.get().client().fatal_error();
         let silent_ms = chat_model::now_ms() - self.last_success_ms.load(Ordering::Relaxed);
         if fatal.is_none() && silent_ms < i64::try_from(self.patience.as_millis()).unwrap_or(i64::MAX) {
             return;
@@ -132,7 +140,7 @@ impl Inner {
         if guard.0 != generation {
             return;
         }
-        match self.config.create::<FutureProducer>() {
+        match LogProducer::create(&self.config, REPORTS_THREAD) {
             Ok(fresh) => {
                 tracing::warn!(generation, ?fatal, silent_ms, "kafka producer replaced: it was failing");
                 *guard = (generation + 1, fresh);

@@ -20,7 +20,6 @@
 
 pub mod group;
 pub mod kafka;
-pub mod producer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_store::CassandraStore;
+use lifecycle::kafka_producer::LogProducer;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -15,6 +15,9 @@ use crate::Config;
 use crate::consumer::{Loop, NewConsumer, STATISTICS_INTERVAL, WorkerConsumer, WorkerContext};
 use crate::deliver::Deliverer;
 use crate::metrics::Metrics;
+
+/// How long a dead letter may take to be written before the attempt fails (and is made again).
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct App {
     worker: Loop,
@@ -37,12 +40,15 @@ impl App {
         };
         let consumer = new_consumer()?;
         // Appends dead letters.
-        let dead_letters: FutureProducer = config
-            .kafka_client()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()
-            .context("creating the dead-letter producer")?;
+        let dead_letters = LogProducer::create(
+            config
+                .kafka_client()
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("message.timeout.ms", DEAD_LETTER_TIMEOUT.as_millis().to_string()),
+            "dead-letter-reports",
+        )
+        .context("creating the dead-letter producer")?;
         let deliverer = Deliverer::new(
             store,
             presence,

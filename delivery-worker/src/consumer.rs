@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chat_model::event::{self, LogEvent};
+use lifecycle::kafka_producer::{LogProducer, Record};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message as _};
@@ -104,7 +104,7 @@ pub struct Loop {
     pub consumer: WorkerConsumer,
     pub new_consumer: NewConsumer,
     pub deliverer: Deliverer,
-    pub dead_letters: FutureProducer,
+    pub dead_letters: LogProducer,
     pub dead_letter_topic: String,
     pub metrics: Arc<Metrics>,
     /// How long a lane lets delivery cursors' moves wait before writing them.
@@ -175,7 +175,7 @@ struct Handler {
     wedged_after: Duration,
     new_consumer: NewConsumer,
     deliverer: Deliverer,
-    dead_letters: FutureProducer,
+    dead_letters: LogProducer,
     dead_letter_topic: String,
     metrics: Arc<Metrics>,
     offsets: Mutex<Offsets>,
@@ -474,18 +474,19 @@ impl Handler {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "error", value: Some(reason) })
                 .insert(Header { key: "origin", value: Some(origin.as_str()) });
-            let mut out = FutureRecord::to(&self.dead_letter_topic)
-                .payload(record.payload().unwrap_or_default())
-                .headers(headers);
-            if let Some(key) = record.key() {
-                out = out.key(key);
-            }
-            match self.dead_letters.send(out, Duration::from_secs(5)).await {
+            let out = Record {
+                topic: &self.dead_letter_topic,
+                partition: None,
+                key: record.key(),
+                payload: record.payload().unwrap_or_default(),
+                headers,
+            };
+            match self.dead_letters.write(out).await {
                 Ok(_) => {
                     Metrics::add(&self.metrics.dead_letters);
                     return true;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "dead-letter write failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

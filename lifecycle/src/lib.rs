@@ -3,6 +3,7 @@
 
 pub mod failpoints;
 pub mod grpc_tls;
+pub mod kafka_producer;
 pub mod kafka_tls;
 pub mod metrics;
 pub mod redis_tls;

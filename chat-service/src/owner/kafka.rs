@@ -13,9 +13,9 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use super::producer::{LogProducer, Reports};
 use super::{PartitionLog, WriteError};
 use crate::kafka_client::{KafkaClient, record_headers};
+use lifecycle::kafka_producer::{LogProducer, Record, Reports};
 
 /// The context of a reader that reads a partition to its end: reaching the end is reported as an error
 /// event (`enable.partition.eof`), which is what it waits for, not something to log.
@@ -98,8 +98,8 @@ impl KafkaPartition {
             .set("message.timeout.ms", config.call_timeout.as_millis().to_string())
             .set("client.id", format!("chat-service-owner-{partition}"))
             .clone();
-        let producer =
-            LogProducer::create(&settings).map_err(|e| WriteError::Unknown(format!("creating the producer: {e}")))?;
+        let producer = LogProducer::create(&settings, "owner-reports")
+            .map_err(|e| WriteError::Unknown(format!("creating the producer: {e}")))?;
         let timeout = config.call_timeout;
         let p = producer.clone();
         match blocking(move || p.get().init_transactions(timeout)).await? {
@@ -162,7 +162,13 @@ impl PartitionLog for KafkaPartition {
         for ev in &events {
             let payload = event::encode(ev, created_at(ev));
             let key = ev.conversation_id().to_string();
-            match self.producer.send(&self.config.topic, self.partition, &key, &payload, record_headers()) {
+            match self.producer.send(Record {
+                topic: &self.config.topic,
+                partition: Some(self.partition),
+                key: Some(key.as_bytes()),
+                payload: &payload,
+                headers: record_headers(),
+            }) {
                 Ok(d) => deliveries.push(d),
                 Err(e) => return Err(self.abort(format!("producing: {e}")).await),
             }
