@@ -11,9 +11,7 @@ use crate::{CassandraStore, StoreError};
 impl CassandraStore {
     /// Applies a `MessageSent`: its history row and its send's idempotency record, together.
     pub async fn project_message(&self, m: &Message) -> Result<(), StoreError> {
-        let (history, send) = tokio::join!(self.write_message(m), self.put_send_record(m));
-        history?;
-        send
+        self.write_message_and_send(m).await
     }
 
     /// Applies one event of the log.

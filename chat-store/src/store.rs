@@ -7,6 +7,7 @@ use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, 
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::CqlTimestamp;
@@ -80,7 +81,6 @@ struct Statements {
     select_conversation: PreparedStatement,
     select_members: PreparedStatement,
     select_member: PreparedStatement,
-    insert_message: PreparedStatement,
     select_messages: PreparedStatement,
     select_first_after: PreparedStatement,
     insert_device: PreparedStatement,
@@ -91,7 +91,6 @@ struct Statements {
     delete_inbox_upto: PreparedStatement,
     select_cursor: PreparedStatement,
     update_cursor: PreparedStatement,
-    insert_send: PreparedStatement,
     select_send: PreparedStatement,
     select_last_in_bucket: PreparedStatement,
     upsert_read_mark: PreparedStatement,
@@ -102,6 +101,8 @@ struct Statements {
     select_user_conversations: PreparedStatement,
     select_created_at: PreparedStatement,
     select_sent_at: PreparedStatement,
+    /// A message's history row and its send's idempotency record, in one request (an unlogged batch).
+    project_message: Batch,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_id, sender_device_id, client_msg_id, body, sent_at";
@@ -320,25 +321,6 @@ impl CassandraStore {
         Ok(Some(SendRecord { message_id, seq, sent_at_ms: sent_at.map(|t| t.0).unwrap_or(0) }))
     }
 
-    /// Writes a message's idempotency record. Idempotent: a replay writes the same values.
-    pub async fn put_send_record(&self, m: &Message) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(
-                &self.st.insert_send,
-                (
-                    m.conversation_id.as_uuid(),
-                    m.sender_id.as_str(),
-                    m.client_msg_id.as_str(),
-                    to_i64(m.seq.get()),
-                    m.message_id.as_uuid(),
-                    CqlTimestamp(m.sent_at_ms),
-                    self.message_ttl,
-                ),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Records which replica owns a partition of `topic` (its advertised address).
     pub async fn set_partition_owner(&self, topic: &str, partition: i32, owner: &str) -> Result<(), StoreError> {
         self.session.execute_unpaged(&self.st.insert_owner, (topic, partition, owner, CqlTimestamp(now_ms()))).await?;
@@ -356,25 +338,32 @@ impl CassandraStore {
         Ok(row.and_then(|(o,)| o))
     }
 
-    /// Writes the immutable history row of a message. Idempotent: a replay writes the same values.
-    pub async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(
-                &self.st.insert_message,
-                (
-                    m.conversation_id.as_uuid(),
-                    bucket_of(m.seq),
-                    to_i64(m.seq.get()),
-                    m.message_id.as_uuid(),
-                    m.sender_id.as_str(),
-                    m.sender_device_id.as_str(),
-                    m.client_msg_id.as_str(),
-                    m.body.as_str(),
-                    CqlTimestamp(m.sent_at_ms),
-                    self.message_ttl,
-                ),
-            )
-            .await?;
+    /// Writes a message's immutable history row and its send's idempotency record, in one request: an
+    /// unlogged batch (two partitions, no batch log), so either may be written without the other when it
+    /// fails, as with two requests. Idempotent: a replay writes the same values.
+    pub async fn write_message_and_send(&self, m: &Message) -> Result<(), StoreError> {
+        let history = (
+            m.conversation_id.as_uuid(),
+            bucket_of(m.seq),
+            to_i64(m.seq.get()),
+            m.message_id.as_uuid(),
+            m.sender_id.as_str(),
+            m.sender_device_id.as_str(),
+            m.client_msg_id.as_str(),
+            m.body.as_str(),
+            CqlTimestamp(m.sent_at_ms),
+            self.message_ttl,
+        );
+        let send = (
+            m.conversation_id.as_uuid(),
+            m.sender_id.as_str(),
+            m.client_msg_id.as_str(),
+            to_i64(m.seq.get()),
+            m.message_id.as_uuid(),
+            CqlTimestamp(m.sent_at_ms),
+            self.message_ttl,
+        );
+        self.session.batch(&self.st.project_message, (history, send)).await?;
         Ok(())
     }
 
@@ -618,7 +607,23 @@ fn message_from_row(id: ConversationId, r: MessageRow, table: &'static str) -> R
 
 impl Statements {
     async fn prepare(s: &Session) -> Result<Statements, StoreError> {
+        let insert_message = s
+            .prepare(format!(
+                    "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     USING TTL ?"
+            ))
+            .await?;
+        let insert_send = s
+            .prepare(
+                    "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
+            )
+            .await?;
+        let mut project_message = Batch::new(BatchType::Unlogged);
+        project_message.append_statement(insert_message);
+        project_message.append_statement(insert_send);
         Ok(Statements {
+            project_message,
             insert_conversation: s
                 .prepare(
                     "INSERT INTO conversations (conversation_id, kind, title, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -645,12 +650,6 @@ impl Statements {
             select_members: s.prepare("SELECT user_id FROM members WHERE conversation_id = ?").await?,
             select_member: s
                 .prepare("SELECT user_id FROM members WHERE conversation_id = ? AND user_id = ?")
-                .await?,
-            insert_message: s
-                .prepare(format!(
-                    "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                     USING TTL ?"
-                ))
                 .await?,
             select_messages: s
                 .prepare(format!(
@@ -689,12 +688,6 @@ impl Statements {
             select_cursor: s.prepare("SELECT delivered_seq FROM delivery_cursors WHERE conversation_id = ?").await?,
             update_cursor: s
                 .prepare("UPDATE delivery_cursors SET delivered_seq = ? WHERE conversation_id = ?")
-                .await?,
-            insert_send: s
-                .prepare(
-                    "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \
-                     VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
-                )
                 .await?,
             select_send: s
                 .prepare(
