@@ -609,13 +609,13 @@ impl Statements {
     async fn prepare(s: &Session) -> Result<Statements, StoreError> {
         let insert_message = s
             .prepare(format!(
-                    "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO messages (conversation_id, bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
                      USING TTL ?"
             ))
             .await?;
         let insert_send = s
             .prepare(
-                    "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \
+                "INSERT INTO sends (conversation_id, sender_id, client_msg_id, seq, message_id, sent_at) \
                      VALUES (?, ?, ?, ?, ?, ?) USING TTL ?",
             )
             .await?;
