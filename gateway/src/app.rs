@@ -38,6 +38,8 @@ pub struct App {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Mutual TLS of the push server (and of the clients, already built into `upgrader`).
     grpc_tls: Option<lifecycle::grpc_tls::GrpcTls>,
+    /// The listener of `GET /metrics`, when served.
+    metrics: Option<TcpListener>,
 }
 
 impl App {
@@ -51,6 +53,10 @@ impl App {
             TcpListener::bind(config.ws_addr).await.with_context(|| format!("binding {}", config.ws_addr))?;
         let grpc_listener =
             TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding {}", config.grpc_addr))?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
+            None => None,
+        };
         let push_addr = match &config.advertise_addr {
             Some(a) => a.clone(),
             None => grpc_listener.local_addr()?.to_string(),
@@ -83,6 +89,7 @@ impl App {
             pushers: routing::Pushers::with_tls(TYPING_DEADLINE, grpc_tls.as_ref().map(|t| t.client())),
             members: std::sync::Mutex::new(std::collections::HashMap::new()),
             limits: crate::limits::Limits::new(config.limits()),
+            metrics: crate::metrics::Metrics::default(),
         });
         let upgrader = Arc::new(Upgrader {
             verifier: Verifier::new(&config.token_policy().map_err(anyhow::Error::msg)?).map_err(anyhow::Error::msg)?,
@@ -99,11 +106,17 @@ impl App {
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             tls,
             grpc_tls,
+            metrics,
         })
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -144,6 +157,15 @@ impl App {
         );
         let grpc = tokio::spawn(grpc);
         let refresher = tokio::spawn(refresh_presence(shared.clone()));
+        // Served until the sessions are gone, so that a scrape during the drain still sees them close.
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics.map(|listener| {
+            let shared = shared.clone();
+            let render = move || shared.metrics.render(shared.registry.len());
+            tokio::spawn(lifecycle::metrics::serve(listener, render, async {
+                let _ = metrics_stopped.await;
+            }))
+        });
         tracing::info!(ws = %self.ws_listener.local_addr()?, "gateway listening");
         let http = tokio::spawn(http::serve(
             self.ws_listener,
@@ -164,6 +186,10 @@ impl App {
         }
         refresher.abort();
         let _ = grpc.await;
+        let _ = stop_metrics.send(());
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         Ok(())
     }
 }

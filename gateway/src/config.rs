@@ -108,6 +108,10 @@ pub struct Config {
     /// Time allowed for a client's TLS handshake, and then for its HTTP request headers.
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
+    /// Where to serve the counters (`GET /metrics`, Prometheus text format), apart from the public
+    /// WebSocket port; unset: not served.
+    #[arg(long, env = "GATEWAY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Mutual TLS with the chat services and the workers (GRPC_TLS_*).
     #[command(flatten)]
     pub grpc_tls: lifecycle::grpc_tls::GrpcTlsArgs,
@@ -121,6 +125,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("ws_addr", &self.ws_addr)
             .field("grpc_addr", &self.grpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .field("chat_service_urls", &self.chat_service_urls)
             .field("redis_prefix", &self.redis_prefix)
             .field("jwt_secret", &"<redacted>")

@@ -158,7 +158,13 @@ fn routes(upgrader: Arc<Upgrader>) -> impl Filter<Extract = (Reply,), Error = wa
             move |headers: HeaderMap,
                   query: HashMap<String, String>,
                   on_upgrade: Option<OnUpgrade>,
-                  slot: Option<Slot>| { upgrade(&upgrader, &headers, &query, on_upgrade, slot) },
+                  slot: Option<Slot>| {
+                let reply = upgrade(&upgrader, &headers, &query, on_upgrade, slot);
+                if reply.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    crate::metrics::bump(&upgrader.shared.metrics.refused_upgrades);
+                }
+                reply
+            },
         );
     live.or(ready).unify().or(ws).unify().or(web).unify()
 }

@@ -7,6 +7,7 @@ use chat_model::{ConversationId, DeviceId, UserId};
 use proto::v1::{self, gateway_service_server::GatewayService};
 use tonic::{Request, Response, Status};
 
+use crate::metrics;
 use crate::protocol::ServerFrame;
 use crate::registry::{CONNECTED_AGAIN, PushOutcome};
 use crate::session::{Shared, message_frame};
@@ -66,10 +67,14 @@ impl GatewayService for PushGrpc {
                 continue;
             };
             let Some(conn) = self.shared.registry.get(&user, &device) else {
+                metrics::bump(&self.shared.metrics.push_missed);
                 continue;
             };
             if conn.push(conversation, seq, frame.clone()) == PushOutcome::Queued {
+                metrics::bump(&self.shared.metrics.pushed);
                 delivered.push(d);
+            } else {
+                metrics::bump(&self.shared.metrics.push_missed);
             }
         }
         Ok(Response::new(v1::PushResponse { delivered }))

@@ -39,6 +39,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use crate::auth::Identity;
 use crate::chat_pool::ChatPool;
 use crate::limits::Bucket;
+use crate::metrics;
 use crate::protocol::{self, ClientFrame, ErrorCode, FrameError, ServerFrame, close};
 use crate::registry::{CONNECTED_AGAIN, CloseReason, ConnHandle, Next, Registry};
 use routing::{Holder, Presence};
@@ -64,6 +65,8 @@ pub struct Shared {
     pub members: std::sync::Mutex<HashMap<ConversationId, (Instant, Vec<UserId>)>>,
     /// Rate and connection limits.
     pub limits: Arc<crate::limits::Limits>,
+    /// What this process counts (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -104,6 +107,7 @@ where
 /// starts the inbox's first pass.
 async fn open<S>(ws: Box<WebSocketStream<S>>, identity: Identity, shared: Arc<Shared>) -> Connection<S> {
     let conn_id = shared.registry.next_conn_id();
+    metrics::bump(&shared.metrics.opened);
     // The bug of failpoint `gateway-unbounded-queue`, which the slow-client scenario must catch.
     let send_queue = if lifecycle::failpoint("gateway-unbounded-queue") { 1 << 24 } else { shared.send_queue };
     let handle = Arc::new(ConnHandle::new(conn_id, identity.user.clone(), identity.device.clone(), send_queue));
@@ -345,6 +349,7 @@ where
             _ => None,
         };
         if let WsMessage::Text(_) | WsMessage::Binary(_) = &frame {
+            metrics::bump(&self.shared.metrics.frames_in);
             let id = match &parsed {
                 Some(Ok(f)) => f.request_id(),
                 Some(Err(e)) => e.id.clone(),
@@ -353,7 +358,10 @@ where
             match self.take(id) {
                 Ok(()) => {}
                 Err(None) => return Err((close::RATE_LIMITED, "rate limit exceeded")),
-                Err(Some(refusal)) => return Ok(Some(refusal)),
+                Err(Some(refusal)) => {
+                    metrics::bump(&self.shared.metrics.rate_limited);
+                    return Ok(Some(refusal));
+                }
             }
         }
         match frame {
@@ -417,6 +425,13 @@ where
     /// for the client to answer it. Then presence and the registry, and a last linger on the socket.
     async fn end(mut self, reason: CloseReason) {
         self.handle.close_with(reason);
+        let counted = &self.shared.metrics;
+        metrics::bump(&counted.closed);
+        match reason.0 {
+            close::SLOW_CONSUMER => metrics::bump(&counted.closed_slow),
+            close::RATE_LIMITED => metrics::bump(&counted.closed_rate_limited),
+            _ => {}
+        }
         if let Some((_, worker)) = self.requests.worker.take() {
             worker.abort();
         }

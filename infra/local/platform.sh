@@ -54,7 +54,7 @@ up() {
   for i in $(seq 1 "$CHAT_SERVICES"); do
     local port=$((50050 + i))
     start "chat-service-$i" env CHAT_GRPC_ADDR="127.0.0.1:$port" CHAT_CASSANDRA_KEYSPACE="$KEYSPACE" \
-      CHAT_EVENTS_TOPIC="$TOPIC" "$BIN/chat-service"
+      CHAT_EVENTS_TOPIC="$TOPIC" CHAT_METRICS_ADDR="127.0.0.1:$((9110 + i))" "$BIN/chat-service"
     wait_port "chat-service-$i" "$port"
     chat_urls+=("http://127.0.0.1:$port")
   done
@@ -69,13 +69,14 @@ up() {
   for i in $(seq 1 "$GATEWAYS"); do
     local ws=$((8079 + i)) grpc=$((50060 + i))
     start "gateway-$i" env GATEWAY_WS_ADDR="127.0.0.1:$ws" GATEWAY_GRPC_ADDR="127.0.0.1:$grpc" \
-      GATEWAY_CHAT_SERVICE_URLS="$urls" GATEWAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" "${web[@]}" "$BIN/gateway"
+      GATEWAY_METRICS_ADDR="127.0.0.1:$((9100 + i))" GATEWAY_CHAT_SERVICE_URLS="$urls" GATEWAY_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" "${web[@]}" "$BIN/gateway"
     wait_port "gateway-$i" "$ws"
   done
   for i in $(seq 1 "$WORKERS"); do
     start "delivery-worker-$i" env WORKER_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT" WORKER_EVENTS_TOPIC="$TOPIC" \
       WORKER_DEAD_LETTER_TOPIC="$TOPIC.dlq" WORKER_CASSANDRA_NODES="127.0.0.1:$CASSANDRA_PORT" \
-      WORKER_CASSANDRA_KEYSPACE="$KEYSPACE" WORKER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" "$BIN/delivery-worker"
+      WORKER_CASSANDRA_KEYSPACE="$KEYSPACE" WORKER_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" \
+      WORKER_METRICS_ADDR="127.0.0.1:$((9120 + i))" "$BIN/delivery-worker"
   done
   sleep 1
   for i in $(seq 1 "$WORKERS"); do
@@ -107,6 +108,7 @@ The platform is up on 127.0.0.1.
 $links
   WebSocket gateways : $(for i in $(seq 1 "$GATEWAYS"); do printf 'ws://127.0.0.1:%s/v1/ws  ' $((8079 + i)); done)
   chat service (gRPC): ${chat_urls[*]}
+  GET /metrics       : gateways 127.0.0.1:9101.., chat services 127.0.0.1:9111.., workers 127.0.0.1:9121..
   Kafka $KAFKA_PORT, Cassandra $CASSANDRA_PORT, Redis $REDIS_PORT; logs in $LOGS
   Token secret       : $secret_file (GATEWAY_JWT_SECRET)
 Make a token:          GATEWAY_JWT_SECRET=\$(cat $secret_file) target/debug/chatctl token --user alice

@@ -1,5 +1,6 @@
 //! Counters served in the Prometheus text format at `GET /metrics`: the exposition and the tiny server
-//! that the chat service (CHAT_METRICS_ADDR) and the delivery worker (WORKER_METRICS_ADDR) share.
+//! that the gateway (GATEWAY_METRICS_ADDR), the chat service (CHAT_METRICS_ADDR) and the delivery worker
+//! (WORKER_METRICS_ADDR) share.
 
 use std::fmt::Write as _;
 use std::future::Future;

@@ -168,6 +168,8 @@ impl Default for PlatformOptions {
 pub struct GatewayHandle {
     pub ws_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where it serves `GET /metrics`.
+    pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -274,6 +276,7 @@ impl Platform {
                 inbox_recheck_ms: opts.inbox_recheck_ms,
                 rpc_timeout_ms: 10_000,
                 handshake_timeout_ms: opts.handshake_timeout_ms,
+                metrics_addr: Some("127.0.0.1:0".parse()?),
                 tls_cert_file: opts.tls.as_ref().map(|t| t.0.clone()),
                 tls_key_file: opts.tls.as_ref().map(|t| t.1.clone()),
                 rate_per_connection: opts.rate_per_connection,
@@ -292,12 +295,13 @@ impl Platform {
             lifecycle::Config::validate(&config).map_err(anyhow::Error::msg)?;
             let app = gateway::App::build(&config).await?;
             let (ws_addr, grpc_addr) = (app.ws_addr(), app.grpc_addr());
+            let metrics_addr = app.metrics_addr().context("the gateway serves no metrics")?;
             let (stop, task) = stoppable(|rx| {
                 app.run(async move {
                     let _ = rx.await;
                 })
             });
-            gateways.push(GatewayHandle { ws_addr, grpc_addr, stop, task });
+            gateways.push(GatewayHandle { ws_addr, grpc_addr, metrics_addr, stop, task });
         }
 
         let mut workers = Vec::new();
@@ -376,6 +380,11 @@ impl Platform {
     /// The value of the counter `name` served by worker `i`.
     pub async fn worker_counter(&self, i: usize, name: &str) -> anyhow::Result<u64> {
         metric_at(*self.worker_metrics.get(i).context("no such worker")?, name).await
+    }
+
+    /// The value of the counter or gauge `name` served by gateway `i`.
+    pub async fn gateway_metric(&self, i: usize, name: &str) -> anyhow::Result<u64> {
+        metric_at(self.gateways.get(i).context("no such gateway")?.metrics_addr, name).await
     }
 
     /// The value of the counter or gauge `name` served by the chat service.

@@ -178,7 +178,22 @@ async fn a_message_travels_from_one_gateway_to_the_other() -> anyhow::Result<()>
     ensure!(transactions >= 1 && events >= 2 && events >= transactions, "{transactions} transactions, {events} events");
     assert_eq!(p.chat_metric("chat_owner_fenced_total").await?, 0);
 
+    // The gateways' counters: alice's gateway forwarded her one send, bob's took the one push.
+    assert_eq!(p.gateway_metric(0, "gateway_connections").await?, 1);
+    assert_eq!(p.gateway_metric(0, "gateway_sends_total").await?, 1);
+    assert_eq!(p.gateway_metric(0, "gateway_send_errors_total").await?, 0);
+    let pushed = p.gateway_metric(1, "gateway_pushed_total").await?;
+    ensure!(pushed >= 1, "bob's gateway counted {pushed} pushes");
+    assert_eq!(p.gateway_metric(1, "gateway_connections_opened_total").await?, 1);
     ca.close().await?;
+    // Alice's session ends on her close: the gauge falls (once the session let go) and it was counted closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.gateway_metric(0, "gateway_connections").await? > 0 {
+        ensure!(tokio::time::Instant::now() < deadline, "alice's closed session still counted open after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.gateway_metric(0, "gateway_connections_closed_total").await?, 1);
+
     cb.close().await?;
     p.stop().await
 }

@@ -141,7 +141,12 @@ async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<
                 let r = with_deadline(req.clone(), timeout);
                 async move { c.send_message(r).await }
             });
-            match sent.await {
+            crate::metrics::bump(&shared.metrics.sends);
+            let sent = sent.await;
+            if sent.is_err() {
+                crate::metrics::bump(&shared.metrics.send_errors);
+            }
+            match sent {
                 Ok(r) => Some(ServerFrame::Sent {
                     id: client_id.to_string(),
                     conversation_id: conversation_id.to_string(),

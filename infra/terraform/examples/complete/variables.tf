@@ -37,7 +37,7 @@ variable "client_cidr_blocks" {
 }
 
 variable "metrics_source_security_group_ids" {
-  description = "Security groups of Prometheus scrapers of the workers' /metrics."
+  description = "Security groups of Prometheus scrapers of the services' /metrics (gateways, chat services, workers)."
   type        = list(string)
   default     = []
 }

@@ -13,6 +13,7 @@ locals {
   environment_all = {
     GATEWAY_WS_ADDR                     = "0.0.0.0:${var.ws_port}"
     GATEWAY_GRPC_ADDR                   = "0.0.0.0:${var.push_port}"
+    GATEWAY_METRICS_ADDR                = "0.0.0.0:${var.metrics_port}"
     GATEWAY_CHAT_SERVICE_URLS           = join(",", [for i in range(var.chat_service_channels) : var.chat_service_url])
     GATEWAY_REDIS_PREFIX                = var.redis_prefix
     GATEWAY_JWT_ALGORITHMS              = length(var.jwt_algorithms) > 0 ? join(",", var.jwt_algorithms) : null
@@ -138,6 +139,7 @@ module "service" {
   port_mappings = [
     { name = "ws", container_port = var.ws_port },
     { name = "push", container_port = var.push_port },
+    { name = "metrics", container_port = var.metrics_port },
   ]
   load_balancer = {
     target_group_arn = aws_lb_target_group.this.arn

@@ -32,3 +32,8 @@ output "log_group_name" {
   description = "CloudWatch log group of the gateways."
   value       = module.service.log_group_name
 }
+
+output "metrics_port" {
+  description = "Port of GET /metrics on every task."
+  value       = var.metrics_port
+}

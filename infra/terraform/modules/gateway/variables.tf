@@ -114,6 +114,17 @@ variable "ws_port" {
   }
 }
 
+variable "metrics_port" {
+  description = "Port of GATEWAY_METRICS_ADDR (GET /metrics, Prometheus text: sessions, frames, sends, pushes); not behind the load balancer."
+  type        = number
+  default     = 9100
+
+  validation {
+    condition     = var.metrics_port >= 1024 && var.metrics_port <= 65535
+    error_message = "An unprivileged port: the image runs as a non-root user."
+  }
+}
+
 variable "push_port" {
   description = "Port of GATEWAY_GRPC_ADDR (pushes from delivery workers); the advertised address is the task's own (set by the image's entry point)."
   type        = number

@@ -33,7 +33,11 @@ locals {
   aws_api_egress = ["gateway", "chat_service", "delivery_worker", "chatctl", "scylla"]
 
   # Who serves GET /metrics, on which port; every scraper reaches each of them.
-  metrics_ports = { delivery_worker = var.worker_metrics_port, chat_service = var.chat_service_metrics_port }
+  metrics_ports = {
+    gateway         = var.gateway_metrics_port
+    chat_service    = var.chat_service_metrics_port
+    delivery_worker = var.worker_metrics_port
+  }
   metrics_ingress = merge([for tier in keys(local.metrics_ports) : {
     for sg in var.metrics_source_security_group_ids : "${tier}-${sg}" => { tier = tier, scraper = sg }
   }]...)

@@ -73,6 +73,17 @@ variable "chat_service_grpc_port" {
   }
 }
 
+variable "gateway_metrics_port" {
+  description = "The gateways' metrics port (GATEWAY_METRICS_ADDR)."
+  type        = number
+  default     = 9100
+
+  validation {
+    condition     = var.gateway_metrics_port >= 1024 && var.gateway_metrics_port <= 65535
+    error_message = "An unprivileged port: the images run as a non-root user."
+  }
+}
+
 variable "worker_metrics_port" {
   description = "The delivery workers' metrics port (WORKER_METRICS_ADDR)."
   type        = number
@@ -96,7 +107,7 @@ variable "chat_service_metrics_port" {
 }
 
 variable "metrics_source_security_group_ids" {
-  description = "Security groups of the Prometheus scrapers allowed to read the workers' and the chat services' /metrics."
+  description = "Security groups of the Prometheus scrapers allowed to read the gateways', the chat services' and the workers' /metrics."
   type        = list(string)
   default     = []
 }
