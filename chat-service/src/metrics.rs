@@ -1,8 +1,6 @@
 //! The chat service's counters, served in the Prometheus text format at `GET /metrics`
 //! (CHAT_METRICS_ADDR, `lifecycle::metrics`): what this replica's partition owners did since it started.
 
-use std::sync::atomic::Ordering;
-
 use lifecycle::metrics::Sample;
 
 use crate::owner::group::Owners;
@@ -10,8 +8,7 @@ use crate::owner::group::Owners;
 /// The exposition text of `owners`' counters.
 pub fn render(owners: &Owners) -> String {
     let stats = owners.stats();
-    let c =
-        |name, help, value: &std::sync::atomic::AtomicU64| Sample::counter(name, help, value.load(Ordering::Relaxed));
+    let c = Sample::count;
     lifecycle::metrics::render(&[
         c(
             "chat_owner_transactions_total",

@@ -293,7 +293,7 @@ impl Handler {
             let record = match received {
                 Ok(r) => r,
                 Err(e) => {
-                    Metrics::add(&self.metrics.consumer_errors);
+                    lifecycle::metrics::bump(&self.metrics.consumer_errors);
                     tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -351,7 +351,7 @@ impl Handler {
             }
         };
         let old = std::mem::replace(&mut *lock(&self.consumer), Arc::new(fresh));
-        Metrics::add(&self.metrics.consumer_replacements);
+        lifecycle::metrics::bump(&self.metrics.consumer_replacements);
         std::thread::spawn(move || {
             // Should it find its group again, it must not take partitions it would never read.
             old.unsubscribe();
@@ -389,7 +389,7 @@ impl Handler {
             if !self.handle_record(&record, &mut cursors, &mut shutdown).await {
                 break;
             }
-            Metrics::add(&self.metrics.records);
+            lifecycle::metrics::bump(&self.metrics.records);
             let store = lock(&self.offsets).completed(record.topic(), record.partition(), record.offset());
             if let Some(offset) = store
                 && let Err(e) = self.consumer().store_offset(record.topic(), record.partition(), offset)
@@ -448,7 +448,7 @@ impl Handler {
                     return true;
                 }
                 Err(e) => {
-                    Metrics::add(&self.metrics.retries);
+                    lifecycle::metrics::bump(&self.metrics.retries);
                     tracing::warn!(event_id = %event.event_id(), error = %e,
                         retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
                     tokio::select! {
@@ -483,7 +483,7 @@ impl Handler {
             };
             match self.dead_letters.write(out).await {
                 Ok(_) => {
-                    Metrics::add(&self.metrics.dead_letters);
+                    lifecycle::metrics::bump(&self.metrics.dead_letters);
                     return true;
                 }
                 Err(e) => {

@@ -1,7 +1,7 @@
 //! The worker's counters, served in the Prometheus text format at `GET /metrics` (WORKER_METRICS_ADDR,
 //! `lifecycle::metrics`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use lifecycle::metrics::Sample;
 
@@ -21,13 +21,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The exposition text.
     pub fn render(&self) -> String {
-        let c = |name, help, value: &AtomicU64| Sample::counter(name, help, value.load(Ordering::Relaxed));
+        let c = Sample::count;
         lifecycle::metrics::render(&[
             c("worker_records_total", "Records taken from the log and handled.", &self.records),
             c("worker_dead_letters_total", "Records copied to the dead-letter topic.", &self.dead_letters),
@@ -44,13 +40,15 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use lifecycle::metrics::bump;
+
     use super::*;
 
     #[test]
     fn counters_render_in_the_text_format() {
         let m = Metrics::default();
-        Metrics::add(&m.dead_letters);
-        Metrics::add(&m.dead_letters);
+        bump(&m.dead_letters);
+        bump(&m.dead_letters);
         let text = m.render();
         assert!(text.contains("# TYPE worker_dead_letters_total counter\nworker_dead_letters_total 2\n"), "{text}");
         assert!(text.contains("worker_records_total 0\n"), "{text}");

@@ -2,9 +2,11 @@
 //! `lifecycle::metrics`), on a listener of its own so that the public WebSocket port does not show them:
 //! what this process saw since it started.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use lifecycle::metrics::Sample;
+
+pub use lifecycle::metrics::bump;
 
 /// What the gateway counts; every field only grows.
 #[derive(Debug, Default)]
@@ -26,21 +28,17 @@ pub struct Metrics {
     /// Sends forwarded to the chat service, and those it did not accept (any error answer).
     pub sends: AtomicU64,
     pub send_errors: AtomicU64,
-    /// Frames pushed by the delivery workers and queued to a connection here, and pushed devices not
-    /// taken here (not connected here, closing, or their queue full): the workers keep those in the inbox.
+    /// Frames pushed here (messages and receipts by the workers, typing by the gateways) and queued to a
+    /// connection, and pushed devices not taken here (not connected here, closing, or their queue full):
+    /// the workers keep those messages in the inbox.
     pub pushed: AtomicU64,
     pub push_missed: AtomicU64,
-}
-
-/// Adds one to a counter.
-pub fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Metrics {
     /// The exposition text, with `connections` (the devices connected now, one session each) as a gauge.
     pub fn render(&self, connections: usize) -> String {
-        let c = |name, help, value: &AtomicU64| Sample::counter(name, help, value.load(Ordering::Relaxed));
+        let c = Sample::count;
         lifecycle::metrics::render(&[
             Sample::gauge("gateway_connections", "Devices connected now (one session each).", connections as u64),
             c("gateway_connections_opened_total", "WebSocket sessions opened.", &self.opened),
@@ -74,7 +72,7 @@ impl Metrics {
             ),
             c(
                 "gateway_pushed_total",
-                "Frames pushed by delivery workers and queued to a connection here.",
+                "Frames pushed here (messages, receipts, typing) and queued to a connection.",
                 &self.pushed,
             ),
             c(

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 use warp::Filter;
@@ -32,6 +33,16 @@ impl<'a> Sample<'a> {
     pub fn gauge(name: &'a str, help: &'a str, value: u64) -> Sample<'a> {
         Sample { name, help, kind: Kind::Gauge, value }
     }
+
+    /// A counter kept in `value`, read now.
+    pub fn count(name: &'a str, help: &'a str, value: &AtomicU64) -> Sample<'a> {
+        Sample::counter(name, help, value.load(Ordering::Relaxed))
+    }
+}
+
+/// Adds one to a counter that [`Sample::count`] serves.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The exposition text of `samples`.
