@@ -62,6 +62,20 @@ enum Command {
     /// open files, so the scenario runs several): prints `connected N`, then `received N` as messages
     /// arrive (distinct numbers per connection); closes them and ends when its standard input closes.
     Hold(HoldArgs),
+    /// Kafka's CPU for transactional writes, two ways: one producer per partition, each transaction writing
+    /// its partition (the partition owners' way), and one producer whose transactions write every partition.
+    /// Needs only Kafka (`infra/local/servers.sh up kafka`).
+    KafkaTransactions(TransactionArgs),
+}
+
+#[derive(clap::Args)]
+struct TransactionArgs {
+    /// Records a second, over all partitions.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// How long each way writes.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::FloorWs) => return floor_ws().await,
         Some(Command::Hold(h)) => return hold_for_scale(h).await,
+        Some(Command::KafkaTransactions(t)) => return kafka_transactions(t).await,
         None => {}
     }
     let started = Instant::now();
@@ -794,6 +809,143 @@ async fn at_rates<S: load::Sender>(
         }
     }
     Ok(out)
+}
+
+/// What one way of writing transactions cost Kafka.
+struct TransactionCost {
+    records: u64,
+    transactions: u64,
+    kafka_cpu_seconds: f64,
+    seconds: f64,
+}
+
+/// `bench kafka-transactions`: Kafka's CPU per record when each transaction writes one partition (a producer
+/// per partition, as the partition owners write), and when each writes every partition (one producer), at
+/// the same rate. Each producer commits, transaction after transaction, what has fallen due; a
+/// `read_committed` consumer reads it all, as the delivery workers do.
+async fn kafka_transactions(args: TransactionArgs) -> anyhow::Result<()> {
+    ensure!(args.rate > 0 && args.seconds > 0, "--rate and --seconds must be at least 1");
+    let pid_file = workspace().join(".local").join("run").join("kafka.pid");
+    let kafka: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .with_context(|| format!("no Kafka started by infra/local/servers.sh ({})", pid_file.display()))?;
+    println!(
+        "| transactions write | records | transactions | records per transaction | Kafka CPU, ms/s | Kafka CPU per record |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (way, writers) in [
+        ("one partition (a producer per partition)", (0..PARTITIONS).map(|p| vec![p]).collect::<Vec<_>>()),
+        ("every partition (one producer)", vec![(0..PARTITIONS).collect()]),
+    ] {
+        let topic = format!("bench.transactions.{}", run_id());
+        tests::platform::create_topic(&topic, PARTITIONS).await?;
+        let (rate, period) = (args.rate, Duration::from_secs(args.seconds));
+        let cost =
+            tokio::task::spawn_blocking(move || write_transactions(kafka, &topic, writers, rate, period)).await??;
+        println!(
+            "| {way} | {} | {} | {:.1} | {:.0} | {:.0} µs |",
+            cost.records,
+            cost.transactions,
+            cost.records as f64 / cost.transactions.max(1) as f64,
+            cost.kafka_cpu_seconds * 1000.0 / cost.seconds,
+            cost.kafka_cpu_seconds * 1e6 / cost.records.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// Writes `rate` records a second for `period` through one transactional producer per entry of `writers`
+/// (the partitions each writes, in turn), while a `read_committed` consumer reads them; measures Kafka's
+/// CPU (process `kafka`) meanwhile.
+fn write_transactions(
+    kafka: u32,
+    topic: &str,
+    writers: Vec<Vec<i32>>,
+    rate: u64,
+    period: Duration,
+) -> anyhow::Result<TransactionCost> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("{topic}.reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    reader.subscribe(&[topic])?;
+    let producers = writers
+        .iter()
+        .enumerate()
+        .map(|(i, _)| -> anyhow::Result<BaseProducer> {
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .set("transactional.id", format!("{topic}.{i}"))
+                .set("linger.ms", "0")
+                .set("acks", "all")
+                .create()?;
+            p.init_transactions(Duration::from_secs(10))?;
+            Ok(p)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let share = |parts: &[i32]| rate as f64 * parts.len() as f64 / PARTITIONS as f64;
+    let before = cpu_seconds(kafka).context("reading Kafka's CPU time")?;
+    let started = Instant::now();
+    let (records, transactions, seconds, after) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let read = scope.spawn(|| {
+            let mut read = 0u64;
+            while started.elapsed() < period + Duration::from_secs(5) {
+                if let Some(Ok(_)) = reader.poll(Duration::from_millis(100)) {
+                    read += 1;
+                }
+            }
+            read
+        });
+        let handles: Vec<_> = producers
+            .iter()
+            .zip(&writers)
+            .map(|(producer, parts)| {
+                let per_second = share(parts);
+                scope.spawn(move || -> anyhow::Result<(u64, u64)> {
+                    let (mut sent, mut transactions) = (0u64, 0u64);
+                    while started.elapsed() < period {
+                        let due = (started.elapsed().as_secs_f64() * per_second) as u64;
+                        if due == sent {
+                            std::thread::sleep(Duration::from_micros(200));
+                            continue;
+                        }
+                        producer.begin_transaction()?;
+                        for n in sent..due {
+                            let partition = parts[n as usize % parts.len()];
+                            let record =
+                                BaseRecord::<str, str>::to(topic).partition(partition).key("k").payload("record");
+                            producer.send(record).map_err(|(e, _)| e)?;
+                        }
+                        // Acknowledged first: the commit's own flush would wait in polls of 100 ms.
+                        while producer.in_flight_count() > 0 {
+                            producer.poll(Duration::from_millis(1));
+                        }
+                        producer.commit_transaction(Duration::from_secs(10))?;
+                        sent = due;
+                        transactions += 1;
+                    }
+                    Ok((sent, transactions))
+                })
+            })
+            .collect();
+        let mut total = (0, 0);
+        for h in handles {
+            let (sent, transactions) = h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+            total = (total.0 + sent, total.1 + transactions);
+        }
+        // Measured while writing: the reader's last records are read on an idle broker.
+        let (seconds, after) = (started.elapsed().as_secs_f64(), cpu_seconds(kafka));
+        let read = read.join().map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+        ensure!(read == total.0, "{} records committed, {read} read", total.0);
+        Ok((total.0, total.1, seconds, after))
+    })?;
+    let kafka_cpu_seconds = after.context("reading Kafka's CPU time")? - before;
+    Ok(TransactionCost { records, transactions, kafka_cpu_seconds, seconds })
 }
 
 /// Partitions of the events topic in the benchmarks, and of the Kafka floor's topic.
