@@ -54,3 +54,27 @@ fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<
     ensure!(summary.contains("| 5 reconnect storm"), "the summary lacks the storm:\n{summary}");
     Ok(())
 }
+
+#[test]
+fn the_transaction_cost_benchmark_runs_and_reads_every_committed_record() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(root.join("target").join("debug").join("bench"))
+        .args(["kafka-transactions", "--rate", "40", "--seconds", "2"])
+        .output()
+        .context("run `cargo build --bins` first (`make test` does)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // It fails when its read_committed reader does not read what was committed.
+    ensure!(output.status.success(), "bench kafka-transactions failed: {}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| one partition") || l.starts_with("| every partition"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    ensure!(rows.len() == 2, "two ways expected:\n{stdout}");
+    for row in rows {
+        let records: u64 = row[2].parse().with_context(|| format!("records in {row:?}"))?;
+        let transactions: u64 = row[3].parse().with_context(|| format!("transactions in {row:?}"))?;
+        ensure!(records >= 40 && transactions > 0 && transactions <= records, "counts: {row:?}");
+    }
+    Ok(())
+}

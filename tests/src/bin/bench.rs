@@ -891,10 +891,12 @@ fn write_transactions(
     let share = |parts: &[i32]| rate as f64 * parts.len() as f64 / PARTITIONS as f64;
     let before = cpu_seconds(kafka).context("reading Kafka's CPU time")?;
     let started = Instant::now();
+    // The writers' total once they are done; the reader stops when it has read that many, or 10 s later.
+    let committed = &AtomicU64::new(u64::MAX);
     let (records, transactions, seconds, after) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let read = scope.spawn(|| {
+        let read = scope.spawn(move || {
             let mut read = 0u64;
-            while started.elapsed() < period + Duration::from_secs(5) {
+            while read < committed.load(Ordering::Relaxed) && started.elapsed() < period + Duration::from_secs(10) {
                 if let Some(Ok(_)) = reader.poll(Duration::from_millis(100)) {
                     read += 1;
                 }
@@ -940,6 +942,7 @@ fn write_transactions(
         }
         // Measured while writing: the reader's last records are read on an idle broker.
         let (seconds, after) = (started.elapsed().as_secs_f64(), cpu_seconds(kafka));
+        committed.store(total.0, Ordering::Relaxed);
         let read = read.join().map_err(|_| anyhow::anyhow!("the reader panicked"))?;
         ensure!(read == total.0, "{} records committed, {read} read", total.0);
         Ok((total.0, total.1, seconds, after))
