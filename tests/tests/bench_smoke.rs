@@ -70,7 +70,7 @@ fn the_transaction_cost_benchmark_runs_and_reads_every_committed_record() -> any
         .filter(|l| l.starts_with("| one partition") || l.starts_with("| every partition"))
         .map(|l| l.split('|').map(str::trim).collect())
         .collect();
-    ensure!(rows.len() == 2, "two ways expected:\n{stdout}");
+    ensure!(rows.len() == 3, "three ways expected:\n{stdout}");
     for row in rows {
         let records: u64 = row[2].parse().with_context(|| format!("records in {row:?}"))?;
         let transactions: u64 = row[3].parse().with_context(|| format!("transactions in {row:?}"))?;

@@ -22,6 +22,7 @@ use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tests::centrifugo::{ApiPublisher, Centrifugo, PeerConn};
 use tests::cluster::{Cluster, ClusterOptions, Kind};
@@ -62,8 +63,9 @@ enum Command {
     /// open files, so the scenario runs several): prints `connected N`, then `received N` as messages
     /// arrive (distinct numbers per connection); closes them and ends when its standard input closes.
     Hold(HoldArgs),
-    /// Kafka's CPU for transactional writes, two ways: one producer per partition, each transaction writing
-    /// its partition (the partition owners' way), and one producer whose transactions write every partition.
+    /// Kafka's CPU for transactional writes, three ways: one producer per partition, each transaction writing
+    /// its partition (the partition owners' way); one producer whose transactions write every partition;
+    /// the same, fenced by a consumer group's generation (KIP-447).
     /// Needs only Kafka (`infra/local/servers.sh up kafka`).
     KafkaTransactions(TransactionArgs),
 }
@@ -820,8 +822,8 @@ struct TransactionCost {
 }
 
 /// `bench kafka-transactions`: Kafka's CPU per record when each transaction writes one partition (a producer
-/// per partition, as the partition owners write), and when each writes every partition (one producer), at
-/// the same rate. Each producer commits, transaction after transaction, what has fallen due; a
+/// per partition, as the partition owners write), when each writes every partition (one producer), and when
+/// those also commit a group member's offsets (the fence such a producer would need), at the same rate. Each producer commits, transaction after transaction, what has fallen due; a
 /// `read_committed` consumer reads it all, as the delivery workers do.
 async fn kafka_transactions(args: TransactionArgs) -> anyhow::Result<()> {
     ensure!(args.rate > 0 && args.seconds > 0, "--rate and --seconds must be at least 1");
@@ -834,15 +836,17 @@ async fn kafka_transactions(args: TransactionArgs) -> anyhow::Result<()> {
         "| transactions write | records | transactions | records per transaction | Kafka CPU, ms/s | Kafka CPU per record |"
     );
     println!("|---|---|---|---|---|---|");
-    for (way, writers) in [
-        ("one partition (a producer per partition)", (0..PARTITIONS).map(|p| vec![p]).collect::<Vec<_>>()),
-        ("every partition (one producer)", vec![(0..PARTITIONS).collect()]),
+    for (way, writers, group_fenced) in [
+        ("one partition (a producer per partition)", (0..PARTITIONS).map(|p| vec![p]).collect::<Vec<_>>(), false),
+        ("every partition (one producer)", vec![(0..PARTITIONS).collect()], false),
+        ("every partition, fenced by a group's generation (one producer)", vec![(0..PARTITIONS).collect()], true),
     ] {
         let topic = format!("bench.transactions.{}", run_id());
         tests::platform::create_topic(&topic, PARTITIONS).await?;
         let (rate, period) = (args.rate, Duration::from_secs(args.seconds));
         let cost =
-            tokio::task::spawn_blocking(move || write_transactions(kafka, &topic, writers, rate, period)).await??;
+            tokio::task::spawn_blocking(move || write_transactions(kafka, &topic, writers, group_fenced, rate, period))
+                .await??;
         println!(
             "| {way} | {} | {} | {:.1} | {:.0} | {:.0} µs |",
             cost.records,
@@ -857,15 +861,18 @@ async fn kafka_transactions(args: TransactionArgs) -> anyhow::Result<()> {
 
 /// Writes `rate` records a second for `period` through one transactional producer per entry of `writers`
 /// (the partitions each writes, in turn), while a `read_committed` consumer reads them; measures Kafka's
-/// CPU (process `kafka`) meanwhile.
+/// CPU (process `kafka`) meanwhile. `group_fenced`: each transaction also commits the offsets of a
+/// consumer group's member with its generation (`send_offsets_to_transaction`, KIP-447), the fence a
+/// producer that is not named after one partition would need.
 fn write_transactions(
     kafka: u32,
     topic: &str,
     writers: Vec<Vec<i32>>,
+    group_fenced: bool,
     rate: u64,
     period: Duration,
 ) -> anyhow::Result<TransactionCost> {
-    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::consumer::{BaseConsumer, ConsumerGroupMetadata};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
@@ -888,6 +895,28 @@ fn write_transactions(
             Ok(p)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The member whose generation fences the writer, and the offsets it commits with each transaction.
+    let member: Option<(GroupMember, ConsumerGroupMetadata, TopicPartitionList)> = if group_fenced {
+        let member = GroupMember(std::mem::ManuallyDrop::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .set("group.id", format!("{topic}.owners"))
+                .set("enable.auto.commit", "false")
+                .create::<BaseConsumer>()?,
+        ));
+        member.0.subscribe(&[topic])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while member.0.assignment()?.count() == 0 {
+            ensure!(Instant::now() < deadline, "the owners' group gave its member no partition in 30 s");
+            member.0.poll(Duration::from_millis(100));
+        }
+        let metadata = member.0.group_metadata().context("the member has no group metadata")?;
+        let assigned = member.0.assignment()?;
+        Some((member, metadata, assigned))
+    } else {
+        None
+    };
+    let fence = member.as_ref().map(|(_, metadata, assigned)| (metadata, assigned));
     let share = |parts: &[i32]| rate as f64 * parts.len() as f64 / PARTITIONS as f64;
     let before = cpu_seconds(kafka).context("reading Kafka's CPU time")?;
     let started = Instant::now();
@@ -927,6 +956,13 @@ fn write_transactions(
                         while producer.in_flight_count() > 0 {
                             producer.poll(Duration::from_millis(1));
                         }
+                        if let Some((metadata, assigned)) = fence {
+                            let mut offsets = TopicPartitionList::new();
+                            for e in assigned.elements() {
+                                offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(due as i64))?;
+                            }
+                            producer.send_offsets_to_transaction(&offsets, metadata, Duration::from_secs(10))?;
+                        }
                         producer.commit_transaction(Duration::from_secs(10))?;
                         sent = due;
                         transactions += 1;
@@ -949,6 +985,23 @@ fn write_transactions(
     })?;
     let kafka_cpu_seconds = after.context("reading Kafka's CPU time")? - before;
     Ok(TransactionCost { records, transactions, kafka_cpu_seconds, seconds })
+}
+
+/// A member of a consumer group that leaves the group when dropped, and is then left to the end of the
+/// process: librdkafka 2.12.1's `rd_kafka_destroy` of this member (after transactions committed its
+/// offsets) never returned here, its broker thread waiting forever, as in librdkafka issue #4674.
+struct GroupMember(std::mem::ManuallyDrop<rdkafka::consumer::BaseConsumer>);
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let member = &self.0;
+        if member.close_queue().is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !member.closed() && Instant::now() < deadline {
+                member.poll(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// Partitions of the events topic in the benchmarks, and of the Kafka floor's topic.
