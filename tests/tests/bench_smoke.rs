@@ -27,6 +27,10 @@ fn the_benchmarks_run_at_smoke_size_and_their_counts_add_up() -> anyhow::Result<
     ensure!(status.success(), "bench --smoke failed: {status}");
     let results: Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
     let summary = std::fs::read_to_string(out.join("summary.md"))?;
+    // `bench summary` draws the same tables again from the results alone.
+    let again = Command::new(debug.join("bench")).arg("summary").arg(out.join("results.json")).output()?;
+    ensure!(again.status.success(), "bench summary failed: {}", String::from_utf8_lossy(&again.stderr));
+    ensure!(String::from_utf8_lossy(&again.stdout) == summary, "bench summary drew another summary");
     std::fs::remove_dir_all(&out)?;
 
     let idle = &results["idle"];

@@ -23,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tests::centrifugo::{ApiPublisher, Centrifugo, PeerConn};
 use tests::cluster::{Cluster, ClusterOptions, Kind};
 use tests::load::{self, Conn, Percentiles, Recorder};
@@ -68,6 +68,12 @@ enum Command {
     /// the same, fenced by a consumer group's generation (KIP-447).
     /// Needs only Kafka (`infra/local/servers.sh up kafka`).
     KafkaTransactions(TransactionArgs),
+    /// Prints the summary of an earlier run from its `results.json` (what the run wrote to `summary.md`,
+    /// drawn again by this build's tables).
+    Summary {
+        /// The run's `results.json`.
+        results: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -103,6 +109,13 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::FloorWs) => return floor_ws().await,
         Some(Command::Hold(h)) => return hold_for_scale(h).await,
         Some(Command::KafkaTransactions(t)) => return kafka_transactions(t).await,
+        Some(Command::Summary { results }) => {
+            let text = std::fs::read_to_string(&results).with_context(|| format!("reading {}", results.display()))?;
+            let report: Report = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a bench run's results", results.display()))?;
+            print!("{}", report.markdown());
+            return Ok(());
+        }
         None => {}
     }
     let started = Instant::now();
@@ -243,7 +256,7 @@ impl Size {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Report {
     machine: Machine,
     smoke: bool,
@@ -257,7 +270,7 @@ struct Report {
     peers: Vec<Peer>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Machine {
     cpus: usize,
     cpu_model: String,
@@ -350,7 +363,7 @@ impl CpuMeter {
 }
 
 /// CPU time by process kind over a scenario, in all and per delivered message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Cost {
     cpu_seconds: HashMap<String, f64>,
     cpu_seconds_per_message: HashMap<String, f64>,
@@ -367,7 +380,7 @@ impl Cost {
 // ---------------------------------------------------------------------------------------------------------
 // Scenario 1: idle connections.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Idle {
     connections: usize,
     gateway_connected: usize,
@@ -467,7 +480,7 @@ async fn idle(cluster: &Cluster, n: usize) -> anyhow::Result<Idle> {
 // ---------------------------------------------------------------------------------------------------------
 // Scenario 2: scale-out.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Scale {
     gateways: usize,
     connections: usize,
@@ -634,7 +647,7 @@ async fn scale(cluster: &Cluster, size: &Size) -> anyhow::Result<Scale> {
 /// The rate of the servers' warm-up before the latency scenario's first rate.
 const JVM_WARMUP_RATE: u64 = 500;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Latency {
     /// Members of each conversation (the sender and `members - 1` recipients).
     members: usize,
@@ -1081,7 +1094,7 @@ async fn kafka_floor(rate: u64, period: Duration) -> anyhow::Result<Percentiles>
 // ---------------------------------------------------------------------------------------------------------
 // Scenario 5: reconnect storm.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Storm {
     clients: usize,
     missed_each: usize,
@@ -1183,7 +1196,7 @@ async fn storm(cluster: &Cluster, size: &Size) -> anyhow::Result<Storm> {
 // ---------------------------------------------------------------------------------------------------------
 // Scenario 6: the peer. Centrifugo under the idle, 1:1 and group loads above, at the same counts and rates.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Peer {
     name: String,
     version: String,
@@ -1498,9 +1511,12 @@ impl Report {
                 ratio(o as f64, y as f64)
             ));
         }
-        // CPU per delivery at 1,000 messages/s, 1:1: every process of ours (servers included) against Centrifugo's.
-        let cpu = |runs: &[Latency], kinds: &[&str]| {
-            runs.iter().find(|l| l.rate == 1_000).map(|l| {
+        // CPU per delivery (fan-out per core is its inverse): 1:1 at 1,000 messages/s, and groups at 100
+        // messages/s, where neither side is near its limit. Every process of ours (servers included), and
+        // for groups also our gateway alone, the part that does what Centrifugo does there (the fan-out to
+        // the connections), against Centrifugo's process.
+        let cpu = |runs: &[Latency], rate: u64, kinds: &[&str]| {
+            runs.iter().find(|l| l.rate == rate).map(|l| {
                 l.cost
                     .cpu_seconds_per_message
                     .iter()
@@ -1509,17 +1525,47 @@ impl Report {
                     .sum::<f64>()
             })
         };
-        let ours_kinds = ["gateway", "chat-service", "worker", "kafka", "cassandra", "redis"];
-        if let (Some(o), Some(x), Some(y)) =
-            (cpu(&self.latency, &ours_kinds), cpu(&plain.latency, &["centrifugo"]), cpu(&kept.latency, &["centrifugo"]))
-        {
-            s.push_str(&format!(
-                "| CPU per delivery, 1:1 at 1,000/s (ours: services, Kafka, Cassandra, Redis) | {:.0} µs | {:.0} µs | {:.0} µs | {} |\n",
-                o * 1e6,
-                x * 1e6,
-                y * 1e6,
-                ratio(o, y)
-            ));
+        let everything = ["gateway", "chat-service", "worker", "kafka", "cassandra", "redis"];
+        for (what, ours, a, b, rate, kinds) in [
+            (
+                "1:1 at 1,000/s (ours: services, Kafka, Cassandra, Redis)",
+                &self.latency,
+                &plain.latency,
+                &kept.latency,
+                1_000,
+                &everything[..],
+            ),
+            (
+                "groups of 100 at 100 messages/s (ours: services, Kafka, Cassandra, Redis)",
+                &self.groups,
+                &plain.groups,
+                &kept.groups,
+                100,
+                &everything[..],
+            ),
+            (
+                "groups of 100 at 100 messages/s (ours: the gateways alone)",
+                &self.groups,
+                &plain.groups,
+                &kept.groups,
+                100,
+                &["gateway"][..],
+            ),
+        ] {
+            if let (Some(o), Some(x), Some(y)) =
+                (cpu(ours, rate, kinds), cpu(a, rate, &["centrifugo"]), cpu(b, rate, &["centrifugo"]))
+            {
+                // Whole microseconds from 100 up.
+                let us =
+                    |v: f64| if v >= 100e-6 { format!("{:.0} µs", v * 1e6) } else { format!("{:.1} µs", v * 1e6) };
+                s.push_str(&format!(
+                    "| CPU per delivery, {what} | {} | {} | {} | {} |\n",
+                    us(o),
+                    us(x),
+                    us(y),
+                    ratio(o, y)
+                ));
+            }
         }
         s
     }
