@@ -41,6 +41,7 @@ ROWS=(
   "faults|s17_a_worker_out_of_its_group_replaces_its_consumer||PASS"
   "faults|s18_a_killed_broker_of_three_loses_no_acknowledged_message|chat-number-twice=3%return|promise broken:"
   "faults|s19_an_owner_cut_off_from_kafka_writes_nothing_after_its_partitions_moved|chat-ack-unwritten=return|promise broken:"
+  "faults|s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next|chat-keep-writer-after-abort=return|promise broken:"
 )
 ROWS+=("message_path|a_device_registered_after_its_users_list_was_kept_gets_the_next_message_kept|gateway-skip-device-stamp=return|promise broken:")
 # The security tests of close code 4000 (added with the exact answers).

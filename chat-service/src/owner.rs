@@ -6,9 +6,14 @@
 //! writes then fail and are never acknowledged ([`kafka`]). The owner numbers the sends of the partition's
 //! conversations from memory, in batches: one transaction per batch, the senders answered only after the
 //! commit (P1). A batch whose transaction aborts gives its numbers back (they were never committed, so
-//! nobody saw them) and its senders get `unavailable`; they retry with the same client id. An outcome the
-//! owner cannot know (a commit that timed out) makes it fence itself (open the writer again) and read the
-//! partition's tail to learn what was committed, before it numbers anything again.
+//! nobody saw them) and its senders get `unavailable`; they retry with the same client id. After any batch
+//! that failed, aborted or with an outcome the owner cannot know (a commit that timed out), it fences
+//! itself (opens the writer again) and reads the partition's tail to learn what was committed, before it
+//! numbers anything again. Even after a clean abort the writer is not used again: librdkafka may give the
+//! next transaction's first record a producer sequence number that a record of the aborted one already
+//! holds on the broker, which then takes the new record for a duplicate and answers with the old one's
+//! offset, so a commit that succeeds holds nothing of it (seen once in fault scenario 18: an acknowledged
+//! message in no replica). A new writer starts a new producer epoch, whose sequence numbers start afresh.
 //!
 //! What the owner knows: every conversation's head and every send's answer committed after the point up to
 //! which the delivery workers have projected the log into the store (their committed offset); before that
@@ -69,8 +74,8 @@ pub enum WriteError {
 pub trait PartitionLog: Send + 'static {
     /// Appends `events` in one transaction; answers each one's offset once committed.
     fn commit(&mut self, events: Vec<LogEvent>) -> impl Future<Output = Result<Vec<i64>, WriteError>> + Send;
-    /// Opens the writer again after an unknown outcome: fences every earlier writer (this one included) and
-    /// settles any transaction left open.
+    /// Opens the writer again after a failed batch: fences every earlier writer (this one included), settles
+    /// any transaction left open and starts a new producer epoch.
     fn reopen(&mut self) -> impl Future<Output = Result<(), WriteError>> + Send;
     /// The committed events from `from` to the end of the partition, with their offsets.
     fn read_from(&mut self, from: i64) -> impl Future<Output = Result<Vec<(i64, LogEvent)>, WriteError>> + Send;
@@ -461,11 +466,16 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                 }
                 match e {
                     // Nothing of the batch is in the log: its numbers are free again (the heads were only
-                    // moved in this batch's copy).
+                    // moved in this batch's copy). The writer is opened again all the same (module docs).
                     WriteError::Aborted(reason) => {
                         self.stats.aborted.fetch_add(1, Relaxed);
-                        tracing::warn!(%reason, "batch aborted; its senders retry");
-                        Flow::Go
+                        // The bug of failpoint `chat-keep-writer-after-abort`: the aborted writer goes on.
+                        if lifecycle::failpoint("chat-keep-writer-after-abort") {
+                            tracing::warn!(%reason, "batch aborted; its senders retry");
+                            return Flow::Go;
+                        }
+                        tracing::warn!(%reason, "batch aborted; its senders retry; opening the writer again");
+                        self.settle().await
                     }
                     WriteError::Fenced => {
                         self.stats.fenced.fetch_add(1, Relaxed);
@@ -482,8 +492,9 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
         }
     }
 
-    /// After an unknown outcome: opens the writer again (which settles the open transaction) and learns
-    /// from the log what was committed, retrying until both succeed or the writer is fenced.
+    /// After a failed batch: opens the writer again (which settles a transaction left open and starts a new
+    /// producer epoch) and learns from the log what was committed, retrying until both succeed or the
+    /// writer is fenced. Not once the partition is revoked: opening the writer would fence its new owner.
     async fn settle(&mut self) -> Flow {
         let mut pause = Duration::from_millis(100);
         loop {
@@ -543,7 +554,7 @@ mod tests {
         failures: VecDeque<WriteError>,
         /// When an unknown outcome is injected, whether the batch was in fact committed.
         unknown_committed: bool,
-        reopened: usize,
+        reopened: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl PartitionLog for FakeLog {
@@ -565,7 +576,7 @@ mod tests {
         }
 
         async fn reopen(&mut self) -> Result<(), WriteError> {
-            self.reopened += 1;
+            self.reopened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
 
@@ -689,18 +700,24 @@ mod tests {
         let store = Arc::new(FakeStore::default());
         let mut log = FakeLog::default();
         log.failures.push_back(WriteError::Aborted("broker said no".into()));
-        let committed = log.committed.clone();
+        let (committed, reopened) = (log.committed.clone(), log.reopened.clone());
         let b = batcher(log, store);
         let (jobs, rx) = mpsc::channel(64);
         let task = tokio::spawn(b.run(rx));
         let lost = send(&jobs, message(c, "alice", "a1"), Some(0));
         assert!(matches!(answer(lost).await, Err(OwnerError::Retry(_))));
-        // The retry (same id) and another send: numbers 1 and 2, nothing skipped.
+        // Before the next batch, the writer is opened again: the aborted one's producer may give the
+        // retry a sequence number the broker holds already (module docs).
+        let before = send(&jobs, message(c, "carol", "c1"), Some(0));
+        assert_eq!(answer(before).await.expect("sent").0.seq.get(), 1);
+        assert_eq!(reopened.load(std::sync::atomic::Ordering::SeqCst), 1, "a new writer after the abort");
+        // The retry (same id) and another send: numbers 2 and 3, nothing skipped.
         let retry = send(&jobs, message(c, "alice", "a1"), Some(0));
         let other = send(&jobs, message(c, "bob", "b1"), Some(0));
-        assert_eq!(answer(retry).await.expect("sent").0.seq.get(), 1);
-        assert_eq!(answer(other).await.expect("sent").0.seq.get(), 2);
-        assert_eq!(seqs(&committed, c), vec![1, 2]);
+        assert_eq!(answer(retry).await.expect("sent").0.seq.get(), 2);
+        assert_eq!(answer(other).await.expect("sent").0.seq.get(), 3);
+        assert_eq!(seqs(&committed, c), vec![1, 2, 3]);
+        assert_eq!(reopened.load(std::sync::atomic::Ordering::SeqCst), 1, "only failed batches renew it");
         drop(jobs);
         task.await.expect("stops");
     }

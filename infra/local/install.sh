@@ -9,6 +9,7 @@ command -v redis-server >/dev/null || apt_install redis-server
 command -v redis-cli >/dev/null || apt_install redis-tools
 command -v tmux >/dev/null || apt_install tmux   # the terminal client's test drives it in tmux
 command -v iptables >/dev/null || apt_install iptables   # a fault scenario cuts a replica off from Kafka
+command -v ss >/dev/null || apt_install iproute2         # a fault scenario closes a client's connections
 command -v "$JAVA" >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
 command -v make >/dev/null || apt_install make   # rdkafka builds its bundled librdkafka with make and a C compiler

@@ -13,6 +13,7 @@
 //! | `chat-number-twice` | chat service | a send is given the number of the send before it |
 //! | `chat-crash-after-number` | chat service | the process aborts after numbering a send, before the log append |
 //! | `chat-ack-unwritten` | chat service | the sends of a batch whose commit failed (aborted, or its outcome unknown) are acknowledged as written |
+//! | `chat-keep-writer-after-abort` | chat service | a partition's writer goes on after an aborted transaction, instead of being opened again |
 //! | `gateway-keep-replaced` | gateway | a device connecting again leaves its older connection open |
 //! | `gateway-unbounded-queue` | gateway | a connection's send queue has no useful bound |
 //! | `gateway-skip-device-stamp` | gateway | a registered device's device-list stamp is not replaced, yet the registration counts as done |
@@ -21,13 +22,14 @@
 //! does not, and `N%return` fires with probability N %.
 
 /// The failpoints the services define, for checks of a `FAILPOINTS` setting.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "worker-drop-push",
     "worker-skip-inbox",
     "worker-consumer-unreachable",
     "chat-number-twice",
     "chat-crash-after-number",
     "chat-ack-unwritten",
+    "chat-keep-writer-after-abort",
     "gateway-keep-replaced",
     "gateway-unbounded-queue",
     "gateway-skip-device-stamp",

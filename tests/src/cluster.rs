@@ -529,6 +529,21 @@ pub struct KafkaCut {
 }
 
 impl KafkaCut {
+    /// Drops every packet the local server listening on `from` sends to the local ports `to` (the answers
+    /// of a broker to some clients; its followers still fetch), until the answer is dropped. Needs root.
+    pub fn answers(from: u16, to: &[u16]) -> anyhow::Result<KafkaCut> {
+        anyhow::ensure!(!to.is_empty(), "no client port to cut");
+        let ports: Vec<String> = to.iter().map(u16::to_string).collect();
+        let rule: Vec<String> =
+            ["OUTPUT", "-p", "tcp", "-s", "127.0.0.1", "--sport", &from.to_string(), "-m", "multiport", "--dports"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain([ports.join(","), "-j".into(), "DROP".into()])
+                .collect();
+        iptables("-I", &rule)?;
+        Ok(KafkaCut { rule })
+    }
+
     /// Deletes the rule: the replica reaches Kafka again.
     pub fn heal(mut self) -> anyhow::Result<()> {
         iptables("-D", &std::mem::take(&mut self.rule))
@@ -543,6 +558,32 @@ impl Drop for KafkaCut {
             eprintln!("[faults] deleting the iptables rule {:?}: {e:#}", self.rule);
         }
     }
+}
+
+/// The local ports of this process's established TCP connections to the local port `to` (`ss`).
+pub fn my_connections_to(to: u16) -> anyhow::Result<Vec<u16>> {
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "established", "dst", &format!("127.0.0.1:{to}")])
+        .output()
+        .context("running ss (installed by infra/local/install.sh)")?;
+    anyhow::ensure!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let me = format!("pid={},", std::process::id());
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&me))
+        .filter_map(|l| l.split_whitespace().nth(2)?.rsplit(':').next()?.parse().ok())
+        .collect())
+}
+
+/// Closes, on this side, every established TCP connection to the local port `to` (`ss --kill`): their
+/// owners see them aborted at once, whatever the other side does.
+pub fn abort_connections_to(to: u16) -> anyhow::Result<()> {
+    let out = Command::new("ss")
+        .args(["-K", "-tnH", "state", "established", "dst", &format!("127.0.0.1:{to}")])
+        .output()
+        .context("running ss (installed by infra/local/install.sh)")?;
+    anyhow::ensure!(out.status.success(), "ss -K: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
 }
 
 fn iptables(action: &str, rule: &[String]) -> anyhow::Result<()> {

@@ -1502,6 +1502,241 @@ async fn s18_a_killed_broker_of_three_loses_no_acknowledged_message() -> anyhow:
     cluster.shutdown().await
 }
 
+/// The leader of an owner's partition dies after a follower took a record of the owner's transaction and
+/// before it answered; the owner's transaction aborts (the record was never acknowledged, yet it is in the
+/// new leader's log, aborted). Every send the owner acknowledges afterwards must be in the log. librdkafka
+/// (2.12) gives the next record the aborted one's producer sequence number (its abort purges the record
+/// queued for a retry as if it had never been sent): an owner that goes on with that producer has its next
+/// record taken for the aborted one's duplicate and acknowledged at its offset, absent from the log. This
+/// is how scenario 18 once lost a message, by chance; here the roles are placed. The owner's writer and
+/// batcher (`chat_service::owner`) run in this process against the three-node Kafka; the transaction's
+/// coordinator holds the partition's second replica (it becomes the leader), and an iptables rule drops the
+/// leader's answers to this process while the record is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -> anyhow::Result<()> {
+    use chat_service::owner::kafka::{KafkaPartition, LogConfig, read_partition};
+    use chat_service::owner::{Batcher, Batching, Job, OwnerError, SendJob, SharedKnown};
+
+    let _serial = SERIAL.lock().await;
+    // The owner runs here: its warnings (an abort, a fenced writer) go with the test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    tests::prove::configure_in_process()?;
+    let _kafka = ThreeNodeKafka::start().await?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let config = LogConfig {
+        kafka: chat_service::kafka_client::KafkaClient::plaintext(&tests::platform::kafka_brokers()),
+        topic: format!("faults.{id}.abort"),
+        transactional_prefix: format!("faults.{id}"),
+        // Long enough for the transaction coordinator to drop the killed broker from its log's replicas
+        // (`replica.lag.time.max.ms`, 5 s) before the abort ends, short enough that the abort comes before
+        // the controller fences the killed broker (9 s) and the record is sent again to the new leader.
+        call_timeout: Duration::from_secs(6),
+        transaction_timeout: Duration::from_secs(60),
+        projector_group: format!("faults.{id}.workers"),
+    };
+    // Opening the writer finds its coordinator (and makes the transactions' topic on a new cluster).
+    let log = KafkaPartition::open(config.clone(), 0).await.map_err(|e| anyhow::anyhow!("opening the writer: {e}"))?;
+    let coordinator = transaction_coordinator(&config.transactional_id(0)).await?;
+    let others: Vec<i32> = (1..=3).filter(|n| *n != coordinator).collect();
+    let leader = others[0];
+    create_placed_topic(&config.topic, &[leader, coordinator, others[1]]).await?;
+    let batcher = Batcher {
+        log,
+        projected: Arc::new(NothingProjected),
+        known: SharedKnown::default(),
+        batching: Batching::default(),
+        stats: Arc::default(),
+        revoked: Arc::default(),
+    };
+    let stats = batcher.stats.clone();
+    let mut batcher = batcher;
+    batcher.acquire().await.map_err(|e| anyhow::anyhow!("acquiring the partition: {e}"))?;
+    let (jobs, rx) = tokio::sync::mpsc::channel(64);
+    let owner = tokio::spawn(batcher.run(rx));
+    let conversation = chat_model::ConversationId::generate();
+    let send = |client: &str| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let message = owner_message(conversation, client);
+        let queued = jobs.try_send(Job::Send(SendJob { message, store_head: Some(0), reply }));
+        async move {
+            queued.map_err(|_| anyhow::anyhow!("the owner stopped"))?;
+            answer.await.context("the owner dropped a send")
+        }
+    };
+    let mut acked = Vec::new();
+    match send("s20-1").await? {
+        Ok((answer, _)) => acked.push(("s20-1", answer.seq.get())),
+        Err(e) => bail!("the first send failed: {e}"),
+    }
+    // The leader's answers to this process are dropped (its followers still fetch): the record is written
+    // on all three replicas, and its acknowledgement never arrives. Then the leader dies, and this
+    // process's connections to it are aborted, so that librdkafka queues the record to be sent again once
+    // the partition has a new leader (the controller fences the dead broker after 9 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader_port = 19100 + leader as u16;
+    let cut = tests::cluster::KafkaCut::answers(leader_port, &tests::cluster::my_connections_to(leader_port)?)?;
+    tracing::warn!(leader, coordinator, "s20: sending the record whose acknowledgement is dropped");
+    let unanswered = tokio::spawn(send("s20-2"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tests::cluster::signal_server(&format!("kafka3-{leader}"), "-KILL")?;
+    tests::cluster::abort_connections_to(leader_port)?;
+    cut.heal()?;
+    tracing::warn!("s20: leader killed");
+    let first = unanswered.await??;
+    let aborted = stats.aborted.load(Ordering::Relaxed);
+    ensure!(
+        matches!(first, Err(OwnerError::Retry(_))) && aborted == 1,
+        "the fault did not land: the send in flight was answered {first:?}, {aborted} transactions aborted"
+    );
+    // The next sends (a new one, then the aborted one again) are retried until the new leader takes them.
+    for client in ["s20-3", "s20-2"] {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match send(client).await? {
+                Ok((answer, _)) => {
+                    acked.push((client, answer.seq.get()));
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(client, error = %e, "retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => bail!("{client} was not written within 90 s: {e}"),
+            }
+        }
+    }
+    drop(jobs);
+    owner.await?;
+    let committed = read_partition(&config, 0, 0, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the partition: {e}"))?;
+    let in_log: Vec<(String, u64)> = committed
+        .iter()
+        .filter_map(|(_, ev)| match ev {
+            chat_model::event::LogEvent::MessageSent(m) => Some((m.client_msg_id.to_string(), m.seq.get())),
+            _ => None,
+        })
+        .collect();
+    for (client, seq) in &acked {
+        promise!(
+            in_log.iter().any(|(c, s)| c == client && s == seq),
+            "{client} was acknowledged with number {seq} but the log does not hold it (the log holds {in_log:?})"
+        );
+    }
+    promise!(in_log.len() == acked.len(), "the log holds {in_log:?}, acknowledged were {acked:?}");
+    // The fault landed as meant: the unanswered record is in the log, aborted (not only never sent).
+    let topic = config.topic.clone();
+    let written = tokio::task::spawn_blocking(move || uncommitted_client_ids(&topic)).await??;
+    let attempts = written.iter().filter(|c| *c == "s20-2").count();
+    ensure!(
+        attempts == 2,
+        "the fault did not land: the log holds s20-2 {attempts} times with aborted records ({written:?})"
+    );
+    println!(
+        "[faults] 20: leader {leader} killed with a record written but unanswered (transaction coordinator \
+         {coordinator}); the transaction aborted; the next sends acknowledged and in the log: {acked:?}"
+    );
+    tokio::task::spawn_blocking(move || tests::cluster::server("up", &format!("kafka3-{leader}"))).await??;
+    Ok(())
+}
+
+/// The client ids of every message record of partition 0 of `topic`, committed or not (`read_uncommitted`).
+fn uncommitted_client_ids(topic: &str) -> anyhow::Result<Vec<String>> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", tests::platform::kafka_brokers())
+        .set("group.id", "faults-uncommitted-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ids = Vec::new();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(ids),
+            Some(Ok(record)) => {
+                if let Ok(chat_model::event::LogEvent::MessageSent(m)) =
+                    chat_model::event::decode(record.payload().unwrap_or_default())
+                {
+                    ids.push(m.client_msg_id.to_string());
+                }
+            }
+            Some(Err(_)) | None => {}
+        }
+    }
+    bail!("{topic} not read to its end within 30 s")
+}
+
+/// The store of [`s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next`]'s owner: its topic is
+/// new, nothing was projected.
+struct NothingProjected;
+
+impl chat_service::owner::Projected for NothingProjected {
+    async fn head(&self, _conversation: chat_model::ConversationId) -> Result<u64, String> {
+        Ok(0)
+    }
+
+    async fn projected_offset(&self) -> Result<i64, String> {
+        Ok(0)
+    }
+}
+
+fn owner_message(conversation: chat_model::ConversationId, client: &str) -> chat_model::Message {
+    chat_model::Message {
+        conversation_id: conversation,
+        seq: chat_model::Seq::FIRST,
+        message_id: chat_model::MessageId::generate(),
+        sender_id: chat_model::UserId::parse("alice").expect("valid"),
+        sender_device_id: chat_model::DeviceId::parse("phone").expect("valid"),
+        client_msg_id: chat_model::ClientMsgId::parse(client).expect("valid"),
+        body: chat_model::Body::parse(format!("body of {client}")).expect("valid"),
+        sent_at_ms: chat_model::now_ms(),
+    }
+}
+
+/// The broker coordinating `transactional_id`: the leader of its partition of `__transaction_state`, which
+/// Kafka picks by the id's Java hash code (`infra/local/conf/kafka3.properties.in` makes 2 partitions).
+async fn transaction_coordinator(transactional_id: &str) -> anyhow::Result<i32> {
+    const STATE_PARTITIONS: i32 = 2;
+    let hash = transactional_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+    let partition = if hash == i32::MIN { 0 } else { hash.abs() } % STATE_PARTITIONS;
+    let leader =
+        tokio::task::spawn_blocking(move || tests::group::leader_of("__transaction_state", partition)).await??;
+    ensure!((1..=3).contains(&leader), "the transactions' partition {partition} has no leader ({leader})");
+    Ok(leader)
+}
+
+/// Makes `topic` of one partition whose replicas are `replicas` in that order (the first leads), two of
+/// them needed for a write; waits until the first leads it.
+async fn create_placed_topic(topic: &str, replicas: &[i32]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", tests::platform::kafka_brokers()).create()?;
+    let assignment = [replicas];
+    let new = NewTopic::new(topic, 1, TopicReplication::Variable(&assignment)).set("min.insync.replicas", "2");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics([&new], &opts).await? {
+        r.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = topic.to_owned();
+        if tokio::task::spawn_blocking(move || tests::group::leader_of(&t, 0)).await?.ok() == Some(replicas[0]) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{topic} is not led by broker {} after 30 s", replicas[0]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The owner of a busy partition cut off from Kafka, and from nothing else (an iptables rule drops its
 /// packets to Kafka; the gateways, Cassandra and Redis still reach it and it them), until its partitions have
 /// moved to the other replica; then the cut heals. It stops acknowledging (sends fail retryably or stall and

@@ -64,6 +64,8 @@ pub struct KafkaPartition {
     config: LogConfig,
     partition: i32,
     producer: LogProducer,
+    /// The highest offset this writer was answered or read (-1: none): every record it writes comes after.
+    last: i64,
 }
 
 fn fenced(e: &RDKafkaError) -> bool {
@@ -83,7 +85,7 @@ impl KafkaPartition {
     /// (`init_transactions`, which also aborts a transaction an earlier owner left open).
     pub async fn open(config: LogConfig, partition: i32) -> Result<KafkaPartition, WriteError> {
         let producer = Self::producer(&config, partition).await?;
-        Ok(KafkaPartition { config, partition, producer })
+        Ok(KafkaPartition { config, partition, producer, last: -1 })
     }
 
     async fn producer(config: &LogConfig, partition: i32) -> Result<LogProducer, WriteError> {
@@ -185,6 +187,9 @@ impl PartitionLog for KafkaPartition {
                 Err(_) => return Err(self.abort("records not acknowledged in time".into()).await),
             }
         }
+        if let Some(why) = out_of_place(self.last, &offsets) {
+            return Err(self.abort(why).await);
+        }
         let acked = started.elapsed();
         let p = self.producer.clone();
         let timeout = self.config.call_timeout;
@@ -203,7 +208,10 @@ impl PartitionLog for KafkaPartition {
             );
         }
         match committed {
-            Ok(()) => Ok(offsets),
+            Ok(()) => {
+                self.last = offsets.iter().copied().fold(self.last, i64::max);
+                Ok(offsets)
+            }
             Err(KafkaError::Transaction(e)) if fenced(&e) => Err(WriteError::Fenced),
             Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => Err(self.abort(format!("commit: {e}")).await),
             // Timed out, retriable or fatal for another reason: the commit may have happened.
@@ -217,8 +225,28 @@ impl PartitionLog for KafkaPartition {
     }
 
     async fn read_from(&mut self, from: i64) -> Result<Vec<(i64, LogEvent)>, WriteError> {
-        read_partition(&self.config, self.partition, from, self.config.call_timeout * 3).await
+        let events = read_partition(&self.config, self.partition, from, self.config.call_timeout * 3).await?;
+        self.last = events.iter().map(|(offset, _)| *offset).fold(self.last, i64::max);
+        Ok(events)
     }
+}
+
+/// Why the offsets a transaction's records were answered (in the order they were sent) cannot all be
+/// theirs, if so: each must come after `last`, the highest offset the writer has seen, and after the one
+/// before it. A record answered with an earlier offset was taken by the broker for a duplicate of an earlier
+/// record (a producer sequence number given twice) and is not in the log.
+fn out_of_place(last: i64, offsets: &[i64]) -> Option<String> {
+    let mut before = last;
+    for offset in offsets {
+        if *offset <= before {
+            return Some(format!(
+                "a record was answered with offset {offset}, not after {before}: the broker took it for an \
+                 earlier record"
+            ));
+        }
+        before = *offset;
+    }
+    None
 }
 
 /// The committed events of one partition from `from` to its end (its last stable offset), with offsets.
@@ -307,6 +335,15 @@ fn created_at(ev: &LogEvent) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_answered_with_offsets_not_after_what_the_writer_saw_are_not_committed() {
+        assert_eq!(out_of_place(-1, &[0, 1, 5]), None);
+        assert_eq!(out_of_place(89, &[91, 93]), None);
+        assert!(out_of_place(93, &[93]).is_some(), "the offset of a record already seen");
+        assert!(out_of_place(89, &[96, 93]).is_some(), "a record before the one sent before it");
+        assert!(out_of_place(89, &[96, 96]).is_some());
+    }
 
     #[test]
     fn the_end_of_a_partition_is_not_an_error_but_a_broker_failure_is() {
