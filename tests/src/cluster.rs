@@ -410,14 +410,7 @@ impl Cluster {
         let brokers = kafka_brokers();
         let ports: Vec<&str> = brokers.split(',').filter_map(|b| b.rsplit(':').next()).collect();
         let gid = (base + i as u32).to_string();
-        let rule: Vec<String> =
-            ["OUTPUT", "-p", "tcp", "-m", "owner", "--gid-owner", &gid, "-m", "multiport", "--dports"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain([ports.join(","), "-j".into(), "DROP".into()])
-                .collect();
-        iptables("-I", &rule)?;
-        Ok(KafkaCut { rule })
+        KafkaCut::drop_tcp(&["-m", "owner", "--gid-owner", &gid], &ports.join(","))
     }
 
     /// Sets (or, with `None`, removes) an environment variable of a process, for its next start.
@@ -534,12 +527,17 @@ impl KafkaCut {
     pub fn answers(from: u16, to: &[u16]) -> anyhow::Result<KafkaCut> {
         anyhow::ensure!(!to.is_empty(), "no client port to cut");
         let ports: Vec<String> = to.iter().map(u16::to_string).collect();
-        let rule: Vec<String> =
-            ["OUTPUT", "-p", "tcp", "-s", "127.0.0.1", "--sport", &from.to_string(), "-m", "multiport", "--dports"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain([ports.join(","), "-j".into(), "DROP".into()])
-                .collect();
+        KafkaCut::drop_tcp(&["-s", "127.0.0.1", "--sport", &from.to_string()], &ports.join(","))
+    }
+
+    /// Inserts a rule dropping the TCP packets sent from here that match `matches` and go to `dports`.
+    fn drop_tcp(matches: &[&str], dports: &str) -> anyhow::Result<KafkaCut> {
+        let rule: Vec<String> = ["OUTPUT", "-p", "tcp"]
+            .iter()
+            .chain(matches)
+            .chain(&["-m", "multiport", "--dports", dports, "-j", "DROP"])
+            .map(|s| (*s).to_owned())
+            .collect();
         iptables("-I", &rule)?;
         Ok(KafkaCut { rule })
     }
