@@ -31,8 +31,13 @@ fn three_brokers() -> Option<String> {
     if !*THREE_BROKERS.lock().unwrap_or_else(|p| p.into_inner()) {
         return None;
     }
+    Some((1..=3).map(|n| format!("127.0.0.1:{}", kafka3_port(n))).collect::<Vec<_>>().join(","))
+}
+
+/// The port of node `n` (1 to 3) of the three-node Kafka of `servers.sh up kafka3`.
+pub fn kafka3_port(n: u16) -> u16 {
     let base: u16 = std::env::var("KAFKA3_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(19100);
-    Some((1..=3).map(|n| format!("127.0.0.1:{}", base + n)).collect::<Vec<_>>().join(","))
+    base + n
 }
 
 /// While alive, [`kafka_brokers`] (and so every topic, client and service this crate makes) is the three-node
@@ -468,15 +473,22 @@ pub async fn store() -> anyhow::Result<CassandraStore> {
 /// Every committed event of `topic`, partition by partition, from its beginning to its end (records that
 /// do not decode are skipped). Blocking.
 pub fn read_topic(topic: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent>> {
+    read_topic_as(topic, "read_committed")
+}
+
+/// Every event of `topic` as a consumer of `isolation` (`read_committed`, or `read_uncommitted`: aborted
+/// records too) reads it, partition by partition. Blocking.
+pub fn read_topic_as(topic: &str, isolation: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent>> {
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers as _;
+    use rdkafka::types::RDKafkaErrorCode;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", "e2e-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect();
@@ -495,6 +507,12 @@ pub fn read_topic(topic: &str) -> anyhow::Result<Vec<chat_model::event::LogEvent
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 done.insert(p);
             }
+            // A broker down (a fault scenario killed it): the client goes to the others.
+            Some(Err(e))
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+                ) => {}
             Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
             Some(Ok(m)) => {
                 // Every record names its schema, so that a reader who knows nothing of our code can decode it.

@@ -1514,8 +1514,8 @@ async fn s18_a_killed_broker_of_three_loses_no_acknowledged_message() -> anyhow:
 /// leader's answers to this process while the record is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -> anyhow::Result<()> {
-    use chat_service::owner::kafka::{KafkaPartition, LogConfig, read_partition};
-    use chat_service::owner::{Batcher, Batching, Job, OwnerError, SendJob, SharedKnown};
+    use chat_service::owner::kafka::{KafkaPartition, LogConfig};
+    use chat_service::owner::{Batcher, Batching, Job, OwnerError, OwnerStats, SendJob, SharedKnown};
 
     let _serial = SERIAL.lock().await;
     // The owner runs here: its warnings (an abort, a fenced writer) go with the test's output.
@@ -1543,16 +1543,15 @@ async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -
     let others: Vec<i32> = (1..=3).filter(|n| *n != coordinator).collect();
     let leader = others[0];
     create_placed_topic(&config.topic, &[leader, coordinator, others[1]]).await?;
-    let batcher = Batcher {
+    let stats: Arc<OwnerStats> = Arc::default();
+    let mut batcher = Batcher {
         log,
         projected: Arc::new(NothingProjected),
         known: SharedKnown::default(),
         batching: Batching::default(),
-        stats: Arc::default(),
+        stats: stats.clone(),
         revoked: Arc::default(),
     };
-    let stats = batcher.stats.clone();
-    let mut batcher = batcher;
     batcher.acquire().await.map_err(|e| anyhow::anyhow!("acquiring the partition: {e}"))?;
     let (jobs, rx) = tokio::sync::mpsc::channel(64);
     let owner = tokio::spawn(batcher.run(rx));
@@ -1576,7 +1575,7 @@ async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -
     // process's connections to it are aborted, so that librdkafka queues the record to be sent again once
     // the partition has a new leader (the controller fences the dead broker after 9 s).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let leader_port = 19100 + leader as u16;
+    let leader_port = tests::platform::kafka3_port(leader as u16);
     let cut = tests::cluster::KafkaCut::answers(leader_port, &tests::cluster::my_connections_to(leader_port)?)?;
     tracing::warn!(leader, coordinator, "s20: sending the record whose acknowledgement is dropped");
     let unanswered = tokio::spawn(send("s20-2"));
@@ -1610,16 +1609,18 @@ async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -
     }
     drop(jobs);
     owner.await?;
-    let committed = read_partition(&config, 0, 0, Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the partition: {e}"))?;
-    let in_log: Vec<(String, u64)> = committed
-        .iter()
-        .filter_map(|(_, ev)| match ev {
-            chat_model::event::LogEvent::MessageSent(m) => Some((m.client_msg_id.to_string(), m.seq.get())),
-            _ => None,
-        })
-        .collect();
+    // Read back by the harness's own reader, not the owner's.
+    let sends = |events: Vec<chat_model::event::LogEvent>| -> Vec<(String, u64)> {
+        events
+            .into_iter()
+            .filter_map(|ev| match ev {
+                chat_model::event::LogEvent::MessageSent(m) => Some((m.client_msg_id.to_string(), m.seq.get())),
+                _ => None,
+            })
+            .collect()
+    };
+    let topic = config.topic.clone();
+    let in_log = sends(tokio::task::spawn_blocking(move || tests::platform::read_topic(&topic)).await??);
     for (client, seq) in &acked {
         promise!(
             in_log.iter().any(|(c, s)| c == client && s == seq),
@@ -1629,8 +1630,9 @@ async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -
     promise!(in_log.len() == acked.len(), "the log holds {in_log:?}, acknowledged were {acked:?}");
     // The fault landed as meant: the unanswered record is in the log, aborted (not only never sent).
     let topic = config.topic.clone();
-    let written = tokio::task::spawn_blocking(move || uncommitted_client_ids(&topic)).await??;
-    let attempts = written.iter().filter(|c| *c == "s20-2").count();
+    let written =
+        sends(tokio::task::spawn_blocking(move || tests::platform::read_topic_as(&topic, "read_uncommitted")).await??);
+    let attempts = written.iter().filter(|(c, _)| c == "s20-2").count();
     ensure!(
         attempts == 2,
         "the fault did not land: the log holds s20-2 {attempts} times with aborted records ({written:?})"
@@ -1641,38 +1643,6 @@ async fn s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next() -
     );
     tokio::task::spawn_blocking(move || tests::cluster::server("up", &format!("kafka3-{leader}"))).await??;
     Ok(())
-}
-
-/// The client ids of every message record of partition 0 of `topic`, committed or not (`read_uncommitted`).
-fn uncommitted_client_ids(topic: &str) -> anyhow::Result<Vec<String>> {
-    use rdkafka::Message as _;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", tests::platform::kafka_brokers())
-        .set("group.id", "faults-uncommitted-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_uncommitted")
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut ids = Vec::new();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(ids),
-            Some(Ok(record)) => {
-                if let Ok(chat_model::event::LogEvent::MessageSent(m)) =
-                    chat_model::event::decode(record.payload().unwrap_or_default())
-                {
-                    ids.push(m.client_msg_id.to_string());
-                }
-            }
-            Some(Err(_)) | None => {}
-        }
-    }
-    bail!("{topic} not read to its end within 30 s")
 }
 
 /// The store of [`s20_a_record_whose_leader_died_unanswered_is_not_taken_for_the_next`]'s owner: its topic is
