@@ -27,6 +27,16 @@ pub fn render(owners: &Owners) -> String {
             "Transactions whose outcome was unknown, settled by reading the log.",
             &stats.unknown,
         ),
+        c(
+            "chat_send_id_reads_total",
+            "Store reads made to tell a send from a retry (the sender's greatest client id, or the id itself).",
+            &stats.id_reads,
+        ),
+        c(
+            "chat_send_ids_unread_total",
+            "Sends known new without a store read: a client id past every one of its sender's.",
+            &stats.ids_unread,
+        ),
         Sample::counter("chat_owner_acquisitions_total", "Partitions acquired by this replica.", owners.acquisitions()),
         Sample::gauge("chat_owner_partitions", "Partitions this replica serves now.", owners.serving().len() as u64),
     ])

@@ -3,9 +3,11 @@
 //! ([`crate::owner`]) and answered once the batcher's transaction committed. Writes of partitions owned
 //! elsewhere are forwarded ([`crate::route`]).
 
+use std::sync::atomic::Ordering;
+
 use chat_model::event::{Created, LogEvent, MembersChange};
 use chat_model::{ConversationId, ConversationKind, Message, MessageId, Seq, UserId};
-use chat_store::{CassandraStore, NewConversation};
+use chat_store::{CassandraStore, NewConversation, SendRecord};
 use tokio::sync::oneshot;
 
 use crate::error::ChatError;
@@ -71,11 +73,7 @@ impl Owned {
             return Err(self.members.refusal(conversation).await);
         }
         let key = SendKey { conversation, sender: req.sender_id.clone(), client_msg_id: req.client_msg_id.clone() };
-        let known = local.known.lock().answer(&key);
-        if let Some(a) = known {
-            return Ok(Sent { message_id: a.message_id, seq: a.seq, sent_at_ms: a.sent_at_ms, duplicate: true });
-        }
-        if let Some(r) = self.store.send_record(conversation, &req.sender_id, &req.client_msg_id).await? {
+        if let Some(r) = self.earlier_send(&local, &key).await? {
             return Ok(Sent { message_id: r.message_id, seq: r.seq, sent_at_ms: r.sent_at_ms, duplicate: true });
         }
         let held = local.known.lock().holds(conversation);
@@ -99,6 +97,39 @@ impl Owned {
             tracing::debug!(%conversation, ?took, ?checked, numbered_and_committed = ?(took - checked), "slow send");
         }
         Ok(Sent { message_id: a.message_id, seq: a.seq, sent_at_ms: a.sent_at_ms, duplicate })
+    }
+
+    /// The answer `key` was given, if it was sent before (in the owner's memory, or projected into the
+    /// store). A client id greater than any its sender used in the conversation needs no store read
+    /// ([`Known::is_new`]); the first send of a sender since the partition was acquired reads the greatest
+    /// one the store holds, which answers it too when it is that one or a greater one than it.
+    async fn earlier_send(&self, local: &Local, key: &SendKey) -> Result<Option<SendRecord>, ChatError> {
+        let (checked, dropped) = {
+            let known = local.known.lock();
+            if let Some(a) = known.answer(key) {
+                return Ok(Some(SendRecord { message_id: a.message_id, seq: a.seq, sent_at_ms: a.sent_at_ms }));
+            }
+            if known.is_new(key) {
+                self.owners.stats().ids_unread.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            (known.bound_checked(key), known.bounds_dropped())
+        };
+        let reads = &self.owners.stats().id_reads;
+        if !checked {
+            reads.fetch_add(1, Ordering::Relaxed);
+            let last = self.store.last_send(key.conversation, &key.sender).await?;
+            let stored = last.as_ref().map(|(id, _)| id.clone());
+            local.known.lock().check_bound(key.conversation, &key.sender, stored, dropped);
+            match last {
+                None => return Ok(None),
+                Some((id, r)) if id == key.client_msg_id => return Ok(Some(r)),
+                Some((id, _)) if id < key.client_msg_id => return Ok(None),
+                Some(_) => {}
+            }
+        }
+        reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.store.send_record(key.conversation, &key.sender, &key.client_msg_id).await?)
     }
 
     /// Commits one event through the partition's owner.

@@ -162,6 +162,24 @@ pub struct Known {
     members: HashMap<(ConversationId, UserId), Instant>,
     /// Removals seen (any conversation): a membership read that a removal overtook is not remembered.
     removals: u64,
+    /// Per sender of a conversation, the greatest client id of theirs in the log: [`Known::is_new`].
+    bounds: HashMap<(ConversationId, UserId), Bound>,
+    /// Times [`Known::forget_before`] dropped bounds: a store read that one overtook is not merged.
+    bounds_dropped: u64,
+}
+
+/// The greatest client id one sender has used in one conversation, as far as the owner knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bound {
+    /// The greatest client id learned from the log since the partition was acquired, and, once `checked`,
+    /// in the store as well (`None`: none).
+    max: Option<ClientMsgId>,
+    /// The offset of the last record that raised or checked it: the bound is forgotten with the answers of
+    /// that offset, when the store is sure to hold all it covers.
+    offset: i64,
+    /// Whether the store's greatest id was merged in: only then is every send of the sender in the store
+    /// or in the log covered, and a greater id known to be new without a read.
+    checked: bool,
 }
 
 /// Senders remembered as members per partition, before that memory is cleared.
@@ -176,6 +194,8 @@ impl Default for Known {
             projections: Vec::new(),
             members: HashMap::new(),
             removals: 0,
+            bounds: HashMap::new(),
+            bounds_dropped: 0,
         }
     }
 }
@@ -223,6 +243,50 @@ impl Known {
         }
     }
 
+    /// Whether the send `key` is certainly new without reading the store: its client id is greater than
+    /// any its sender has used in the conversation (in the store, the log, or numbered since), which is
+    /// known once [`Known::check_bound`] merged the store's greatest. Clients whose ids grow (the SDK's
+    /// begin with the time) then cost no store read per send; others read as before. `false` means
+    /// "read", not "a retry".
+    pub fn is_new(&self, key: &SendKey) -> bool {
+        self.bounds
+            .get(&(key.conversation, key.sender.clone()))
+            .is_some_and(|b| b.checked && b.max.as_ref().is_none_or(|max| key.client_msg_id > *max))
+    }
+
+    /// Whether the store's greatest client id of `key`'s sender was merged (a read of it would not help).
+    pub fn bound_checked(&self, key: &SendKey) -> bool {
+        self.bounds.get(&(key.conversation, key.sender.clone())).is_some_and(|b| b.checked)
+    }
+
+    /// What [`Known::check_bound`] needs from before its store read.
+    pub fn bounds_dropped(&self) -> u64 {
+        self.bounds_dropped
+    }
+
+    /// Merges `stored`, the greatest client id the store held for `sender` in `conversation` (read after
+    /// [`Known::bounds_dropped`] answered `dropped`). Not if a bound was forgotten since: its ids may
+    /// have reached the store after the read.
+    pub fn check_bound(
+        &mut self,
+        conversation: ConversationId,
+        sender: &UserId,
+        stored: Option<ClientMsgId>,
+        dropped: u64,
+    ) {
+        if dropped != self.bounds_dropped {
+            return;
+        }
+        let last_offset = self.last_offset;
+        let b = self.bounds.entry((conversation, sender.clone())).or_insert(Bound {
+            max: None,
+            offset: last_offset,
+            checked: false,
+        });
+        b.max = b.max.take().max(stored);
+        b.checked = true;
+    }
+
     /// Learns a committed event at `offset`.
     fn learn(&mut self, offset: i64, event: &LogEvent) {
         self.last_offset = self.last_offset.max(offset);
@@ -234,6 +298,15 @@ impl Known {
                 }
                 let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
                 self.answers.insert(SendKey::of(m), (answer, offset));
+                let b = self.bounds.entry((m.conversation_id, m.sender_id.clone())).or_insert(Bound {
+                    max: None,
+                    offset,
+                    checked: false,
+                });
+                if b.max.as_ref().is_none_or(|max| m.client_msg_id > *max) {
+                    b.max = Some(m.client_msg_id.clone());
+                }
+                b.offset = b.offset.max(offset);
             }
             LogEvent::ConversationCreated(c) => {
                 self.heads.entry(c.conversation_id).or_insert((0, offset));
@@ -262,6 +335,11 @@ impl Known {
     fn forget_before(&mut self, projected: i64) {
         self.answers.retain(|_, (_, offset)| *offset >= projected);
         self.heads.retain(|_, (_, offset)| *offset >= projected);
+        let bounds = self.bounds.len();
+        self.bounds.retain(|_, b| b.offset >= projected);
+        if self.bounds.len() != bounds {
+            self.bounds_dropped += 1;
+        }
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -287,6 +365,9 @@ pub struct OwnerStats {
     pub aborted: std::sync::atomic::AtomicU64,
     pub fenced: std::sync::atomic::AtomicU64,
     pub unknown: std::sync::atomic::AtomicU64,
+    /// Sends whose client id was checked against the store (a read), and those known new without one.
+    pub id_reads: std::sync::atomic::AtomicU64,
+    pub ids_unread: std::sync::atomic::AtomicU64,
 }
 
 /// The batcher of one owned partition: takes jobs, numbers the sends, commits each batch, answers.
@@ -859,5 +940,62 @@ mod tests {
         assert!(known.answer(&SendKey::of(&m)).is_none(), "projected a grace ago: the store has it");
         assert!(!known.holds(c));
         assert_eq!(known.projections.len(), 3, "the two looks within the grace, and the one acted on");
+    }
+
+    fn key(c: ConversationId, sender: &str, client: &str) -> SendKey {
+        SendKey::of(&message(c, sender, client))
+    }
+
+    #[test]
+    fn an_id_past_every_one_of_its_sender_is_new_only_once_the_store_is_checked() {
+        let c = ConversationId::generate();
+        let alice = UserId::parse("alice").expect("valid");
+        let mut known = Known::default();
+        known.learn(3, &LogEvent::MessageSent(message(c, "alice", "t2")));
+        assert!(!known.is_new(&key(c, "alice", "t3")), "the store may hold a greater id: read it first");
+        assert!(!known.bound_checked(&key(c, "alice", "t3")));
+        // The store's greatest is below what the log taught: the log's stands.
+        known.check_bound(c, &alice, Some(ClientMsgId::parse("t1").expect("valid")), known.bounds_dropped());
+        assert!(known.bound_checked(&key(c, "alice", "t3")));
+        assert!(known.is_new(&key(c, "alice", "t3")));
+        assert!(!known.is_new(&key(c, "alice", "t2")), "learned from the log");
+        assert!(!known.is_new(&key(c, "alice", "t0")), "below the greatest: may be in the store");
+        assert!(!known.is_new(&key(c, "bob", "t3")), "another sender's ids say nothing");
+        // Numbering raises it.
+        known.learn(4, &LogEvent::MessageSent(message(c, "alice", "t3")));
+        assert!(!known.is_new(&key(c, "alice", "t3")));
+        assert!(known.is_new(&key(c, "alice", "t4")));
+        // The store's greatest above the log's stands too.
+        known.check_bound(
+            c,
+            &UserId::parse("bob").expect("valid"),
+            Some(ClientMsgId::parse("z9").expect("valid")),
+            known.bounds_dropped(),
+        );
+        assert!(!known.is_new(&key(c, "bob", "t3")));
+        assert!(known.is_new(&key(c, "bob", "z9a")));
+        // A sender with nothing anywhere: any id is new.
+        let carol = UserId::parse("carol").expect("valid");
+        known.check_bound(c, &carol, None, known.bounds_dropped());
+        assert!(known.is_new(&key(c, "carol", "a")));
+    }
+
+    #[test]
+    fn a_bound_is_forgotten_with_its_answers_and_a_store_read_it_overtook_is_not_merged() {
+        let c = ConversationId::generate();
+        let alice = UserId::parse("alice").expect("valid");
+        let mut known = Known::default();
+        known.learn(3, &LogEvent::MessageSent(message(c, "alice", "t5")));
+        // A read of the store starts before the record at 3 is projected, and answers "t1" ...
+        let dropped = known.bounds_dropped();
+        // ... and meanwhile the workers project it and the owner forgets it.
+        known.forget_before(4);
+        known.check_bound(c, &alice, Some(ClientMsgId::parse("t1").expect("valid")), dropped);
+        assert!(!known.is_new(&key(c, "alice", "t3")), "t5 is in the store now, which that read did not see");
+        assert!(!known.bound_checked(&key(c, "alice", "t3")), "a later read must check again");
+        // A read after the forgetting sees t5 in the store.
+        known.check_bound(c, &alice, Some(ClientMsgId::parse("t5").expect("valid")), known.bounds_dropped());
+        assert!(!known.is_new(&key(c, "alice", "t5")));
+        assert!(known.is_new(&key(c, "alice", "t6")));
     }
 }

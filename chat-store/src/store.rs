@@ -92,6 +92,7 @@ struct Statements {
     select_cursor: PreparedStatement,
     update_cursor: PreparedStatement,
     select_send: PreparedStatement,
+    select_last_send: PreparedStatement,
     select_last_in_bucket: PreparedStatement,
     upsert_read_mark: PreparedStatement,
     select_read_mark: PreparedStatement,
@@ -314,11 +315,27 @@ impl CassandraStore {
             .await?
             .into_rows_result()?
             .maybe_first_row::<(Option<i64>, Option<Uuid>, Option<CqlTimestamp>)>()?;
-        let Some((seq, message_id, sent_at)) = row else { return Ok(None) };
-        let corrupt = |reason: &str| StoreError::Corrupt { table: "sends", reason: reason.to_owned() };
-        let seq = seq.and_then(|s| u64::try_from(s).ok()).and_then(Seq::new).ok_or_else(|| corrupt("seq"))?;
-        let message_id = MessageId::from_uuid(message_id.ok_or_else(|| corrupt("message_id"))?);
-        Ok(Some(SendRecord { message_id, seq, sent_at_ms: sent_at.map(|t| t.0).unwrap_or(0) }))
+        row.map(send_record).transpose()
+    }
+
+    /// The idempotency record with the greatest client id (in the store's order of text: by bytes) that
+    /// `sender` has in conversation `id`, once the workers projected it: no send of theirs there has a
+    /// greater one.
+    pub async fn last_send(
+        &self,
+        id: ConversationId,
+        sender: &UserId,
+    ) -> Result<Option<(ClientMsgId, SendRecord)>, StoreError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.st.select_last_send, (id.as_uuid(), sender.as_str()))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(String, Option<i64>, Option<Uuid>, Option<CqlTimestamp>)>()?;
+        let Some((client_msg_id, seq, message_id, sent_at)) = row else { return Ok(None) };
+        let client_msg_id = ClientMsgId::parse(&client_msg_id)
+            .map_err(|e| StoreError::Corrupt { table: "sends", reason: format!("client_msg_id: {e}") })?;
+        Ok(Some((client_msg_id, send_record((seq, message_id, sent_at))?)))
     }
 
     /// Records which replica owns a partition of `topic` (its advertised address).
@@ -586,6 +603,16 @@ pub async fn connect_session(nodes: &[String], request_timeout: Duration) -> Res
     Ok(session)
 }
 
+/// A row of `sends` (seq, message_id, sent_at) as the record of a send.
+fn send_record(
+    (seq, message_id, sent_at): (Option<i64>, Option<Uuid>, Option<CqlTimestamp>),
+) -> Result<SendRecord, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt { table: "sends", reason: reason.to_owned() };
+    let seq = seq.and_then(|s| u64::try_from(s).ok()).and_then(Seq::new).ok_or_else(|| corrupt("seq"))?;
+    let message_id = MessageId::from_uuid(message_id.ok_or_else(|| corrupt("message_id"))?);
+    Ok(SendRecord { message_id, seq, sent_at_ms: sent_at.map(|t| t.0).unwrap_or(0) })
+}
+
 fn parse_user(s: &str, table: &'static str) -> Result<UserId, StoreError> {
     UserId::parse(s).map_err(|e| StoreError::Corrupt { table, reason: e.to_string() })
 }
@@ -693,6 +720,12 @@ impl Statements {
                 .prepare(
                     "SELECT seq, message_id, sent_at FROM sends \
                      WHERE conversation_id = ? AND sender_id = ? AND client_msg_id = ?",
+                )
+                .await?,
+            select_last_send: s
+                .prepare(
+                    "SELECT client_msg_id, seq, message_id, sent_at FROM sends \
+                     WHERE conversation_id = ? AND sender_id = ? ORDER BY client_msg_id DESC LIMIT 1",
                 )
                 .await?,
             select_last_in_bucket: s

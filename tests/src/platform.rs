@@ -196,6 +196,8 @@ pub struct Platform {
     /// Where the chat service serves its counters.
     pub chat_metrics: SocketAddr,
     chat: Stoppable,
+    /// The chat service's settings, to start it again ([`Platform::restart_chat`]).
+    chat_config: chat_service::Config,
     workers: Vec<Stoppable>,
     /// The services' mutual TLS, which an internal client must use too.
     grpc_tls: Option<lifecycle::grpc_tls::GrpcTls>,
@@ -248,15 +250,7 @@ impl Platform {
         lifecycle::Config::validate(&chat_config).map_err(anyhow::Error::msg)?;
         let grpc_tls = opts.grpc_tls.load().map_err(anyhow::Error::msg)?;
         let scheme = lifecycle::grpc_tls::scheme(grpc_tls.as_ref());
-        let chat_app = chat_service::App::build(&chat_config).await?;
-        let chat_addr = chat_app.local_addr();
-        let chat_metrics = chat_app.metrics_addr().context("the chat service serves no metrics")?;
-        let (stop, task) = stoppable(|rx| {
-            chat_app.run(async move {
-                let _ = rx.await;
-            })
-        });
-        let chat = Stoppable { stop, task };
+        let (chat, chat_addr, chat_metrics) = start_chat(&chat_config).await?;
 
         let mut gateways = Vec::new();
         for _ in 0..opts.gateways {
@@ -360,6 +354,7 @@ impl Platform {
             gateways,
             store,
             chat,
+            chat_config,
             workers,
             worker_metrics,
             chat_metrics,
@@ -414,6 +409,23 @@ impl Platform {
         task.await?
     }
 
+    /// Stops the chat service gracefully and starts it again on the same addresses (the gateways' calls go
+    /// on there): its partitions are acquired anew, by an owner with nothing in memory.
+    pub async fn restart_chat(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.chat.stop.take() {
+            let _ = s.send(());
+        }
+        let task = std::mem::replace(&mut self.chat.task, tokio::spawn(async { anyhow::Ok(()) }));
+        task.await??;
+        let config = chat_service::Config {
+            grpc_addr: self.chat_addr,
+            metrics_addr: Some(self.chat_metrics),
+            ..self.chat_config.clone()
+        };
+        (self.chat, _, _) = start_chat(&config).await?;
+        Ok(())
+    }
+
     /// Stops every service, gracefully, and checks that none failed.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for g in &mut self.gateways {
@@ -438,6 +450,19 @@ impl Platform {
         self.chat.task.await??;
         Ok(())
     }
+}
+
+/// Builds and runs a chat service: its handle, gRPC address and metrics address.
+async fn start_chat(config: &chat_service::Config) -> anyhow::Result<(Stoppable, SocketAddr, SocketAddr)> {
+    let app = chat_service::App::build(config).await?;
+    let addr = app.local_addr();
+    let metrics = app.metrics_addr().context("the chat service serves no metrics")?;
+    let (stop, task) = stoppable(|rx| {
+        app.run(async move {
+            let _ = rx.await;
+        })
+    });
+    Ok((Stoppable { stop, task }, addr, metrics))
 }
 
 pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {

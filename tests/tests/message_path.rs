@@ -754,6 +754,81 @@ async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
     p.stop().await
 }
 
+/// The chat service's counts of store reads made to tell sends from retries, and of sends known new
+/// without one.
+async fn id_checks(p: &Platform) -> anyhow::Result<(u64, u64)> {
+    Ok((p.chat_metric("chat_send_id_reads_total").await?, p.chat_metric("chat_send_ids_unread_total").await?))
+}
+
+/// Sends `id` until it is acknowledged (a restarted chat service answers `unavailable` until it owns the
+/// partition again): the acknowledgement's number and whether it was a duplicate.
+async fn send_until_acked(c: &mut WsClient, conv: &str, id: &str) -> anyhow::Result<(u64, bool)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.send_message(conv, id, id).await {
+            Ok(ack) => return Ok((ack["seq"].as_u64().context("no seq")?, ack["duplicate"] == json!(true))),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, id, "send not acknowledged yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.context(format!("sending {id}"))),
+        }
+    }
+}
+
+/// A send's client id is told new or a retry whatever its order among its sender's ids: one past the
+/// greatest is new without a store read, any other is read; before and after the partition changes owner
+/// (the new owner starts with nothing in memory and reads the store's greatest id of the sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_is_told_new_or_a_retry_whatever_its_order_and_across_an_owner_change() -> anyhow::Result<()> {
+    let mut p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b) = (user("alice"), user("bob"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let mut ca = WsClient::connect(p.gateways[0].ws_addr, &a, "phone").await?;
+    ca.sync().await?;
+    let before = id_checks(&p).await?;
+    // m5: the store's greatest is read (none: new); m7 is past it (no read); m3 is below (read: new).
+    let mut answers = Vec::new();
+    for id in ["m5", "m7", "m3"] {
+        answers.push(send_until_acked(&mut ca, &conv, id).await?);
+    }
+    assert_eq!(answers, vec![(1, false), (2, false), (3, false)]);
+    let after = id_checks(&p).await?;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (2, 1), "(store reads, ids known new without one)");
+
+    // Once the workers have projected and committed all of it, a new owner learns nothing from the log:
+    // everything is answered from the store.
+    let workers = format!("e2e.{}.workers", p.id);
+    let topic = p.topic.clone();
+    eventually("the workers to commit every record", || {
+        let (workers, topic) = (workers.clone(), topic.clone());
+        async move {
+            Ok((tokio::task::spawn_blocking(move || tests::group::lag(&workers, &topic)).await?? == 0).then_some(()))
+        }
+    })
+    .await?;
+    p.restart_chat().await?;
+    assert_eq!(send_until_acked(&mut ca, &conv, "m7").await?, (2, true), "the store's greatest, read back");
+    let before = id_checks(&p).await?;
+    let mut answers = Vec::new();
+    for id in ["m5", "m4", "m9", "m3"] {
+        answers.push(send_until_acked(&mut ca, &conv, id).await?);
+    }
+    assert_eq!(answers, vec![(1, true), (4, false), (5, false), (3, true)]);
+    let after = id_checks(&p).await?;
+    assert!(after.0 - before.0 >= 3, "m5, m4 and m3 are below the greatest: each read ({before:?} -> {after:?})");
+    assert!(after.1 > before.1, "m9 is past the greatest: no read ({before:?} -> {after:?})");
+    let rows = eventually("five messages in history", || async {
+        let rows = history_rows(&p, &conv).await?;
+        Ok((rows.len() == 5).then_some(rows))
+    })
+    .await?;
+    let bodies: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(bodies, vec!["m5", "m7", "m3", "m4", "m9"], "each id stored once, in number order");
+    ca.close().await?;
+    p.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_and_bad_frames_answered() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions { gateways: 1, ..PlatformOptions::default() }).await?;
