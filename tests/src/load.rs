@@ -165,9 +165,11 @@ fn sent_at(s: &str) -> Option<u64> {
     s.strip_prefix('t')?.split('-').next()?.parse().ok()
 }
 
-/// The stamp of send `n` made now: `t<µs since epoch>-<n>`, carried as a send's id and body.
+/// The stamp of send `n` made now: `t<µs since epoch>-<n>`, carried as a send's id and body. The time has a
+/// fixed width, so that a sender's ids grow byte by byte as the SDK's do (a chat service knows such an id
+/// new without a store read).
 pub fn stamp(n: u64) -> String {
-    format!("t{}-{n}", now_us())
+    format!("t{:014}-{n}", now_us())
 }
 
 /// A connection that can send one message to a conversation (or a channel) at a time: ours, or a peer's.
@@ -308,6 +310,16 @@ pub async fn send_at_rate<S: Sender>(senders: &[(&S, &str)], rate: u64, period: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_grow_byte_by_byte_and_carry_their_time() {
+        let first = stamp(9);
+        std::thread::sleep(Duration::from_millis(2));
+        let later = stamp(10);
+        assert!(later > first, "{later} after {first}");
+        assert!(sent_at(&later).is_some_and(|t| t > sent_at(&first).unwrap_or(u64::MAX)));
+        assert_eq!(sent_at("t00000000001234-7"), Some(1234));
+    }
 
     #[test]
     fn deliveries_are_distinct_numbers_per_connection() {

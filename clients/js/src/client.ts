@@ -998,7 +998,11 @@ export class ChatClient extends Emitter<ClientEvents> {
     return `q${this.requestSerial}`;
   }
 
-  /** A client id unique to this device: the device, the time, a counter and randomness. */
+  /**
+   * A client id unique to this device: the time first, then a counter, randomness and the device. Ids that
+   * grow with time let the server tell a new send from a retry without reading its store (an id past
+   * every earlier one of the user's in the conversation is new).
+   */
   private newSendId(): string {
     this.sendSerial += 1;
     const random = new Uint32Array(1);
@@ -1006,7 +1010,7 @@ export class ChatClient extends Emitter<ClientEvents> {
     if (c?.getRandomValues) c.getRandomValues(random);
     else random[0] = Math.floor(Math.random() * 0xffffffff);
     const id = `${Date.now().toString(36)}.${this.sendSerial.toString(36)}.${random[0]!.toString(36)}`;
-    return `${this.deviceId.slice(0, 64 - id.length - 1)}:${id}`;
+    return `${id}:${this.deviceId.slice(0, 64 - id.length - 1)}`;
   }
 }
 

@@ -227,7 +227,8 @@ async fn main() -> anyhow::Result<()> {
                 if body.trim().is_empty() {
                     continue;
                 }
-                let id = uuid::Uuid::new_v4().to_string();
+                // Time-ordered (v7): an id past every earlier one of the user's is known new without a read.
+                let id = uuid::Uuid::now_v7().to_string();
                 screen.pending.push((id.clone(), conv.clone(), body.clone()));
                 let (device, done) = (device.clone(), done_tx.clone());
                 tokio::spawn(async move {
