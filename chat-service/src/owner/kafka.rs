@@ -66,6 +66,9 @@ pub struct KafkaPartition {
     producer: LogProducer,
     /// The highest offset this writer was answered or read (-1: none): every record it writes comes after.
     last: i64,
+    /// Whether the next transaction is already begun: begun right after a commit, in the same blocking call
+    /// (a begun transaction is local to the producer until its first record, so it never times out).
+    begun: bool,
 }
 
 fn fenced(e: &RDKafkaError) -> bool {
@@ -85,7 +88,7 @@ impl KafkaPartition {
     /// (`init_transactions`, which also aborts a transaction an earlier owner left open).
     pub async fn open(config: LogConfig, partition: i32) -> Result<KafkaPartition, WriteError> {
         let producer = Self::producer(&config, partition).await?;
-        Ok(KafkaPartition { config, partition, producer, last: -1 })
+        Ok(KafkaPartition { config, partition, producer, last: -1, begun: false })
     }
 
     async fn producer(config: &LogConfig, partition: i32) -> Result<LogProducer, WriteError> {
@@ -154,11 +157,13 @@ impl PartitionLog for KafkaPartition {
     async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
         let started = std::time::Instant::now();
         let p = self.producer.clone();
-        match blocking(move || p.get().begin_transaction()).await? {
-            Ok(()) => {}
-            Err(KafkaError::Transaction(e)) if fenced(&e) => return Err(WriteError::Fenced),
-            // A producer that cannot begin is in a state only a new one leaves.
-            Err(e) => return Err(WriteError::Unknown(format!("begin_transaction: {e}"))),
+        if !std::mem::take(&mut self.begun) {
+            match blocking(move || p.get().begin_transaction()).await? {
+                Ok(()) => {}
+                Err(KafkaError::Transaction(e)) if fenced(&e) => return Err(WriteError::Fenced),
+                // A producer that cannot begin is in a state only a new one leaves.
+                Err(e) => return Err(WriteError::Unknown(format!("begin_transaction: {e}"))),
+            }
         }
         let mut deliveries = Vec::with_capacity(events.len());
         for ev in &events {
@@ -197,9 +202,14 @@ impl PartitionLog for KafkaPartition {
             let at = std::time::Instant::now();
             let drained = drain(p.get(), timeout);
             let drain_took = at.elapsed();
-            (drained.and_then(|()| p.get().commit_transaction(timeout)), drain_took)
+            let committed = drained.and_then(|()| p.get().commit_transaction(timeout));
+            // The next transaction begun here saves its own trip to the blocking pool; a failure to begin
+            // is met again, and answered, by the next batch.
+            let next = committed.is_ok() && p.get().begin_transaction().is_ok();
+            (committed, drain_took, next)
         });
-        let (committed, drain_took) = committed.await?;
+        let (committed, drain_took, next) = committed.await?;
+        self.begun = next;
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
             tracing::info!(
@@ -220,6 +230,7 @@ impl PartitionLog for KafkaPartition {
     }
 
     async fn reopen(&mut self) -> Result<(), WriteError> {
+        self.begun = false;
         self.producer = Self::producer(&self.config, self.partition).await?;
         Ok(())
     }
