@@ -102,7 +102,8 @@ impl Owned {
     /// The answer `key` was given, if it was sent before (in the owner's memory, or projected into the
     /// store). A client id greater than any its sender used in the conversation needs no store read
     /// ([`Known::is_new`]); the first send of a sender since the partition was acquired reads the greatest
-    /// one the store holds, which answers it too when it is that one or a greater one than it.
+    /// one the store holds, which also settles that send when it is the send's id (a retry) or below it
+    /// (new); above it, the id itself is read.
     async fn earlier_send(&self, local: &Local, key: &SendKey) -> Result<Option<SendRecord>, ChatError> {
         let (checked, dropped) = {
             let known = local.known.lock();
