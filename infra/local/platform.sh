@@ -15,7 +15,11 @@ GATEWAYS="${GATEWAYS:-2}"
 WORKERS="${WORKERS:-2}"
 KEYSPACE="${CHAT_CASSANDRA_KEYSPACE:-chat}"
 TOPIC="${CHAT_EVENTS_TOPIC:-chat.events.v1}"
-PARTITIONS="${CHAT_EVENTS_PARTITIONS:-8}"
+# One partition per process that reads or writes them (each worker and each chat service gets one): a chat
+# service commits a transaction per partition it owns, so more partitions than that on one machine only
+# make each transaction carry fewer records (docs/operations.md, "Choose the partition count"). A topic
+# that exists keeps its count.
+PARTITIONS="${CHAT_EVENTS_PARTITIONS:-$((WORKERS > CHAT_SERVICES ? WORKERS : CHAT_SERVICES))}"
 BIN="${PLATFORM_BIN:-$ROOT/target/debug}"
 
 secret_file="$RUN/jwt-secret"

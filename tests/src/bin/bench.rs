@@ -53,6 +53,11 @@ struct Args {
     /// Rates of the groups' latency scenario, messages a second, comma separated (default: the scenario's).
     #[arg(long, value_delimiter = ',')]
     group_rates: Vec<u64>,
+    /// Partitions of the platform's events topic (the Kafka floor keeps its own): every partition an owner
+    /// holds commits its own transactions, so this sets how many records a transaction carries at a rate
+    /// (docs/operations.md, "Choose the partition count").
+    #[arg(long, default_value_t = PLATFORM_PARTITIONS)]
+    partitions: i32,
 }
 
 #[derive(Subcommand)]
@@ -138,12 +143,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let bin_dir = args.bin_dir.clone().unwrap_or_else(|| workspace().join("target").join("release"));
     std::fs::create_dir_all(&args.out)?;
-    let mut report = Report { machine: machine(), smoke: args.smoke, ..Report::default() };
+    ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    let layout = Layout { chat_services: 1, workers: 2, partitions: args.partitions };
+    let mut report = Report { machine: machine(), smoke: args.smoke, layout, ..Report::default() };
     let options = ClusterOptions {
-        chat_services: 1,
+        chat_services: layout.chat_services,
         gateways: size.scale_gateways,
-        workers: 2,
-        partitions: PARTITIONS,
+        workers: layout.workers,
+        partitions: args.partitions,
         bin_dir: Some(bin_dir.clone()),
         ..ClusterOptions::default()
     };
@@ -260,6 +267,9 @@ impl Size {
 struct Report {
     machine: Machine,
     smoke: bool,
+    /// Absent from the results of runs before it was recorded (they ran 8 partitions).
+    #[serde(default)]
+    layout: Layout,
     seconds: f64,
     idle: Option<Idle>,
     scale: Option<Scale>,
@@ -268,6 +278,20 @@ struct Report {
     storm: Option<Storm>,
     /// Centrifugo, without and with history.
     peers: Vec<Peer>,
+}
+
+/// The platform the run measured, besides the gateways (their counts are the scenarios').
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Layout {
+    chat_services: usize,
+    workers: usize,
+    partitions: i32,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { chat_services: 1, workers: 2, partitions: 8 }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -1017,8 +1041,13 @@ impl Drop for GroupMember {
     }
 }
 
-/// Partitions of the events topic in the benchmarks, and of the Kafka floor's topic.
+/// Partitions of the Kafka floor's topic, and of `kafka-transactions`' topics.
 const PARTITIONS: i32 = 8;
+
+/// Partitions of the platform's events topic by default: one per delivery worker. On this 2-core box a
+/// chat service owning 8 spent most of Kafka's CPU on transactions of about one record each (1:1 at
+/// 1,000/s: 1.4 records a transaction, p99 53 ms; with 2 partitions 2.7 and 25 to 47 ms).
+const PLATFORM_PARTITIONS: i32 = 2;
 
 /// Produce (idempotent, acks=all, linger 1 ms: the chat service's settings) → consume latency on the same
 /// broker, at `rate` records a second for `period`.
@@ -1323,13 +1352,17 @@ impl Report {
     fn markdown(&self) -> String {
         let m = &self.machine;
         let mut s = format!(
-            "# Benchmarks{}\n\nMachine: {} CPUs ({}), {:.1} GiB, Linux {}. Run took {:.0} s.\n\n",
+            "# Benchmarks{}\n\nMachine: {} CPUs ({}), {:.1} GiB, Linux {}. Run took {:.0} s. Platform: {} chat \
+             service, {} delivery workers, {} partitions of the events topic.\n\n",
             if self.smoke { " (smoke run: sizes far below the targets')" } else { "" },
             m.cpus,
             m.cpu_model,
             m.memory_gib,
             m.kernel,
-            self.seconds
+            self.seconds,
+            self.layout.chat_services,
+            self.layout.workers,
+            self.layout.partitions
         );
         s.push_str("| scenario | figure | ours | floor | ratio | target | met |\n|---|---|---|---|---|---|---|\n");
         if let Some(i) = &self.idle {
