@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::error::ChatError;
 use crate::members::Members;
 use crate::owner::group::{Local, Owners};
-use crate::owner::{EventJob, Job, OwnerError, SendJob, SendKey};
+use crate::owner::{Earlier, EventJob, Job, OwnerError, SendJob, SendKey};
 use crate::route::Router;
 
 /// A checked send request.
@@ -101,24 +101,22 @@ impl Owned {
 
     /// The answer `key` was given, if it was sent before (in the owner's memory, or projected into the
     /// store). A client id greater than any its sender used in the conversation needs no store read
-    /// ([`Known::is_new`]); the first send of a sender since the partition was acquired reads the greatest
+    /// ([`Earlier::New`]); the first send of a sender since the partition was acquired reads the greatest
     /// one the store holds, which also settles that send when it is the send's id (a retry) or below it
     /// (new); above it, the id itself is read.
     async fn earlier_send(&self, local: &Local, key: &SendKey) -> Result<Option<SendRecord>, ChatError> {
-        let (checked, dropped) = {
-            let known = local.known.lock();
-            if let Some(a) = known.answer(key) {
-                return Ok(Some(SendRecord { message_id: a.message_id, seq: a.seq, sent_at_ms: a.sent_at_ms }));
-            }
-            if known.is_new(key) {
-                self.owners.stats().ids_unread.fetch_add(1, Ordering::Relaxed);
+        let stats = self.owners.stats();
+        let earlier = local.known.lock().earlier(key);
+        let (checked, dropped) = match earlier {
+            Earlier::Answered(answer) => return Ok(Some(answer)),
+            Earlier::New => {
+                stats.ids_unread.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
-            (known.bound_checked(key), known.bounds_dropped())
+            Earlier::Unknown { checked, dropped } => (checked, dropped),
         };
-        let reads = &self.owners.stats().id_reads;
         if !checked {
-            reads.fetch_add(1, Ordering::Relaxed);
+            stats.id_reads.fetch_add(1, Ordering::Relaxed);
             let last = self.store.last_send(key.conversation, &key.sender).await?;
             let stored = last.as_ref().map(|(id, _)| id.clone());
             local.known.lock().check_bound(key.conversation, &key.sender, stored, dropped);
@@ -129,7 +127,7 @@ impl Owned {
                 Some(_) => {}
             }
         }
-        reads.fetch_add(1, Ordering::Relaxed);
+        stats.id_reads.fetch_add(1, Ordering::Relaxed);
         Ok(self.store.send_record(key.conversation, &key.sender, &key.client_msg_id).await?)
     }
 

@@ -31,15 +31,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chat_model::event::LogEvent;
-use chat_model::{ClientMsgId, ConversationId, Message, MessageId, Seq, UserId};
+use chat_model::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use chat_store::SendRecord;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a send was answered, first or again.
+/// What a send was answered, first or again: the record the workers project into the store (`sends`).
+pub type Answer = SendRecord;
+
+/// What the owner's memory says of a send before it is numbered ([`Known::earlier`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub message_id: MessageId,
-    pub seq: Seq,
-    pub sent_at_ms: i64,
+pub enum Earlier {
+    /// Committed before: its answer.
+    Answered(Answer),
+    /// Certainly new: its client id is greater than any its sender has used in the conversation (in the
+    /// store, the log, or numbered since). Clients whose ids grow (the SDK's begin with the time) then
+    /// cost no store read per send.
+    New,
+    /// Only the store can tell. `checked`: the store's greatest client id of the sender was merged already
+    /// ([`Known::check_bound`]), so only a read of this id helps; `dropped` is for that merge.
+    Unknown { checked: bool, dropped: u64 },
 }
 
 /// A send is known by its conversation, its sender and the sender's id for it.
@@ -243,30 +253,20 @@ impl Known {
         }
     }
 
-    /// Whether the send `key` is certainly new without reading the store: its client id is greater than
-    /// any its sender has used in the conversation (in the store, the log, or numbered since), which is
-    /// known once [`Known::check_bound`] merged the store's greatest. Clients whose ids grow (the SDK's
-    /// begin with the time) then cost no store read per send; others read as before. `false` means
-    /// "read", not "a retry".
-    pub fn is_new(&self, key: &SendKey) -> bool {
-        self.bounds
-            .get(&(key.conversation, key.sender.clone()))
-            .is_some_and(|b| b.checked && b.max.as_ref().is_none_or(|max| key.client_msg_id > *max))
-    }
-
-    /// Whether the store's greatest client id of `key`'s sender was merged (a read of it would not help).
-    pub fn bound_checked(&self, key: &SendKey) -> bool {
-        self.bounds.get(&(key.conversation, key.sender.clone())).is_some_and(|b| b.checked)
-    }
-
-    /// What [`Known::check_bound`] needs from before its store read.
-    pub fn bounds_dropped(&self) -> u64 {
-        self.bounds_dropped
+    /// What memory says of the send `key`: answered before, certainly new, or only the store can tell.
+    pub fn earlier(&self, key: &SendKey) -> Earlier {
+        if let Some((answer, _)) = self.answers.get(key) {
+            return Earlier::Answered(answer.clone());
+        }
+        match self.bounds.get(&(key.conversation, key.sender.clone())) {
+            Some(b) if b.checked && b.max.as_ref().is_none_or(|max| key.client_msg_id > *max) => Earlier::New,
+            b => Earlier::Unknown { checked: b.is_some_and(|b| b.checked), dropped: self.bounds_dropped },
+        }
     }
 
     /// Merges `stored`, the greatest client id the store held for `sender` in `conversation` (read after
-    /// [`Known::bounds_dropped`] answered `dropped`). Not if a bound was forgotten since: its ids may
-    /// have reached the store after the read.
+    /// [`Known::earlier`] answered `dropped`). Not if a bound was forgotten since: its ids may have
+    /// reached the store after the read.
     pub fn check_bound(
         &mut self,
         conversation: ConversationId,
@@ -296,8 +296,7 @@ impl Known {
                 if m.seq.get() >= head.0 {
                     *head = (m.seq.get(), offset);
                 }
-                let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
-                self.answers.insert(SendKey::of(m), (answer, offset));
+                self.answers.insert(SendKey::of(m), (SendRecord::of(m), offset));
                 let b = self.bounds.entry((m.conversation_id, m.sender_id.clone())).or_insert(Bound {
                     max: None,
                     offset,
@@ -520,7 +519,7 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                 }
                 for s in sends {
                     let m = &s.message;
-                    let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
+                    let answer = SendRecord::of(m);
                     answers.push(answer.clone());
                     let _ = s.reply.send(Ok((answer, false)));
                 }
@@ -539,7 +538,7 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                 let acknowledge = !sends.is_empty() && lifecycle::failpoint("chat-ack-unwritten");
                 for s in sends {
                     let m = &s.message;
-                    let answer = Answer { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms };
+                    let answer = SendRecord::of(m);
                     let _ = s.reply.send(if acknowledge { Ok((answer, false)) } else { Err(error.clone()) });
                 }
                 for (_, reply) in waiting {
@@ -625,7 +624,7 @@ fn refuse(job: Job, error: OwnerError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_model::{Body, DeviceId};
+    use chat_model::{Body, DeviceId, MessageId};
     use std::collections::VecDeque;
 
     /// The log of one partition in memory: committed events, and failures to inject.
@@ -946,38 +945,47 @@ mod tests {
         SendKey::of(&message(c, sender, client))
     }
 
+    fn is_new(known: &Known, key: &SendKey) -> bool {
+        known.earlier(key) == Earlier::New
+    }
+
+    /// Whether the store's greatest id of the sender was merged (a read of it would not help).
+    fn bound_checked(known: &Known, key: &SendKey) -> bool {
+        matches!(known.earlier(key), Earlier::New | Earlier::Unknown { checked: true, .. })
+    }
+
     #[test]
     fn an_id_past_every_one_of_its_sender_is_new_only_once_the_store_is_checked() {
         let c = ConversationId::generate();
         let alice = UserId::parse("alice").expect("valid");
         let mut known = Known::default();
         known.learn(3, &LogEvent::MessageSent(message(c, "alice", "t2")));
-        assert!(!known.is_new(&key(c, "alice", "t3")), "the store may hold a greater id: read it first");
-        assert!(!known.bound_checked(&key(c, "alice", "t3")));
+        assert!(!is_new(&known, &key(c, "alice", "t3")), "the store may hold a greater id: read it first");
+        assert!(!bound_checked(&known, &key(c, "alice", "t3")));
         // The store's greatest is below what the log taught: the log's stands.
-        known.check_bound(c, &alice, Some(ClientMsgId::parse("t1").expect("valid")), known.bounds_dropped());
-        assert!(known.bound_checked(&key(c, "alice", "t3")));
-        assert!(known.is_new(&key(c, "alice", "t3")));
-        assert!(!known.is_new(&key(c, "alice", "t2")), "learned from the log");
-        assert!(!known.is_new(&key(c, "alice", "t0")), "below the greatest: may be in the store");
-        assert!(!known.is_new(&key(c, "bob", "t3")), "another sender's ids say nothing");
+        known.check_bound(c, &alice, Some(ClientMsgId::parse("t1").expect("valid")), known.bounds_dropped);
+        assert!(bound_checked(&known, &key(c, "alice", "t3")));
+        assert!(is_new(&known, &key(c, "alice", "t3")));
+        assert!(!is_new(&known, &key(c, "alice", "t2")), "learned from the log");
+        assert!(!is_new(&known, &key(c, "alice", "t0")), "below the greatest: may be in the store");
+        assert!(!is_new(&known, &key(c, "bob", "t3")), "another sender's ids say nothing");
         // Numbering raises it.
         known.learn(4, &LogEvent::MessageSent(message(c, "alice", "t3")));
-        assert!(!known.is_new(&key(c, "alice", "t3")));
-        assert!(known.is_new(&key(c, "alice", "t4")));
+        assert!(!is_new(&known, &key(c, "alice", "t3")));
+        assert!(is_new(&known, &key(c, "alice", "t4")));
         // The store's greatest above the log's stands too.
         known.check_bound(
             c,
             &UserId::parse("bob").expect("valid"),
             Some(ClientMsgId::parse("z9").expect("valid")),
-            known.bounds_dropped(),
+            known.bounds_dropped,
         );
-        assert!(!known.is_new(&key(c, "bob", "t3")));
-        assert!(known.is_new(&key(c, "bob", "z9a")));
+        assert!(!is_new(&known, &key(c, "bob", "t3")));
+        assert!(is_new(&known, &key(c, "bob", "z9a")));
         // A sender with nothing anywhere: any id is new.
         let carol = UserId::parse("carol").expect("valid");
-        known.check_bound(c, &carol, None, known.bounds_dropped());
-        assert!(known.is_new(&key(c, "carol", "a")));
+        known.check_bound(c, &carol, None, known.bounds_dropped);
+        assert!(is_new(&known, &key(c, "carol", "a")));
     }
 
     #[test]
@@ -987,15 +995,15 @@ mod tests {
         let mut known = Known::default();
         known.learn(3, &LogEvent::MessageSent(message(c, "alice", "t5")));
         // A read of the store starts before the record at 3 is projected, and answers "t1" ...
-        let dropped = known.bounds_dropped();
+        let dropped = known.bounds_dropped;
         // ... and meanwhile the workers project it and the owner forgets it.
         known.forget_before(4);
         known.check_bound(c, &alice, Some(ClientMsgId::parse("t1").expect("valid")), dropped);
-        assert!(!known.is_new(&key(c, "alice", "t3")), "t5 is in the store now, which that read did not see");
-        assert!(!known.bound_checked(&key(c, "alice", "t3")), "a later read must check again");
+        assert!(!is_new(&known, &key(c, "alice", "t3")), "t5 is in the store now, which that read did not see");
+        assert!(!bound_checked(&known, &key(c, "alice", "t3")), "a later read must check again");
         // A read after the forgetting sees t5 in the store.
-        known.check_bound(c, &alice, Some(ClientMsgId::parse("t5").expect("valid")), known.bounds_dropped());
-        assert!(!known.is_new(&key(c, "alice", "t5")));
-        assert!(known.is_new(&key(c, "alice", "t6")));
+        known.check_bound(c, &alice, Some(ClientMsgId::parse("t5").expect("valid")), known.bounds_dropped);
+        assert!(!is_new(&known, &key(c, "alice", "t5")));
+        assert!(is_new(&known, &key(c, "alice", "t6")));
     }
 }

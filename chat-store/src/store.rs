@@ -41,6 +41,13 @@ pub struct SendRecord {
     pub sent_at_ms: i64,
 }
 
+impl SendRecord {
+    /// The record of a committed message.
+    pub fn of(m: &Message) -> Self {
+        SendRecord { message_id: m.message_id, seq: m.seq, sent_at_ms: m.sent_at_ms }
+    }
+}
+
 /// A conversation to create.
 #[derive(Debug, Clone)]
 pub struct NewConversation {
