@@ -182,8 +182,10 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     let outcome = run.await;
+    let topic = cluster.topic.clone();
     cluster.shutdown().await?;
     outcome?;
+    tests::platform::delete_topics(&[&topic]).await?;
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(args.out.join("results.json"), &json)?;
@@ -387,7 +389,7 @@ impl CpuMeter {
 }
 
 /// CPU time by process kind over a scenario, in all and per delivered message.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Cost {
     cpu_seconds: HashMap<String, f64>,
     cpu_seconds_per_message: HashMap<String, f64>,
@@ -881,9 +883,12 @@ async fn kafka_transactions(args: TransactionArgs) -> anyhow::Result<()> {
         let topic = format!("bench.transactions.{}", run_id());
         tests::platform::create_topic(&topic, PARTITIONS).await?;
         let (rate, period) = (args.rate, Duration::from_secs(args.seconds));
-        let cost =
-            tokio::task::spawn_blocking(move || write_transactions(kafka, &topic, writers, group_fenced, rate, period))
-                .await??;
+        let written = topic.clone();
+        let cost = tokio::task::spawn_blocking(move || {
+            write_transactions(kafka, &written, writers, group_fenced, rate, period)
+        })
+        .await??;
+        tests::platform::delete_topics(&[&topic]).await?;
         println!(
             "| {way} | {} | {} | {:.1} | {:.0} | {:.0} µs |",
             cost.records,
@@ -1117,6 +1122,8 @@ async fn kafka_floor(rate: u64, period: Duration) -> anyhow::Result<Percentiles>
         while pending.next().await.is_some() {}
     };
     let (h, ()) = tokio::join!(reader, writer);
+    drop(consumer);
+    tests::platform::delete_topics(&[&topic]).await?;
     Ok(Percentiles::of(&h))
 }
 
@@ -1429,7 +1436,7 @@ impl Report {
         if !self.latency.is_empty() {
             let best = held(&self.latency);
             s.push_str(&format!(
-                "| 4 throughput, 1:1 | persisted messages/s held with p99 send→receive < 100 ms (highest rate tried: {}) | {best} | | | ≥ 5,000 | {} |\n",
+                "| 4 throughput, 1:1 | persisted messages/s held with p99 send→receive < 100 ms, every lower rate too (highest rate tried: {}) | {best} | | | ≥ 5,000 | {} |\n",
                 self.latency.last().map(|l| l.rate).unwrap_or(0),
                 yes(best >= 5_000)
             ));
@@ -1437,7 +1444,7 @@ impl Report {
         if !self.groups.is_empty() {
             let best = held(&self.groups);
             s.push_str(&format!(
-                "| 4 throughput, groups of {} | deliveries/s held with p99 send→receive < 100 ms | {best} | | | ≥ 25,000 | {} |\n",
+                "| 4 throughput, groups of {} | deliveries/s held with p99 send→receive < 100 ms, every lower rate too | {best} | | | ≥ 25,000 | {} |\n",
                 self.groups[0].members,
                 yes(best >= 25_000)
             ));
@@ -1540,7 +1547,7 @@ impl Report {
             }
             let (o, x, y) = (held(ours), held(a), held(b));
             s.push_str(&format!(
-                "| {what}: deliveries/s held with p99 send→receive < 100 ms | {o} | {x} | {y} | {} |\n",
+                "| {what}: deliveries/s held with p99 send→receive < 100 ms, every lower rate too | {o} | {x} | {y} | {} |\n",
                 ratio(o as f64, y as f64)
             ));
         }
@@ -1604,11 +1611,14 @@ impl Report {
     }
 }
 
-/// The highest rate of `runs` held with every message through and p99 send→receive under 100 ms, in
-/// deliveries a second (0 if none).
+/// The highest rate of `runs` held with every message through and p99 send→receive under 100 ms, every
+/// lower rate tried held as well (a rate held above one missed says more of the noise than of a ceiling),
+/// in deliveries a second (0 if none).
 fn held(runs: &[Latency]) -> u64 {
+    let mut runs: Vec<&Latency> = runs.iter().collect();
+    runs.sort_by_key(|l| l.rate);
     runs.iter()
-        .filter(|l| l.kept_up && l.receive.p99_ms < 100.0)
+        .take_while(|l| l.kept_up && l.receive.p99_ms < 100.0)
         .map(|l| l.rate * (l.members as u64 - 1))
         .max()
         .unwrap_or(0)
@@ -1616,4 +1626,40 @@ fn held(runs: &[Latency]) -> u64 {
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "**no**" }
+}
+
+// Named apart from the `tests` crate, which the code above names by path.
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    fn run(rate: u64, p99_ms: f64) -> Latency {
+        Latency {
+            members: 2,
+            rate,
+            kept_up: true,
+            errors: 0,
+            sent: 0,
+            received: 0,
+            ack: Percentiles::default(),
+            receive: Percentiles { p99_ms, ..Percentiles::default() },
+            floor: Percentiles::default(),
+            ratio_p99: 0.0,
+            events_per_transaction: 0.0,
+            cost: Cost::default(),
+        }
+    }
+
+    #[test]
+    fn a_rate_counts_as_held_only_with_every_lower_rate_held() {
+        assert_eq!(held(&[run(1000, 40.0), run(2000, 90.0), run(3000, 300.0)]), 2000);
+        assert_eq!(held(&[run(3000, 80.0), run(1000, 40.0), run(2000, 140.0)]), 1000, "3,000 after a miss");
+        assert_eq!(held(&[run(1000, 120.0), run(2000, 60.0)]), 0);
+        let mut lost = run(1000, 10.0);
+        lost.kept_up = false;
+        assert_eq!(held(&[lost, run(2000, 10.0)]), 0, "messages not all through");
+        let mut group = run(100, 20.0);
+        group.members = 100;
+        assert_eq!(held(&[group]), 9900, "in deliveries a second");
+    }
 }
