@@ -463,7 +463,8 @@ impl Cluster {
         self.procs.get_mut(&(kind, i)).and_then(|p| p.child.as_mut()).is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stops every process gracefully; fails if one had died on its own or does not exit cleanly.
+    /// Stops every process gracefully; fails if one had died on its own or does not exit cleanly. Then
+    /// deletes the events topic (kept when a process failed, to look at).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.check_all_running()?;
         let keys: Vec<(Kind, usize)> = self.procs.keys().copied().collect();
@@ -480,6 +481,7 @@ impl Cluster {
         if !failures.is_empty() {
             bail!("stopping the cluster: {}", failures.join("; "));
         }
+        crate::platform::forget_topic(&self.topic).await;
         Ok(())
     }
 }

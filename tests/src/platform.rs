@@ -426,7 +426,7 @@ impl Platform {
         Ok(())
     }
 
-    /// Stops every service, gracefully, and checks that none failed.
+    /// Stops every service, gracefully, and checks that none failed; then deletes the events topic.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for g in &mut self.gateways {
             if let Some(s) = g.stop.take() {
@@ -448,6 +448,7 @@ impl Platform {
             let _ = s.send(());
         }
         self.chat.task.await??;
+        forget_topic(&self.topic).await;
         Ok(())
     }
 }
@@ -465,10 +466,14 @@ async fn start_chat(config: &chat_service::Config) -> anyhow::Result<(Stoppable,
     Ok((Stoppable { stop, task }, addr, metrics))
 }
 
+/// An admin client of the brokers in use ([`kafka_brokers`]), and the options of its calls.
+fn admin() -> anyhow::Result<(AdminClient<DefaultClientContext>, AdminOptions)> {
+    let admin = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    Ok((admin, AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))
+}
+
 pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let (admin, opts) = admin()?;
     let dlq = format!("{topic}.dlq");
     // Replicated as `chatctl create-topics` makes them (kept for the broker's default, not forever: tests
     // make many topics).
@@ -483,13 +488,19 @@ pub async fn create_topic(topic: &str, partitions: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After a test that passed, deletes its topics ([`delete_topics`]); a failure to is only reported: a topic
+/// left behind costs the broker, not the test's verdict. A test that failed keeps its topics to look at.
+pub async fn forget_topic(topic: &str) {
+    if let Err(e) = delete_topics(&[topic]).await {
+        eprintln!("[tests] topic {topic} not deleted: {e:#}");
+    }
+}
+
 /// Deletes `topics` and their dead-letter topics (as [`create_topic`] made them), for runs that make many:
 /// a broker holding thousands of partitions spends more on each young collection (the benchmark's Kafka
 /// after many runs: 3,857 partitions, young pauses of 40 to 66 ms where a fresh one took at most 27).
 pub async fn delete_topics(topics: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let (admin, opts) = admin()?;
     let names: Vec<String> = topics.iter().flat_map(|t| [t.to_string(), format!("{t}.dlq")]).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     for r in admin.delete_topics(&names, &opts).await.context("kafka is not reachable")? {

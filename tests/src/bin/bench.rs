@@ -182,10 +182,9 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     let outcome = run.await;
-    let topic = cluster.topic.clone();
+    // Shutting down deletes the platform's topic.
     cluster.shutdown().await?;
     outcome?;
-    tests::platform::delete_topics(&[&topic]).await?;
     report.seconds = started.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(args.out.join("results.json"), &json)?;
