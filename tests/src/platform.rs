@@ -496,6 +496,14 @@ pub async fn forget_topic(topic: &str) {
     }
 }
 
+/// The names of the topics the brokers in use hold (their metadata, which creates nothing). Blocking.
+pub fn topic_names() -> anyhow::Result<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(metadata.topics().iter().map(|t| t.name().to_owned()).collect())
+}
+
 /// Deletes `topics` and their dead-letter topics (as [`create_topic`] made them), for runs that make many:
 /// a broker holding thousands of partitions spends more on each young collection (the benchmark's Kafka
 /// after many runs: 3,857 partitions, young pauses of 40 to 66 ms where a fresh one took at most 27).

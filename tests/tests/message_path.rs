@@ -134,6 +134,22 @@ async fn read_until_sentinel(
     }
 }
 
+/// A platform stopped cleanly deletes its events and dead-letter topics: tests make one each, and a broker
+/// that kept them all (3,857 partitions after many local runs) paused longer for every young collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_stopped_cleanly_deletes_its_topics() -> anyhow::Result<()> {
+    let p = Platform::start(PlatformOptions { gateways: 1, workers: 1, ..PlatformOptions::default() }).await?;
+    let mine = [p.topic.clone(), format!("{}.dlq", p.topic)];
+    let names = tokio::task::spawn_blocking(tests::platform::topic_names).await??;
+    ensure!(mine.iter().all(|t| names.contains(t)), "the platform's topics {mine:?} were never made");
+    p.stop().await?;
+    eventually("the stopped platform's topics to be deleted", || async {
+        let names = tokio::task::spawn_blocking(tests::platform::topic_names).await??;
+        Ok((!mine.iter().any(|t| names.contains(t))).then_some(()))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_travels_from_one_gateway_to_the_other() -> anyhow::Result<()> {
     let p = Platform::start(PlatformOptions::default()).await?;
