@@ -84,6 +84,18 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         self.get_if(key, |_| true, load).await
     }
 
+    /// The cached value of each of `keys` for which `still` (given its index) holds, under one lock; `None`
+    /// where there is none.
+    fn get_each(&self, keys: &[K], still: impl Fn(usize, &V) -> bool) -> Vec<Option<Arc<V>>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| {
+                entries.get(k).filter(|(at, v)| at.elapsed() < self.ttl && still(i, v)).map(|(_, v)| v.clone())
+            })
+            .collect()
+    }
+
     /// The cached value of `key` if `still` holds for it, or the one `load` reads (then cached).
     async fn get_if<F, Fut>(&self, key: &K, still: impl Fn(&V) -> bool, load: F) -> Result<Arc<V>, StoreError>
     where
@@ -105,8 +117,6 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         Ok(v)
     }
 }
-
-type Target = (UserId, DeviceId);
 
 impl Deliverer {
     /// Pushes go through `pushers` (whose deadline bounds each); member lists are reused for at most
@@ -173,12 +183,13 @@ impl Deliverer {
         let online = lookup.online;
         let devices = self.devices_of(&members, lookup.device_stamps.as_deref()).await?;
         let looked_up = started.elapsed();
-        let mut targets: HashSet<Target> = HashSet::new();
-        for (user, devices) in members.iter().zip(devices) {
-            targets.extend(devices.list.iter().map(|d| (user.clone(), d.clone())));
+        // Borrowed, not cloned: a group's message names every member's devices.
+        let mut targets: HashSet<(&UserId, &DeviceId)> = HashSet::new();
+        for (user, devices) in members.iter().zip(&devices) {
+            targets.extend(devices.list.iter().map(|d| (user, d)));
         }
-        targets.extend(online.keys().cloned());
-        targets.remove(&(m.sender_id.clone(), m.sender_device_id.clone()));
+        targets.extend(online.keys().map(|(u, d)| (u, d)));
+        targets.remove(&(&m.sender_id, &m.sender_device_id));
 
         // One push per gateway, all at once; each bounded by the push deadline (a gateway that missed it is
         // marked down and asked to resync these devices' inbox when it answers again).
@@ -188,23 +199,20 @@ impl Deliverer {
             receipt: None,
             typing: None,
         };
-        let delivered: HashSet<(String, String)> = if lifecycle::failpoint("worker-drop-push") {
+        let taken: Vec<v1::DeviceRef> = if lifecycle::failpoint("worker-drop-push") {
             // The bug the fault tests must catch: the push is lost, yet counted as done (no inbox row).
-            online.keys().map(|(u, d)| (u.to_string(), d.to_string())).collect()
+            online.keys().map(|(u, d)| v1::DeviceRef { user_id: u.to_string(), device_id: d.to_string() }).collect()
         } else {
-            self.pushers
-                .fan_out(&online, Some((&m.sender_id, &m.sender_device_id)), request)
-                .await
-                .into_iter()
-                .map(|d| (d.user_id, d.device_id))
-                .collect()
+            self.pushers.fan_out(&online, Some((&m.sender_id, &m.sender_device_id)), request).await
         };
+        let delivered: HashSet<(&str, &str)> =
+            taken.iter().map(|d| (d.user_id.as_str(), d.device_id.as_str())).collect();
         let pushed = started.elapsed();
-        let offline: Vec<&Target> =
-            targets.iter().filter(|(u, d)| !delivered.contains(&(u.to_string(), d.to_string()))).collect();
+        let offline: Vec<(&UserId, &DeviceId)> =
+            targets.into_iter().filter(|(u, d)| !delivered.contains(&(u.as_str(), d.as_str()))).collect();
         // The bug the fault tests must catch: inbox rows not written, yet counted as written.
         let skip_inbox = lifecycle::failpoint("worker-skip-inbox");
-        let writes = offline.iter().filter(|_| !skip_inbox).map(|(u, d)| self.store.put_inbox(u, d, m));
+        let writes = offline.iter().filter(|_| !skip_inbox).map(|&(u, d)| self.store.put_inbox(u, d, m));
         for r in join_all(writes).await {
             r?;
         }
@@ -270,21 +278,41 @@ impl Deliverer {
         users: &[UserId],
         stamps: Option<&[Option<String>]>,
     ) -> Result<Vec<Arc<Devices>>, StoreError> {
-        let mut out = Vec::with_capacity(users.len());
-        for (i, chunk) in users.chunks(DEVICE_READS).enumerate() {
-            let first = i * DEVICE_READS;
-            let reads = chunk.iter().enumerate().map(|(j, u)| self.devices(u, stamps.map(|s| &s[first + j])));
-            for devices in join_all(reads).await {
-                out.push(devices?);
+        // The kept lists first, under one lock; then the others are read.
+        let mut out = match stamps {
+            Some(stamps) => self.devices.get_each(users, |i, d| d.stamp == stamps[i]),
+            None => vec![None; users.len()],
+        };
+        let missing: Vec<usize> = (0..users.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in missing.chunks(DEVICE_READS) {
+            let reads = chunk.iter().map(|&i| self.devices(&users[i], stamps.map(|s| &s[i])));
+            for (&i, devices) in chunk.iter().zip(join_all(reads).await) {
+                out[i] = Some(devices?);
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(|d| d.expect("every list kept or read")).collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn kept_values_are_taken_together_where_their_stamp_still_holds() {
+        let cache: TtlCache<&str, u32> = TtlCache::new(Duration::from_secs(60));
+        for (user, stamp) in [("ann", 1), ("bob", 2)] {
+            cache.get(&user, || async move { Ok(stamp) }).await.expect("read");
+        }
+        let stamps = [1, 3, 7];
+        let kept: Vec<Option<u32>> =
+            cache.get_each(&["ann", "bob", "cid"], |i, v| *v == stamps[i]).into_iter().map(|v| v.map(|v| *v)).collect();
+        assert_eq!(kept, [Some(1), None, None], "bob's stamp moved on; cid was never kept");
+        let expired: TtlCache<&str, u32> = TtlCache::new(Duration::ZERO);
+        expired.get(&"ann", || async { Ok(1) }).await.expect("read");
+        assert_eq!(expired.get_each(&["ann"], |_, _| true).len(), 1);
+        assert!(expired.get_each(&["ann"], |_, _| true)[0].is_none(), "past its time");
+    }
 
     #[tokio::test]
     async fn a_kept_value_is_read_again_once_its_stamp_or_its_time_has_passed() {

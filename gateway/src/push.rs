@@ -61,12 +61,11 @@ impl GatewayService for PushGrpc {
             _ => return Err(Status::invalid_argument("exactly one of message, receipt and typing must be set")),
         };
         let mut delivered = Vec::with_capacity(r.devices.len());
-        for d in r.devices {
-            // A device this gateway cannot name is simply not delivered here; the worker keeps it in the inbox.
-            let (Ok(user), Ok(device)) = (UserId::parse(&d.user_id), DeviceId::parse(&d.device_id)) else {
-                continue;
-            };
-            let Some(conn) = self.shared.registry.get(&user, &device) else {
+        // A device this gateway does not hold (or cannot name) is not delivered here; the worker keeps it in
+        // the inbox.
+        let conns = self.shared.registry.get_each(r.devices.iter().map(|d| (d.user_id.as_str(), d.device_id.as_str())));
+        for (d, conn) in r.devices.into_iter().zip(conns) {
+            let Some(conn) = conn else {
                 metrics::bump(&self.shared.metrics.push_missed);
                 continue;
             };

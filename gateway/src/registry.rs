@@ -265,6 +265,47 @@ enum SendError {
     Ended,
 }
 
+/// A connection's key as a pair of names, so that the map is searched with borrowed names
+/// (`(&str, &str)`) as well as with its owned keys; both hash as the tuple `(UserId, DeviceId)` does.
+trait DeviceKey {
+    fn names(&self) -> (&str, &str);
+}
+
+impl DeviceKey for (UserId, DeviceId) {
+    fn names(&self) -> (&str, &str) {
+        (self.0.as_str(), self.1.as_str())
+    }
+}
+
+impl DeviceKey for (&str, &str) {
+    fn names(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn DeviceKey + 'a> for (UserId, DeviceId) {
+    fn borrow(&self) -> &(dyn DeviceKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn DeviceKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // What the derived Hash of (UserId, DeviceId) does: each id hashes as its string.
+        let (user, device) = self.names();
+        user.hash(state);
+        device.hash(state);
+    }
+}
+
+impl PartialEq for dyn DeviceKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.names() == other.names()
+    }
+}
+
+impl Eq for dyn DeviceKey + '_ {}
+
 /// Every connection of this process.
 #[derive(Default)]
 pub struct Registry {
@@ -309,7 +350,14 @@ impl Registry {
     }
 
     pub fn get(&self, user: &UserId, device: &DeviceId) -> Option<Arc<ConnHandle>> {
-        self.lock().get(&(user.clone(), device.clone())).cloned()
+        self.lock().get(&(user.as_str(), device.as_str()) as &dyn DeviceKey).cloned()
+    }
+
+    /// The connection of each (user, device), named as received (a name that is not a valid id is simply
+    /// not found), in their order: one lock, and no allocation per device (a push names many).
+    pub fn get_each<'a>(&self, devices: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<Option<Arc<ConnHandle>>> {
+        let conns = self.lock();
+        devices.map(|key| conns.get(&key as &dyn DeviceKey).cloned()).collect()
     }
 
     pub fn all(&self) -> Vec<Arc<ConnHandle>> {
@@ -353,6 +401,28 @@ mod tests {
         assert_eq!(queued(&h), ["two"]);
         assert_eq!(h.push(c, 3, "three".into()), PushOutcome::Queued);
         assert_eq!(queued(&h), ["three"]);
+    }
+
+    #[test]
+    fn connections_are_found_by_borrowed_names_as_by_their_ids() {
+        let registry = Registry::default();
+        let (alice, bob) = (UserId::parse("alice").expect("id"), UserId::parse("bob").expect("id"));
+        let (phone, laptop) = (DeviceId::parse("phone").expect("id"), DeviceId::parse("laptop").expect("id"));
+        for (i, (u, d)) in [(&alice, &phone), (&alice, &laptop), (&bob, &phone)].into_iter().enumerate() {
+            registry.insert(Arc::new(ConnHandle::new(i as u64 + 1, u.clone(), d.clone(), 4)));
+        }
+        let found: Vec<Option<u64>> = registry
+            .get_each(
+                [("alice", "laptop"), ("bob", "phone"), ("bob", "laptop"), ("alicelaptop", ""), ("bad name!", "x")]
+                    .into_iter(),
+            )
+            .into_iter()
+            .map(|c| c.map(|c| c.conn_id))
+            .collect();
+        assert_eq!(found, [Some(2), Some(3), None, None, None], "the names, not their concatenation, must match");
+        assert_eq!(registry.get(&alice, &phone).map(|c| c.conn_id), Some(1));
+        assert!(registry.remove(&alice, &phone, 1));
+        assert!(registry.get_each([("alice", "phone")].into_iter())[0].is_none());
     }
 
     #[test]
