@@ -88,12 +88,12 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
     /// where there is none.
     fn get_each(&self, keys: &[K], still: impl Fn(usize, &V) -> bool) -> Vec<Option<Arc<V>>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| {
-                entries.get(k).filter(|(at, v)| at.elapsed() < self.ttl && still(i, v)).map(|(_, v)| v.clone())
-            })
-            .collect()
+        keys.iter().enumerate().map(|(i, k)| self.kept(entries.get(k), |v| still(i, v))).collect()
+    }
+
+    /// The value of a cache entry still in its time and for which `still` holds.
+    fn kept(&self, entry: Option<&(Instant, Arc<V>)>, still: impl Fn(&V) -> bool) -> Option<Arc<V>> {
+        entry.filter(|(at, v)| at.elapsed() < self.ttl && still(v)).map(|(_, v)| v.clone())
     }
 
     /// The cached value of `key` if `still` holds for it, or the one `load` reads (then cached).
@@ -102,11 +102,9 @@ impl<K: std::hash::Hash + Eq + Clone, V> TtlCache<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, StoreError>>,
     {
-        if let Some((at, v)) = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key)
-            && at.elapsed() < self.ttl
-            && still(v)
-        {
-            return Ok(v.clone());
+        let kept = self.kept(self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(key), still);
+        if let Some(v) = kept {
+            return Ok(v);
         }
         let v = Arc::new(load().await?);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

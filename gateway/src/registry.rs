@@ -327,9 +327,9 @@ impl Registry {
     /// Removes the connection if it is still the one registered for its device.
     pub fn remove(&self, user: &UserId, device: &DeviceId, conn_id: u64) -> bool {
         let mut conns = self.lock();
-        let key = (user.clone(), device.clone());
-        if conns.get(&key).is_some_and(|c| c.conn_id == conn_id) {
-            conns.remove(&key);
+        let key = (user.as_str(), device.as_str());
+        if conns.get(&key as &dyn DeviceKey).is_some_and(|c| c.conn_id == conn_id) {
+            conns.remove(&key as &dyn DeviceKey);
             true
         } else {
             false
