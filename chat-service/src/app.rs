@@ -68,6 +68,7 @@ impl App {
                 batching: Batching {
                     max: config.batch_max,
                     linger: Duration::from_micros(config.batch_linger_us),
+                    interval: Duration::from_micros(config.batch_interval_us),
                     ..Batching::default()
                 },
                 session_timeout: Duration::from_millis(config.owner_session_timeout_ms),

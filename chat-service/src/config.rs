@@ -56,6 +56,10 @@ pub struct Config {
     /// How long the first send of a batch waits for others, in microseconds.
     #[arg(long, env = "CHAT_BATCH_LINGER_US", default_value_t = 500)]
     pub batch_linger_us: u64,
+    /// The least time from one transaction of a partition to its next, in microseconds: a busy partition
+    /// commits at most once an interval, each transaction carrying more (0: as soon as the last is done).
+    #[arg(long, env = "CHAT_BATCH_INTERVAL_US", default_value_t = 20_000)]
+    pub batch_interval_us: u64,
     /// The broker aborts a transaction left open longer than this (a stalled owner's), in milliseconds.
     #[arg(long, env = "CHAT_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
     pub transaction_timeout_ms: u64,
@@ -98,6 +102,9 @@ impl lifecycle::Config for Config {
         }
         if self.batch_linger_us > 100_000 {
             return Err("CHAT_BATCH_LINGER_US must be at most 100000".into());
+        }
+        if self.batch_interval_us > 100_000 {
+            return Err("CHAT_BATCH_INTERVAL_US must be at most 100000".into());
         }
         if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
             return Err("CHAT_TRANSACTION_TIMEOUT_MS must be between 1000 and 900000".into());
@@ -143,5 +150,18 @@ mod tests {
     #[test]
     fn the_flags_and_variables_are_well_formed() {
         super::Config::command().debug_assert();
+    }
+
+    #[test]
+    fn a_batch_interval_beyond_a_tenth_of_a_second_is_refused() {
+        use clap::Parser;
+        use lifecycle::Config as _;
+        let parse = |interval: &str| {
+            super::Config::try_parse_from(["chat-service", "--batch-interval-us", interval]).expect("parses")
+        };
+        assert_eq!(parse("0").validate(), Ok(()), "0: commit as soon as the last commit ended");
+        assert_eq!(parse("100000").validate(), Ok(()));
+        let refused = parse("100001").validate().expect_err("refused");
+        assert!(refused.contains("CHAT_BATCH_INTERVAL_US"), "{refused}");
     }
 }

@@ -143,6 +143,11 @@ pub struct Batching {
     pub max: usize,
     /// How long the first job of a batch waits for others.
     pub linger: Duration,
+    /// The least time from one transaction's start to the next one's: a batch whose first job comes
+    /// sooner also waits for that. A partition sending now and then commits each send at once (after the
+    /// linger); a busy one commits at most once an interval, each transaction carrying more, and a
+    /// transaction costs the broker and the owner about the same whatever it carries.
+    pub interval: Duration,
     /// How long an answer is kept in memory after the workers projected it (a caller that found no
     /// record in the store just before the projection must still find it here).
     pub grace: Duration,
@@ -150,7 +155,12 @@ pub struct Batching {
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching { max: 256, linger: Duration::from_millis(1), grace: Duration::from_secs(60) }
+        Batching {
+            max: 256,
+            linger: Duration::from_micros(500),
+            interval: Duration::from_millis(20),
+            grace: Duration::from_secs(60),
+        }
     }
 }
 
@@ -405,15 +415,17 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
     /// Handles jobs until the channel closes (the partition was revoked) or the writer is fenced. It never
     /// waits on anything but its log: what the workers projected is learnt beside it ([`Known::projected`]).
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut last_start: Option<tokio::time::Instant> = None;
         while let Some(first) = jobs.recv().await {
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.batching.linger;
+            let deadline = batch_deadline(tokio::time::Instant::now(), last_start, &self.batching);
             while batch.len() < self.batching.max {
                 match tokio::time::timeout_at(deadline, jobs.recv()).await {
                     Ok(Some(job)) => batch.push(job),
                     Ok(None) | Err(_) => break,
                 }
             }
+            last_start = Some(tokio::time::Instant::now());
             // A partition revoked meanwhile is another replica's: nothing more is numbered here.
             let flow = if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
                 for job in batch {
@@ -610,6 +622,17 @@ enum Flow {
     Fenced,
 }
 
+/// Until when a batch whose first job came at `now` waits for more: the linger, and at least the interval
+/// since the last transaction began (`last_start`).
+fn batch_deadline(
+    now: tokio::time::Instant,
+    last_start: Option<tokio::time::Instant>,
+    batching: &Batching,
+) -> tokio::time::Instant {
+    let lingered = now + batching.linger;
+    last_start.map_or(lingered, |at| lingered.max(at + batching.interval))
+}
+
 fn refuse(job: Job, error: OwnerError) {
     match job {
         Job::Send(s) => {
@@ -635,10 +658,13 @@ mod tests {
         /// When an unknown outcome is injected, whether the batch was in fact committed.
         unknown_committed: bool,
         reopened: Arc<std::sync::atomic::AtomicUsize>,
+        /// When each commit was asked for.
+        commits_at: Arc<Mutex<Vec<tokio::time::Instant>>>,
     }
 
     impl PartitionLog for FakeLog {
         async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
+            self.commits_at.lock().unwrap_or_else(|p| p.into_inner()).push(tokio::time::Instant::now());
             let mut log = self.committed.lock().unwrap_or_else(|p| p.into_inner());
             match self.failures.pop_front() {
                 None => {}
@@ -700,7 +726,12 @@ mod tests {
             log,
             projected: store,
             known: SharedKnown::default(),
-            batching: Batching { max: 64, linger: Duration::from_millis(5), grace: Duration::from_secs(60) },
+            batching: Batching {
+                max: 64,
+                linger: Duration::from_millis(5),
+                interval: Duration::ZERO,
+                grace: Duration::from_secs(60),
+            },
             stats: Arc::default(),
             revoked: Arc::default(),
         }
@@ -772,6 +803,40 @@ mod tests {
         assert_eq!(seqs(&committed, c), vec![42, 43], "the log holds each send once, in order");
         drop(jobs);
         task.await.expect("stops");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_partition_commits_once_an_interval_and_a_quiet_one_at_once() {
+        let c = ConversationId::generate();
+        let log = FakeLog::default();
+        let (committed, commits_at) = (log.committed.clone(), log.commits_at.clone());
+        let mut b = batcher(log, Arc::new(FakeStore::default()));
+        let linger = Duration::from_millis(1);
+        let interval = Duration::from_millis(10);
+        b.batching.linger = linger;
+        b.batching.interval = interval;
+        let (jobs, rx) = mpsc::channel(64);
+        let task = tokio::spawn(b.run(rx));
+        let start = tokio::time::Instant::now();
+        answer(send(&jobs, message(c, "alice", "a1"), Some(0))).await.expect("written");
+        // Sent right after the first commit: they wait for the interval, and go in one transaction.
+        let second = send(&jobs, message(c, "alice", "a2"), Some(0));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let third = send(&jobs, message(c, "alice", "a3"), Some(0));
+        answer(second).await.expect("written");
+        answer(third).await.expect("written");
+        // After a quiet spell longer than the interval, a send waits only for the linger.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let quiet = tokio::time::Instant::now();
+        answer(send(&jobs, message(c, "alice", "a4"), Some(0))).await.expect("written");
+        drop(jobs);
+        task.await.expect("batcher ends");
+        let at: Vec<Duration> = commits_at.lock().expect("not poisoned").iter().map(|t| *t - start).collect();
+        assert_eq!(at.len(), 3, "the two busy sends share a transaction: {at:?}");
+        assert_eq!(at[0], linger, "the first send of a quiet partition waits only for the linger");
+        assert_eq!(at[1], at[0] + interval, "the next transaction begins an interval after the first");
+        assert_eq!(at[2], quiet - start + linger, "after a quiet spell, only the linger again");
+        assert_eq!(seqs(&committed, c), vec![1, 2, 3, 4]);
     }
 
     #[tokio::test]

@@ -241,6 +241,7 @@ impl Platform {
             projector_group_id: format!("e2e.{id}.workers"),
             batch_max: 256,
             batch_linger_us: 500,
+            batch_interval_us: 20_000,
             transaction_timeout_ms: 10_000,
             owner_session_timeout_ms: 6_000,
             grpc_tls: opts.grpc_tls.clone(),
