@@ -57,7 +57,8 @@ pub struct Config {
     #[arg(long, env = "CHAT_BATCH_LINGER_US", default_value_t = 500)]
     pub batch_linger_us: u64,
     /// The least time from one transaction of a partition to its next, in microseconds: a busy partition
-    /// commits at most once an interval, each transaction carrying more (0: as soon as the last is done).
+    /// commits at most once an interval (unless CHAT_BATCH_MAX sends pile up sooner), each transaction
+    /// carrying more; one sending less often commits after the linger alone (0: as soon as the last is done).
     #[arg(long, env = "CHAT_BATCH_INTERVAL_US", default_value_t = 20_000)]
     pub batch_interval_us: u64,
     /// The broker aborts a transaction left open longer than this (a stalled owner's), in milliseconds.
@@ -105,6 +106,13 @@ impl lifecycle::Config for Config {
         }
         if self.batch_interval_us > 100_000 {
             return Err("CHAT_BATCH_INTERVAL_US must be at most 100000".into());
+        }
+        // A send may wait the linger or the interval before its commit even starts; the commit itself may
+        // take half the send timeout (the log's call timeout).
+        if (self.batch_linger_us + self.batch_interval_us) * 4 > self.send_timeout_ms * 1_000 {
+            return Err("CHAT_BATCH_LINGER_US plus CHAT_BATCH_INTERVAL_US must be at most a quarter of \
+                        CHAT_SEND_TIMEOUT_MS"
+                .into());
         }
         if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
             return Err("CHAT_TRANSACTION_TIMEOUT_MS must be between 1000 and 900000".into());
@@ -163,5 +171,20 @@ mod tests {
         assert_eq!(parse("100000").validate(), Ok(()));
         let refused = parse("100001").validate().expect_err("refused");
         assert!(refused.contains("CHAT_BATCH_INTERVAL_US"), "{refused}");
+    }
+
+    #[test]
+    fn a_batch_wait_that_leaves_a_send_no_time_to_commit_is_refused() {
+        use clap::Parser;
+        use lifecycle::Config as _;
+        let parse = |args: &[&str]| {
+            let args = ["chat-service"].iter().chain(args).copied();
+            super::Config::try_parse_from(args).expect("parses")
+        };
+        let tight = ["--send-timeout-ms", "200", "--batch-linger-us", "10000", "--batch-interval-us"];
+        let ok = parse(&[&tight[..], &["40000"]].concat());
+        assert_eq!(ok.validate(), Ok(()), "50 ms of waiting is a quarter of 200 ms");
+        let refused = parse(&[&tight[..], &["40001"]].concat()).validate().expect_err("refused");
+        assert!(refused.contains("CHAT_SEND_TIMEOUT_MS"), "{refused}");
     }
 }

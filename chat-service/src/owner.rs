@@ -144,9 +144,10 @@ pub struct Batching {
     /// How long the first job of a batch waits for others.
     pub linger: Duration,
     /// The least time from one transaction's start to the next one's: a batch whose first job comes
-    /// sooner also waits for that. A partition sending now and then commits each send at once (after the
-    /// linger); a busy one commits at most once an interval, each transaction carrying more, and a
-    /// transaction costs the broker and the owner about the same whatever it carries.
+    /// sooner also waits for that, unless it fills up (`max`) first. A partition sending less often than
+    /// this commits each send after the linger alone; a busy one commits at most once an interval, each
+    /// transaction carrying more (a transaction costs the broker and the owner about the same whatever it
+    /// carries).
     pub interval: Duration,
     /// How long an answer is kept in memory after the workers projected it (a caller that found no
     /// record in the store just before the projection must still find it here).
@@ -425,7 +426,6 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            last_start = Some(tokio::time::Instant::now());
             // A partition revoked meanwhile is another replica's: nothing more is numbered here.
             let flow = if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
                 for job in batch {
@@ -433,7 +433,7 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
                 }
                 Flow::Fenced
             } else {
-                self.handle(batch).await
+                self.handle(batch, &mut last_start).await
             };
             let revoked = self.revoked.load(std::sync::atomic::Ordering::SeqCst);
             match flow {
@@ -450,8 +450,9 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
         }
     }
 
-    /// Numbers and commits one batch; answers every job in it.
-    async fn handle(&mut self, batch: Vec<Job>) -> Flow {
+    /// Numbers and commits one batch; answers every job in it. Sets `began` when a transaction begins (a
+    /// batch answered from memory alone begins none).
+    async fn handle(&mut self, batch: Vec<Job>, began: &mut Option<tokio::time::Instant>) -> Flow {
         let mut sends: Vec<Numbered> = Vec::new();
         let mut events: Vec<EventJob> = Vec::new();
         // Heads as this batch moves them, and the sends it holds, so that a second attempt of one send in
@@ -514,6 +515,7 @@ impl<L: PartitionLog, P: Projected> Batcher<L, P> {
             // A crash between numbering a batch and its commit, at the worst moment (fault tests).
             std::process::abort();
         }
+        *began = Some(tokio::time::Instant::now());
         match self.log.commit(log_events.clone()).await {
             Ok(offsets) => {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -622,8 +624,8 @@ enum Flow {
     Fenced,
 }
 
-/// Until when a batch whose first job came at `now` waits for more: the linger, and at least the interval
-/// since the last transaction began (`last_start`).
+/// Until when a batch whose first job came at `now` waits for more (unless it fills up first): the later of
+/// the linger after `now` and the interval after the last transaction began (`last_start`).
 fn batch_deadline(
     now: tokio::time::Instant,
     last_start: Option<tokio::time::Instant>,
@@ -660,11 +662,14 @@ mod tests {
         reopened: Arc<std::sync::atomic::AtomicUsize>,
         /// When each commit was asked for.
         commits_at: Arc<Mutex<Vec<tokio::time::Instant>>>,
+        /// How long each commit takes.
+        commit_takes: Duration,
     }
 
     impl PartitionLog for FakeLog {
         async fn commit(&mut self, events: Vec<LogEvent>) -> Result<Vec<i64>, WriteError> {
             self.commits_at.lock().unwrap_or_else(|p| p.into_inner()).push(tokio::time::Instant::now());
+            tokio::time::sleep(self.commit_takes).await;
             let mut log = self.committed.lock().unwrap_or_else(|p| p.into_inner());
             match self.failures.pop_front() {
                 None => {}
@@ -807,36 +812,48 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_partition_commits_once_an_interval_and_a_quiet_one_at_once() {
+        use tokio::time::sleep;
+        let ms = Duration::from_millis;
         let c = ConversationId::generate();
-        let log = FakeLog::default();
+        let log = FakeLog { commit_takes: ms(4), ..FakeLog::default() };
         let (committed, commits_at) = (log.committed.clone(), log.commits_at.clone());
         let mut b = batcher(log, Arc::new(FakeStore::default()));
-        let linger = Duration::from_millis(1);
-        let interval = Duration::from_millis(10);
-        b.batching.linger = linger;
-        b.batching.interval = interval;
+        b.batching = Batching { max: 3, linger: ms(1), interval: ms(10), ..b.batching };
         let (jobs, rx) = mpsc::channel(64);
         let task = tokio::spawn(b.run(rx));
         let start = tokio::time::Instant::now();
+        // A quiet partition: the linger alone (the commit begins at 1 ms, ends at 5 ms).
         answer(send(&jobs, message(c, "alice", "a1"), Some(0))).await.expect("written");
-        // Sent right after the first commit: they wait for the interval, and go in one transaction.
+        // Busy: sent 2 and 5 ms after that commit ended, both wait for the interval from its start (11 ms),
+        // not from its end (15) nor from their own arrival (17), and share one transaction.
+        sleep(ms(2)).await;
         let second = send(&jobs, message(c, "alice", "a2"), Some(0));
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        sleep(ms(3)).await;
         let third = send(&jobs, message(c, "alice", "a3"), Some(0));
         answer(second).await.expect("written");
         answer(third).await.expect("written");
-        // After a quiet spell longer than the interval, a send waits only for the linger.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let quiet = tokio::time::Instant::now();
+        // A retry answered from memory begins no transaction: the next send waits only for the interval
+        // since the last one that began (11 ms), not since the retry's batch.
+        assert!(answer(send(&jobs, message(c, "alice", "a1"), Some(0))).await.expect("answered").1);
+        let retried = tokio::time::Instant::now() - start;
         answer(send(&jobs, message(c, "alice", "a4"), Some(0))).await.expect("written");
+        // After a quiet spell longer than the interval, the linger alone again.
+        sleep(ms(50)).await;
+        let quiet = tokio::time::Instant::now() - start;
+        answer(send(&jobs, message(c, "alice", "a5"), Some(0))).await.expect("written");
+        // A batch that fills up (`max`) goes at once, interval or not.
+        let full = tokio::time::Instant::now() - start;
+        let replies: Vec<Reply> =
+            ["a6", "a7", "a8"].iter().map(|id| send(&jobs, message(c, "alice", id), Some(0))).collect();
+        for r in replies {
+            answer(r).await.expect("written");
+        }
         drop(jobs);
         task.await.expect("batcher ends");
         let at: Vec<Duration> = commits_at.lock().expect("not poisoned").iter().map(|t| *t - start).collect();
-        assert_eq!(at.len(), 3, "the two busy sends share a transaction: {at:?}");
-        assert_eq!(at[0], linger, "the first send of a quiet partition waits only for the linger");
-        assert_eq!(at[1], at[0] + interval, "the next transaction begins an interval after the first");
-        assert_eq!(at[2], quiet - start + linger, "after a quiet spell, only the linger again");
-        assert_eq!(seqs(&committed, c), vec![1, 2, 3, 4]);
+        assert_eq!(retried, ms(21), "the retry's batch waited for the interval too");
+        assert_eq!(at, vec![ms(1), ms(11), retried + ms(1), quiet + ms(1), full], "transactions began at");
+        assert_eq!(seqs(&committed, c), (1..=8).collect::<Vec<u64>>());
     }
 
     #[tokio::test]
