@@ -151,7 +151,13 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+    use lifecycle::Config as _;
+
+    /// The configuration the command line `chat-service args…` gives.
+    fn parse(args: &[&str]) -> super::Config {
+        super::Config::try_parse_from(["chat-service"].iter().chain(args)).expect("parses")
+    }
 
     /// clap checks a command's flags and variables (unique names among the flattened groups, and so on)
     /// only when debug assertions are on, and then by panicking at start: here rather than in a process.
@@ -162,25 +168,15 @@ mod tests {
 
     #[test]
     fn a_batch_interval_beyond_a_tenth_of_a_second_is_refused() {
-        use clap::Parser;
-        use lifecycle::Config as _;
-        let parse = |interval: &str| {
-            super::Config::try_parse_from(["chat-service", "--batch-interval-us", interval]).expect("parses")
-        };
-        assert_eq!(parse("0").validate(), Ok(()), "0: commit as soon as the last commit ended");
-        assert_eq!(parse("100000").validate(), Ok(()));
-        let refused = parse("100001").validate().expect_err("refused");
+        let interval = |us: &str| parse(&["--batch-interval-us", us]);
+        assert_eq!(interval("0").validate(), Ok(()), "0: commit as soon as the last commit ended");
+        assert_eq!(interval("100000").validate(), Ok(()));
+        let refused = interval("100001").validate().expect_err("refused");
         assert!(refused.contains("CHAT_BATCH_INTERVAL_US"), "{refused}");
     }
 
     #[test]
     fn a_batch_wait_that_leaves_a_send_no_time_to_commit_is_refused() {
-        use clap::Parser;
-        use lifecycle::Config as _;
-        let parse = |args: &[&str]| {
-            let args = ["chat-service"].iter().chain(args).copied();
-            super::Config::try_parse_from(args).expect("parses")
-        };
         let tight = ["--send-timeout-ms", "200", "--batch-linger-us", "10000", "--batch-interval-us"];
         let ok = parse(&[&tight[..], &["40000"]].concat());
         assert_eq!(ok.validate(), Ok(()), "50 ms of waiting is a quarter of 200 ms");

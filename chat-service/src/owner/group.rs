@@ -295,8 +295,8 @@ impl Inner {
         }
         // The batchers see their queue close once every sender is gone (callers hold clones only for the
         // time of one send, which includes its batch's wait: the linger or the rest of the interval since
-        // the partition's last transaction); each finishes its batch in hand. Bounded: the partition moves on regardless,
-        // and the next owner's fence settles whatever this one left open.
+        // the partition's last transaction); each finishes its batch in hand. Bounded: the partition moves
+        // on regardless, and the next owner's fence settles whatever this one left open.
         let wait = self.config.log.call_timeout * 2;
         self.runtime.block_on(async {
             for mut t in tasks {
