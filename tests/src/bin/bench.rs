@@ -336,6 +336,24 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Context switches (voluntary and not) of every thread a process has now, from /proc. Threads that ended
+/// are not counted: a count between two readings misses those of threads that ended meanwhile.
+fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
@@ -361,9 +379,15 @@ fn processes(cluster: &Cluster) -> Vec<(String, u32)> {
     out
 }
 
-/// CPU seconds by process kind, between two calls.
+/// CPU seconds and context switches by process kind, between two calls.
 struct CpuMeter {
-    start: Vec<(String, u32, f64)>,
+    start: Vec<(String, u32, f64, u64)>,
+}
+
+/// What the processes of each kind used between a meter's start and stop.
+struct Used {
+    cpu_seconds: HashMap<String, f64>,
+    context_switches: HashMap<String, f64>,
 }
 
 impl CpuMeter {
@@ -372,33 +396,47 @@ impl CpuMeter {
     }
 
     fn of(processes: Vec<(String, u32)>) -> CpuMeter {
-        let start = processes.into_iter().filter_map(|(name, pid)| cpu_seconds(pid).map(|s| (name, pid, s))).collect();
+        let start = processes
+            .into_iter()
+            .filter_map(|(name, pid)| Some((name, pid, cpu_seconds(pid)?, context_switches(pid).unwrap_or(0))))
+            .collect();
         CpuMeter { start }
     }
 
-    fn stop(&self) -> HashMap<String, f64> {
-        let mut by_kind: HashMap<String, f64> = HashMap::new();
-        for (name, pid, before) in &self.start {
+    fn stop(&self) -> Used {
+        let mut used = Used { cpu_seconds: HashMap::new(), context_switches: HashMap::new() };
+        for (name, pid, cpu_before, switches_before) in &self.start {
             if let Some(after) = cpu_seconds(*pid) {
-                *by_kind.entry(name.clone()).or_default() += after - before;
+                *used.cpu_seconds.entry(name.clone()).or_default() += after - cpu_before;
+            }
+            if let Some(after) = context_switches(*pid) {
+                *used.context_switches.entry(name.clone()).or_default() +=
+                    after.saturating_sub(*switches_before) as f64;
             }
         }
-        by_kind
+        used
     }
 }
 
-/// CPU time by process kind over a scenario, in all and per delivered message.
+/// CPU time and context switches by process kind over a scenario, in all and per delivered message.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Cost {
     cpu_seconds: HashMap<String, f64>,
     cpu_seconds_per_message: HashMap<String, f64>,
+    /// Absent from the results of runs before it was measured.
+    #[serde(default)]
+    context_switches_per_message: HashMap<String, f64>,
 }
 
 impl Cost {
-    fn new(cpu_seconds: HashMap<String, f64>, delivered: u64) -> Cost {
+    fn new(used: Used, delivered: u64) -> Cost {
         let per = |s: &f64| if delivered == 0 { 0.0 } else { s / delivered as f64 };
-        let cpu_seconds_per_message = cpu_seconds.iter().map(|(k, s)| (k.clone(), per(s))).collect();
-        Cost { cpu_seconds, cpu_seconds_per_message }
+        let each = |m: &HashMap<String, f64>| m.iter().map(|(k, s)| (k.clone(), per(s))).collect();
+        Cost {
+            cpu_seconds_per_message: each(&used.cpu_seconds),
+            context_switches_per_message: each(&used.context_switches),
+            cpu_seconds: used.cpu_seconds,
+        }
     }
 }
 
@@ -1464,24 +1502,35 @@ impl Report {
         s.push_str(
             "\n## CPU-seconds per delivered message (one delivery: one message to one recipient), by process kind\n\n",
         );
-        let mut rows: Vec<(String, &HashMap<String, f64>)> =
-            self.latency.iter().map(|l| (format!("1:1, {}/s", l.rate), &l.cost.cpu_seconds_per_message)).collect();
-        rows.extend(
-            self.groups
-                .iter()
-                .map(|g| (format!("groups of {}, {} messages/s", g.members, g.rate), &g.cost.cpu_seconds_per_message)),
-        );
+        s.push_str(&self.cost_table(|c| &c.cpu_seconds_per_message, |v| format!("{:.1} µs", v * 1e6)));
+        let switches = |c: &Cost| !c.context_switches_per_message.is_empty();
+        if self.latency.iter().any(|l| switches(&l.cost)) || self.groups.iter().any(|g| switches(&g.cost)) {
+            s.push_str(
+                "\n## Context switches per delivered message, by process kind (every thread's, voluntary or \
+                 not)\n\n",
+            );
+            s.push_str(&self.cost_table(|c| &c.context_switches_per_message, |v| format!("{v:.2}")));
+        }
+        s
+    }
+
+    /// One row per scenario and rate, one column per process kind: what `figure` picks from its cost, as
+    /// `cell` writes it (empty where it was not measured).
+    fn cost_table(&self, figure: impl Fn(&Cost) -> &HashMap<String, f64>, cell: impl Fn(f64) -> String) -> String {
+        let mut rows: Vec<(String, &Cost)> =
+            self.latency.iter().map(|l| (format!("1:1, {}/s", l.rate), &l.cost)).collect();
+        rows.extend(self.groups.iter().map(|g| (format!("groups of {}, {} messages/s", g.members, g.rate), &g.cost)));
         if let Some(st) = &self.storm {
-            rows.push(("reconnect storm".into(), &st.cost.cpu_seconds_per_message));
+            rows.push(("reconnect storm".into(), &st.cost));
         }
         if let Some(sc) = &self.scale {
-            rows.push(("scale-out sample".into(), &sc.cost.cpu_seconds_per_message));
+            rows.push(("scale-out sample".into(), &sc.cost));
         }
         let kinds = ["gateway", "chat-service", "worker", "kafka", "cassandra", "redis", "load-generator"];
-        s.push_str(&format!("| scenario | {} |\n|---|{}\n", kinds.join(" | "), "---|".repeat(kinds.len())));
-        for (name, per) in rows {
-            let cells: Vec<String> =
-                kinds.iter().map(|k| per.get(*k).map(|v| format!("{:.1} µs", v * 1e6)).unwrap_or_default()).collect();
+        let mut s = format!("| scenario | {} |\n|---|{}\n", kinds.join(" | "), "---|".repeat(kinds.len()));
+        for (name, cost) in rows {
+            let per = figure(cost);
+            let cells: Vec<String> = kinds.iter().map(|k| per.get(*k).map(|v| cell(*v)).unwrap_or_default()).collect();
             s.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
         }
         s
@@ -1660,5 +1709,25 @@ mod summary_tests {
         let mut group = run(100, 20.0);
         group.members = 100;
         assert_eq!(held(&[group]), 9900, "in deliveries a second");
+    }
+
+    #[test]
+    fn the_meter_counts_the_context_switches_of_every_thread_and_splits_them_per_message() {
+        let me = std::process::id();
+        let meter = CpuMeter::of(vec![("load-generator".to_owned(), me)]);
+        // Each sleep gives the core up once: on a thread of its own, which the main thread's count misses.
+        std::thread::spawn(|| (0..50).for_each(|_| std::thread::sleep(Duration::from_millis(1))));
+        let busy = std::thread::spawn(|| {
+            (0..50).for_each(|_| std::thread::sleep(Duration::from_millis(1)));
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let cost = Cost::new(meter.stop(), 10);
+        let switches = cost.context_switches_per_message["load-generator"];
+        // The first thread has ended (its switches are not counted); the second, still there, slept 50 times.
+        assert!(switches >= 5.0, "{switches} switches per message, from at least 50 over 10 messages");
+        assert!(cost.cpu_seconds_per_message["load-generator"] >= 0.0);
+        busy.join().expect("the sleeping thread");
+        assert!(context_switches(u32::MAX).is_none(), "no such process");
     }
 }
