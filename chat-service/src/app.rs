@@ -21,6 +21,7 @@ use crate::owner::Batching;
 use crate::owner::group::{Owners, OwnersConfig, partition_count};
 use crate::owner::kafka::LogConfig;
 use crate::route::Router;
+use crate::sends::Sender;
 
 /// Largest gRPC message the service accepts or sends: a page of history at the largest body size, with room.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -37,6 +38,8 @@ pub struct App {
     call_timeout: std::time::Duration,
     /// Where the counters are served, when they are (CHAT_METRICS_ADDR).
     metrics: Option<TcpListener>,
+    /// Ends the open `SendMessages` calls at shutdown, which would otherwise hold the graceful stop forever.
+    stop_sends: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -90,14 +93,16 @@ impl App {
             config.send_timeout(),
         );
         let owned = Arc::new(Owned { owners: owners.clone(), store: store.clone(), members, router });
-        let service = ChatGrpc { store, owned, log, send_timeout: config.send_timeout() };
+        let (stop_sends, stopping) = tokio::sync::watch::channel(false);
+        let sender = Sender { owned: owned.clone(), timeout: config.send_timeout() };
+        let service = ChatGrpc { store, owned, log, sender, stopping };
         // A send may take its whole timeout; a history page a few store requests.
         let call_timeout = config.send_timeout().max(config.store_config().request_timeout * 4) + CALL_MARGIN;
         let metrics = match config.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
             None => None,
         };
-        Ok(App { listener, service, owners, tls, call_timeout, metrics })
+        Ok(App { listener, service, owners, tls, call_timeout, metrics, stop_sends })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -140,6 +145,11 @@ impl App {
         // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it binds itself): without
         // it, a response written in several small pieces waited for the peer's delayed ACK, about 40 ms
         // (measured: every push to a gateway took 50 to 60 ms).
+        let stop_sends = self.stop_sends;
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_sends.send(true);
+        };
         server
             .add_service(health)
             .add_service(reflection)

@@ -2,19 +2,21 @@
 //! Prost types stop here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chat_model::event::{LogEvent, Receipt, ReceiptKind, message_to_proto};
-use chat_model::{Body, ClientMsgId, ConversationId, ConversationKind, DeviceId, Message, Seq, UserId};
+use chat_model::{ConversationId, ConversationKind, DeviceId, Message, Seq, UserId};
 use chat_store::{CassandraStore, ConversationRecord, NewConversation};
 use proto::v1::{self, chat_service_server::ChatService};
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ChatError;
 use crate::event_log::KafkaEventLog;
 use crate::listing;
-use crate::owned::{Owned, SendRequest, Sent};
+use crate::owned::Owned;
 use crate::route::{CONVERSATION_ID, FORWARDED};
+use crate::sends::Sender;
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
@@ -29,20 +31,14 @@ pub struct ChatGrpc {
     /// The writes of the partitions this replica owns, and the forwarding of the others'.
     pub owned: Arc<Owned>,
     pub log: KafkaEventLog,
-    pub send_timeout: Duration,
-}
-
-fn send_response(sent: Sent) -> v1::SendMessageResponse {
-    v1::SendMessageResponse {
-        message_id: sent.message_id.to_string(),
-        seq: sent.seq.get(),
-        sent_at_ms: sent.sent_at_ms,
-        duplicate: sent.duplicate,
-    }
+    /// What both send calls go through.
+    pub sender: Sender,
+    /// Turns true when the replica shuts down: the open `SendMessages` calls end.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// The owner's answer to a forwarded call; an owner that did not answer is forgotten (read again next time).
-fn forwarded_answer<T>(
+pub(crate) fn forwarded_answer<T>(
     router: &crate::route::Router,
     partition: i32,
     r: Result<Response<T>, Status>,
@@ -59,15 +55,15 @@ fn forwarded_answer<T>(
     }
 }
 
-fn user(field: &str, s: &str) -> Result<UserId, ChatError> {
+pub(crate) fn user(field: &str, s: &str) -> Result<UserId, ChatError> {
     UserId::parse(s).map_err(|e| ChatError::Invalid(format!("{field}: {e}")))
 }
 
-fn device(field: &str, s: &str) -> Result<DeviceId, ChatError> {
+pub(crate) fn device(field: &str, s: &str) -> Result<DeviceId, ChatError> {
     DeviceId::parse(s).map_err(|e| ChatError::Invalid(format!("{field}: {e}")))
 }
 
-fn conversation(s: &str) -> Result<ConversationId, ChatError> {
+pub(crate) fn conversation(s: &str) -> Result<ConversationId, ChatError> {
     ConversationId::parse(s).map_err(|e| ChatError::Invalid(format!("conversation_id: {e}")))
 }
 
@@ -209,21 +205,21 @@ impl ChatService for ChatGrpc {
         request: Request<v1::SendMessageRequest>,
     ) -> Result<Response<v1::SendMessageResponse>, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED);
-        let r = request.into_inner();
-        let req = SendRequest {
-            conversation_id: conversation(&r.conversation_id)?,
-            sender_id: user("sender_id", &r.sender_id)?,
-            sender_device_id: device("sender_device_id", &r.sender_device_id)?,
-            client_msg_id: ClientMsgId::parse(&r.client_msg_id)
-                .map_err(|e| ChatError::Invalid(format!("client_msg_id: {e}")))?,
-            body: Body::parse(r.body.clone()).map_err(|e| ChatError::Invalid(e.to_string()))?,
+        Ok(Response::new(self.sender.send(request.into_inner(), forwarded).await?))
+    }
+
+    type SendMessagesStream = ReceiverStream<Result<v1::SendMessagesResponse, Status>>;
+
+    async fn send_messages(
+        &self,
+        request: Request<Streaming<v1::SendMessagesRequest>>,
+    ) -> Result<Response<Self::SendMessagesStream>, Status> {
+        let sender = self.sender.clone();
+        let send = move |r| {
+            let sender = sender.clone();
+            async move { sender.send(r, false).await.map_err(Status::from) }
         };
-        let conversation_id = req.conversation_id;
-        let sent = tokio::time::timeout(self.send_timeout, self.send(req, r, forwarded))
-            .await
-            .unwrap_or(Err(ChatError::Timeout))
-            .inspect_err(|e| tracing::warn!(%conversation_id, error = %e, "send failed"))?;
-        Ok(Response::new(sent))
+        Ok(Response::new(crate::sends::serve(request.into_inner(), send, self.stopping.clone())))
     }
 
     async fn get_history(
@@ -458,25 +454,6 @@ impl ChatService for ChatGrpc {
 }
 
 impl ChatGrpc {
-    /// A send: numbered here (an owned partition), or forwarded to its partition's owner.
-    async fn send(
-        &self,
-        req: SendRequest,
-        raw: v1::SendMessageRequest,
-        forwarded: bool,
-    ) -> Result<v1::SendMessageResponse, ChatError> {
-        let owned = &self.owned;
-        match owned.route(req.conversation_id) {
-            (_, Some(local)) => owned.send(local, req).await.map(send_response),
-            (_, None) if forwarded => Err(ChatError::NotOwner),
-            (p, None) => {
-                let mut owner = owned.router.owner(p).await?;
-                let answer = owner.send_message(owned.router.forwarded(raw)).await;
-                forwarded_answer(&owned.router, p, answer)
-            }
-        }
-    }
-
     /// A receipt's checks: the user is a member, and the position is within the conversation. Nothing is
     /// written (store or log) for a receipt that fails them.
     async fn check_position(&self, id: ConversationId, u: &UserId, up_to: Seq) -> Result<(), Status> {
@@ -494,7 +471,7 @@ impl ChatGrpc {
 
 #[cfg(test)]
 mod tests {
-    use chat_model::{MAX_BODY_BYTES, MessageId};
+    use chat_model::{Body, ClientMsgId, MAX_BODY_BYTES, MessageId};
 
     use super::*;
 

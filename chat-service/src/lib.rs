@@ -3,7 +3,7 @@
 //! Each replica owns some partitions of the events topic ([`owner::group`]); the owner of a conversation's
 //! partition numbers its sends in memory and appends them in Kafka transactions ([`owner`]), answering
 //! each send once its transaction committed (promise P1). Writes of other partitions are forwarded to their
-//! owner ([`route`]). Everything else here is the gRPC surface ([`grpc`]), the process around it ([`app`]),
+//! owner ([`route`]). Everything else here is the gRPC surface ([`grpc`], its sends in [`sends`]), the process around it ([`app`]),
 //! its counters ([`metrics`]) and the rebuild of the store from the log ([`rebuild`]).
 
 pub mod app;
@@ -19,6 +19,7 @@ pub mod owned;
 pub mod owner;
 pub mod rebuild;
 pub mod route;
+pub mod sends;
 
 pub use app::App;
 pub use config::Config;

@@ -1,21 +1,26 @@
 //! The gateway's clients of the chat-service replicas: round robin, skipping a replica for a moment after it
 //! failed to answer, and trying the next replica when one is unavailable. Every chat-service call is safe to
 //! repeat (a send is idempotent by its client id; the rest are reads or idempotent writes), so a call that
-//! fails on one replica is simply made again on another.
+//! fails on one replica is simply made again on another. Sends ride one long-lived call per replica
+//! ([`crate::send_stream`]); every other call is a call of its own.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use proto::v1;
 use proto::v1::chat_service_client::ChatServiceClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Response, Status};
+
+use crate::send_stream::SendStream;
 
 /// How long a replica that failed to answer is skipped.
 const SKIP_FOR_MS: i64 = 1_000;
 
 struct Replica {
     client: ChatServiceClient<Channel>,
+    sends: SendStream,
     skip_until_ms: AtomicI64,
 }
 
@@ -46,7 +51,7 @@ impl ChatPool {
             let client = ChatServiceClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(max_response_bytes)
                 .max_encoding_message_size(max_request_bytes);
-            replicas.push(Replica { client, skip_until_ms: AtomicI64::new(0) });
+            replicas.push(Replica { client, sends: SendStream::default(), skip_until_ms: AtomicI64::new(0) });
         }
         if replicas.is_empty() {
             return Err("no chat service url".into());
@@ -60,6 +65,28 @@ impl ChatPool {
         F: Fn(ChatServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        self.on_each(|r| {
+            let answer = call(r.client.clone());
+            async move { answer.await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// A send on one replica's send stream; if that replica is unavailable, on the next, until each was tried
+    /// once. Each attempt is answered within `timeout`.
+    pub async fn send(
+        &self,
+        send: &v1::SendMessageRequest,
+        timeout: Duration,
+    ) -> Result<v1::SendMessageResponse, Status> {
+        self.on_each(|r| r.sends.send(&r.client, send.clone(), timeout)).await
+    }
+
+    async fn on_each<'a, T, F, Fut>(&'a self, attempt: F) -> Result<T, Status>
+    where
+        F: Fn(&'a Replica) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = chat_model::now_ms();
@@ -69,8 +96,8 @@ impl ChatPool {
         let mut last = Status::unavailable("no chat service replica answered");
         for i in order {
             let replica = &self.replicas[i];
-            match call(replica.client.clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
+            match attempt(replica).await {
+                Ok(r) => return Ok(r),
                 Err(status) if unavailable(&status) => {
                     replica.skip_until_ms.store(chat_model::now_ms() + SKIP_FOR_MS, Ordering::Relaxed);
                     last = status;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod push;
 pub mod registry;
+pub mod send_stream;
 pub mod session;
 pub mod tls;
 

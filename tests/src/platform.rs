@@ -417,7 +417,7 @@ impl Platform {
             let _ = s.send(());
         }
         let task = std::mem::replace(&mut self.chat.task, tokio::spawn(async { anyhow::Ok(()) }));
-        task.await??;
+        stopped_in_time("the chat service", task).await?;
         let config = chat_service::Config {
             grpc_addr: self.chat_addr,
             metrics_addr: Some(self.chat_metrics),
@@ -448,10 +448,17 @@ impl Platform {
         if let Some(s) = self.chat.stop.take() {
             let _ = s.send(());
         }
-        self.chat.task.await??;
+        stopped_in_time("the chat service", self.chat.task).await?;
         forget_topic(&self.topic).await;
         Ok(())
     }
+}
+
+/// Waits for a service told to stop: a graceful stop that hangs (a call that never ends holds it) is an
+/// error, not a test that never finishes.
+async fn stopped_in_time(what: &str, task: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    const GRACE: Duration = Duration::from_secs(60);
+    tokio::time::timeout(GRACE, task).await.with_context(|| format!("{what} did not stop within {GRACE:?}"))??
 }
 
 /// Builds and runs a chat service: its handle, gRPC address and metrics address.

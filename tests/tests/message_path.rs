@@ -770,6 +770,74 @@ async fn a_retried_send_is_stored_and_delivered_once() -> anyhow::Result<()> {
     p.stop().await
 }
 
+/// `SendMessages`, the call gateways send on: each send is answered by its call id with what `SendMessage`
+/// would have answered, a bad send is answered and the call goes on, and the call ends when the caller
+/// closes its half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_on_one_call_are_answered_each_by_its_id_and_a_bad_one_ends_nothing() -> anyhow::Result<()> {
+    use v1::send_messages_response::Result as Outcome;
+    let p = Platform::start(PlatformOptions::default()).await?;
+    let (a, b, stranger) = (user("alice"), user("bob"), user("stranger"));
+    let conv = conversation(&p, v1::ConversationKind::Direct, &a, &[&b]).await?;
+    let send = |sender: &str, conversation: &str, id: &str| v1::SendMessageRequest {
+        conversation_id: conversation.into(),
+        sender_id: sender.into(),
+        sender_device_id: "phone".into(),
+        client_msg_id: id.into(),
+        body: format!("body of {id}"),
+    };
+    let requests = vec![
+        (1, Some(send(&a, &conv, "m1"))),
+        (2, Some(send(&a, "not-a-conversation", "m2"))),
+        (3, Some(send(&stranger, &conv, "m3"))),
+        (4, None),
+        (5, Some(send(&b, &conv, "m5"))),
+        (6, Some(send(&a, &conv, "m1"))),
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut chat = p.chat_client().await?;
+    let mut answers = chat.send_messages(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut got = HashMap::new();
+    // One at a time, so that the two sends of the conversation are numbered in the order sent.
+    for (call_id, send) in requests {
+        tx.send(v1::SendMessagesRequest { call_id, send }).await?;
+        let answer = tokio::time::timeout(Duration::from_secs(20), answers.message())
+            .await
+            .context("no answer in time")??
+            .context("the call ended early")?;
+        ensure!(answer.call_id == call_id, "answer to {} for the send {call_id}", answer.call_id);
+        got.insert(call_id, answer.result.context("an answer without a result")?);
+    }
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(20), answers.message()).await.context("the call did not end")?;
+    assert!(matches!(end, Ok(None)), "the call ended with {end:?}");
+
+    let code = |id: u64| match &got[&id] {
+        Outcome::Failed(f) => Some(tonic::Code::from(f.code)),
+        Outcome::Sent(_) => None,
+    };
+    let sent = |id: u64| match &got[&id] {
+        Outcome::Sent(s) => Some((s.seq, s.duplicate, s.message_id.clone())),
+        Outcome::Failed(_) => None,
+    };
+    let (seq1, dup1, id1) = sent(1).context("the first send failed")?;
+    assert_eq!((seq1, dup1), (1, false));
+    assert_eq!(code(2), Some(tonic::Code::InvalidArgument));
+    assert_eq!(code(3), Some(tonic::Code::PermissionDenied));
+    assert_eq!(code(4), Some(tonic::Code::InvalidArgument));
+    assert_eq!(sent(5).map(|s| (s.0, s.1)), Some((2, false)));
+    assert_eq!(sent(6), Some((1, true, id1)), "the retry is answered with the first send's message");
+    // Written once each, whatever the retries (the store's rows are written after the commit).
+    eventually("the two messages in the store", || async {
+        Ok(Some(history_rows(&p, &conv).await?.len()).filter(|n| *n >= 2))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = history_rows(&p, &conv).await?;
+    assert_eq!(rows.len(), 2, "two messages stored: {rows:?}");
+    p.stop().await
+}
+
 /// The chat service's counts of store reads made to tell sends from retries, and of sends known new
 /// without one.
 async fn id_checks(p: &Platform) -> anyhow::Result<(u64, u64)> {

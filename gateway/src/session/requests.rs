@@ -137,10 +137,7 @@ async fn answer(request: ClientFrame, id: &Identity, shared: &Shared) -> Option<
                 client_msg_id: client_id.to_string(),
                 body: body.into_string(),
             };
-            let sent = shared.chat.call(|mut c| {
-                let r = with_deadline(req.clone(), timeout);
-                async move { c.send_message(r).await }
-            });
+            let sent = shared.chat.send(&req, timeout);
             crate::metrics::bump(&shared.metrics.sends);
             let sent = sent.await;
             if sent.is_err() {
