@@ -1,6 +1,7 @@
 //! The process around each service's `App`, the same for all three binaries: configuration from the
 //! environment (exit 64 when invalid), one logging init, one shutdown signal.
 
+pub mod call_stream;
 pub mod failpoints;
 pub mod grpc_tls;
 pub mod kafka_producer;

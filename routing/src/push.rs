@@ -5,12 +5,19 @@
 //! push that fails marks the gateway down: later pushes to it are refused at once (their devices get the
 //! inbox), and a background probe asks the gateway, with growing pauses, to resend the inbox of every device
 //! whose message it missed. The probe's first success marks it up again. A dead gateway costs one deadline.
+//!
+//! Pushes to a gateway ride one long-lived `PushMessages` call ([`lifecycle::call_stream`]): a push is a
+//! frame each way rather than an HTTP/2 stream of its own. When that call ends, the pushes waiting on it
+//! fail as unreachable, as a push on a broken connection did. A gateway that does not know the call gets
+//! one `Push` call per push from then on (the push that found it out goes to the inbox).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chat_model::{DeviceId, UserId};
+use futures::StreamExt;
+use lifecycle::call_stream::CallStream;
 use proto::v1::{self, gateway_service_client::GatewayServiceClient};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -34,6 +41,7 @@ struct Inner {
 
 struct Gateway {
     client: GatewayServiceClient<Channel>,
+    pushes: Arc<CallStream<v1::PushMessagesRequest, v1::PushResponse>>,
     /// Set while the gateway is down: the devices whose message went to the inbox instead.
     down: Option<HashSet<v1::DeviceRef>>,
 }
@@ -55,7 +63,7 @@ impl Pushers {
     pub async fn push(&self, addr: &str, request: v1::PushRequest) -> Vec<v1::DeviceRef> {
         // Only a missed message makes a device's inbox worth resending; receipts and typing are not kept.
         let carries_message = request.message.is_some();
-        let mut client = {
+        let (client, pushes) = {
             let mut gateways = self.inner.lock();
             let Some(gw) = self.inner.gateway(&mut gateways, addr) else {
                 return Vec::new();
@@ -66,19 +74,16 @@ impl Pushers {
                 }
                 return Vec::new();
             }
-            gw.client.clone()
+            (gw.client.clone(), gw.pushes.clone())
         };
         let devices = if carries_message { request.devices.clone() } else { Vec::new() };
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(self.inner.deadline);
-        let failure = match tokio::time::timeout(self.inner.deadline, client.push(req)).await {
-            Ok(Ok(r)) => return r.into_inner().delivered,
-            Ok(Err(status)) if !means_unreachable(status.code()) => {
+        let failure = match push_on(client, &pushes, request, self.inner.deadline).await {
+            Ok(r) => return r.delivered,
+            Err(status) if !means_unreachable(status.code()) => {
                 tracing::warn!(gateway = addr, %status, "push refused");
                 return Vec::new();
             }
-            Ok(Err(status)) => status.to_string(),
-            Err(_) => "push deadline passed".to_owned(),
+            Err(status) => status.to_string(),
         };
         self.mark_down(addr, &devices, &failure);
         Vec::new()
@@ -229,10 +234,44 @@ impl Inner {
                     .ok()?;
             }
             let client = GatewayServiceClient::new(endpoint.connect_lazy());
-            gateways.insert(addr.to_owned(), Gateway { client, down: None });
+            gateways.insert(addr.to_owned(), Gateway { client, pushes: Arc::default(), down: None });
         }
         gateways.get_mut(addr)
     }
+}
+
+/// One push on the gateway's `PushMessages` call, or as a `Push` call of its own when the gateway does not
+/// know the stream; answered within `deadline`.
+async fn push_on(
+    mut client: GatewayServiceClient<Channel>,
+    pushes: &CallStream<v1::PushMessagesRequest, v1::PushResponse>,
+    request: v1::PushRequest,
+    deadline: Duration,
+) -> Result<v1::PushResponse, tonic::Status> {
+    if pushes.refused() {
+        let mut req = tonic::Request::new(request);
+        req.set_timeout(deadline);
+        return match tokio::time::timeout(deadline, client.push(req)).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded("push deadline passed")),
+        };
+    }
+    let start = move |requests| async move {
+        let answers = client.push_messages(requests).await?.into_inner();
+        Ok(answers.map(|a| a.map(outcome)))
+    };
+    pushes.call(start, |call_id| v1::PushMessagesRequest { call_id, push: Some(request) }, deadline).await
+}
+
+/// An answer of the call, as the answer `Push` would have given.
+fn outcome(a: v1::PushMessagesResponse) -> (u64, Result<v1::PushResponse, tonic::Status>) {
+    use v1::push_messages_response::Result as Outcome;
+    let answer = match a.result {
+        Some(Outcome::Pushed(pushed)) => Ok(pushed),
+        Some(Outcome::Failed(f)) => Err(tonic::Status::new(tonic::Code::from(f.code), f.message)),
+        None => Err(tonic::Status::internal("the gateway answered a push without its result")),
+    };
+    (a.call_id, answer)
 }
 
 fn remember(missed: &mut HashSet<v1::DeviceRef>, devices: &[v1::DeviceRef]) {
@@ -265,9 +304,15 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_millis(300);
 
-    /// A gateway that takes every device and counts the devices it is asked to resync.
+    type Answers = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<v1::PushMessagesResponse, tonic::Status>> + Send + 'static>,
+    >;
+
+    /// A gateway that takes every device, counts the pushes it got on its `PushMessages` call, and counts
+    /// the devices it is asked to resync.
     #[derive(Clone, Default)]
     struct Answering {
+        streamed: Arc<AtomicU32>,
         resynced: Arc<AtomicU32>,
     }
 
@@ -278,6 +323,27 @@ mod tests {
             r: tonic::Request<v1::PushRequest>,
         ) -> Result<tonic::Response<v1::PushResponse>, tonic::Status> {
             Ok(tonic::Response::new(v1::PushResponse { delivered: r.into_inner().devices }))
+        }
+
+        type PushMessagesStream = Answers;
+
+        async fn push_messages(
+            &self,
+            r: tonic::Request<tonic::Streaming<v1::PushMessagesRequest>>,
+        ) -> Result<tonic::Response<Answers>, tonic::Status> {
+            use v1::push_messages_response::Result as Outcome;
+            let streamed = self.streamed.clone();
+            let answers = r.into_inner().map(move |r| {
+                r.map(|r| {
+                    streamed.fetch_add(1, Ordering::SeqCst);
+                    let delivered = r.push.map(|p| p.devices).unwrap_or_default();
+                    v1::PushMessagesResponse {
+                        call_id: r.call_id,
+                        result: Some(Outcome::Pushed(v1::PushResponse { delivered })),
+                    }
+                })
+            });
+            Ok(tonic::Response::new(Box::pin(answers)))
         }
 
         async fn resync(
@@ -355,16 +421,29 @@ mod tests {
         Ok(())
     }
 
+    /// Also a gateway that does not know `PushMessages` (an older one): the push that finds it out is
+    /// refused, and the next ones go as `Push` calls.
     #[tokio::test]
     async fn a_refusal_is_not_an_outage() -> TestResult {
-        struct Refusing;
+        #[derive(Clone, Default)]
+        struct Refusing {
+            pushes: Arc<AtomicU32>,
+        }
         #[tonic::async_trait]
         impl GatewayService for Refusing {
             async fn push(
                 &self,
                 _: tonic::Request<v1::PushRequest>,
             ) -> Result<tonic::Response<v1::PushResponse>, tonic::Status> {
+                self.pushes.fetch_add(1, Ordering::SeqCst);
                 Err(tonic::Status::invalid_argument("no"))
+            }
+            type PushMessagesStream = Answers;
+            async fn push_messages(
+                &self,
+                _: tonic::Request<tonic::Streaming<v1::PushMessagesRequest>>,
+            ) -> Result<tonic::Response<Answers>, tonic::Status> {
+                Err(tonic::Status::unimplemented("unknown method PushMessages"))
             }
             async fn resync(
                 &self,
@@ -379,18 +458,20 @@ mod tests {
                 Err(tonic::Status::invalid_argument("no"))
             }
         }
+        let refusing = Refusing::default();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(GatewayServiceServer::new(Refusing))
+                .add_service(GatewayServiceServer::new(refusing.clone()))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let pushers = Pushers::new(DEADLINE);
-        for _ in 0..2 {
+        for _ in 0..3 {
             assert!(pushers.push(&addr, message_to("a")).await.is_empty());
         }
         assert!(!pushers.is_down(&addr), "a gateway that answers is not down, even when it refuses");
+        assert_eq!(refusing.pushes.load(Ordering::SeqCst), 2, "after the stream was refused, a call per push");
         server.abort();
         Ok(())
     }
@@ -402,7 +483,7 @@ mod tests {
         let addr = listener.local_addr()?.to_string();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(GatewayServiceServer::new(gateway))
+                .add_service(GatewayServiceServer::new(gateway.clone()))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let (alice, bob) = (UserId::parse("alice")?, UserId::parse("bob")?);
@@ -421,6 +502,7 @@ mod tests {
             .collect();
         took.sort();
         assert_eq!(took, vec![("alice".into(), "laptop".into()), ("bob".into(), "phone".into())]);
+        assert_eq!(gateway.streamed.load(Ordering::SeqCst), 1, "one push, on the gateway's PushMessages call");
         server.abort();
         Ok(())
     }

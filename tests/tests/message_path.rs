@@ -838,6 +838,77 @@ async fn sends_on_one_call_are_answered_each_by_its_id_and_a_bad_one_ends_nothin
     p.stop().await
 }
 
+/// `PushMessages`, the call delivery workers push on: each push is answered by its call id with what `Push`
+/// would have answered (the devices that took it), a bad push is answered and the call goes on, and the
+/// gateway's graceful stop ends the call instead of waiting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_on_one_call_are_answered_each_by_its_id_and_the_gateway_s_stop_ends_the_call() -> anyhow::Result<()> {
+    use v1::push_messages_response::Result as Outcome;
+    let mut p = Platform::start(PlatformOptions::default()).await?;
+    let bob = user("bob");
+    let mut cb = WsClient::connect(p.gateways[1].ws_addr, &bob, "phone").await?;
+    cb.sync().await?;
+    let conv = ConversationId::generate().to_string();
+    let message = |seq: u64| v1::Message {
+        conversation_id: conv.clone(),
+        message_id: uuid::Uuid::new_v4().to_string(),
+        seq,
+        sender_id: "someone".into(),
+        body: format!("pushed {seq}"),
+        sent_at_ms: 1,
+        client_msg_id: format!("c{seq}"),
+    };
+    let push = |message: v1::Message, device: &str| {
+        Some(v1::PushRequest {
+            message: Some(message),
+            devices: vec![v1::DeviceRef { user_id: bob.clone(), device_id: device.into() }],
+            receipt: None,
+            typing: None,
+        })
+    };
+    let requests = vec![
+        (1, push(message(1), "phone")),
+        (2, None),
+        (3, push(v1::Message { conversation_id: "not-a-conversation".into(), ..message(2) }, "phone")),
+        (4, push(message(2), "tablet")),
+        (5, push(message(2), "phone")),
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut gateway =
+        v1::gateway_service_client::GatewayServiceClient::new(p.grpc_channel(p.gateways[1].grpc_addr).await?);
+    let mut answers = gateway.push_messages(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    for (call_id, push) in requests {
+        tx.send(v1::PushMessagesRequest { call_id, push }).await?;
+    }
+    let mut got = HashMap::new();
+    for _ in 0..5 {
+        let answer = tokio::time::timeout(Duration::from_secs(20), answers.message())
+            .await
+            .context("no answer in time")??
+            .context("the call ended early")?;
+        got.insert(answer.call_id, answer.result.context("an answer without a result")?);
+    }
+    let took = |id: u64| match &got[&id] {
+        Outcome::Pushed(r) => Ok(r.delivered.iter().map(|d| d.device_id.clone()).collect::<Vec<_>>()),
+        Outcome::Failed(f) => Err(tonic::Code::from(f.code)),
+    };
+    assert_eq!(took(1), Ok(vec!["phone".to_string()]));
+    assert_eq!(took(2), Err(tonic::Code::InvalidArgument));
+    assert_eq!(took(3), Err(tonic::Code::InvalidArgument));
+    assert_eq!(took(4), Ok(vec![]), "a device the gateway does not hold does not take it");
+    assert_eq!(took(5), Ok(vec!["phone".to_string()]));
+    for seq in [1, 2] {
+        let f = next_of(&mut cb, "message").await?;
+        assert_eq!((f["conversation_id"].as_str(), f["seq"].as_u64()), (Some(conv.as_str()), Some(seq)));
+    }
+    // The gateway stops gracefully though the call is open, and the call ends with it.
+    tokio::time::timeout(Duration::from_secs(60), p.stop_gateway(1)).await.context("the gateway did not stop")??;
+    let end = tokio::time::timeout(Duration::from_secs(20), answers.message()).await.context("the call did not end")?;
+    assert!(!matches!(end, Ok(Some(_))), "an answer after the stop: {end:?}");
+    drop(tx);
+    p.stop().await
+}
+
 /// The chat service's counts of store reads made to tell sends from retries, and of sends known new
 /// without one.
 async fn id_checks(p: &Platform) -> anyhow::Result<(u64, u64)> {
