@@ -154,7 +154,7 @@ fn answer(call_id: u64, result: Result<v1::SendMessageResponse, Status>) -> v1::
     use v1::send_messages_response::Result as Answer;
     let result = match result {
         Ok(sent) => Answer::Sent(sent),
-        Err(status) => Answer::Failed(v1::CallFailure { code: status.code() as i32, message: status.message().into() }),
+        Err(status) => Answer::Failed((&status).into()),
     };
     v1::SendMessagesResponse { call_id, result: Some(result) }
 }

@@ -79,7 +79,7 @@ impl ChatPool {
         send: &v1::SendMessageRequest,
         timeout: Duration,
     ) -> Result<v1::SendMessageResponse, Status> {
-        self.on_each(|r| r.sends.send(&r.client, send.clone(), timeout)).await
+        self.on_each(|r| r.sends.send(&r.client, send, timeout)).await
     }
 
     async fn on_each<'a, T, F, Fut>(&'a self, attempt: F) -> Result<T, Status>

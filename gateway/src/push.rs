@@ -148,9 +148,7 @@ fn answer(call_id: u64, pushed: Result<v1::PushResponse, Status>) -> v1::PushMes
     use v1::push_messages_response::Result as Outcome;
     let result = match pushed {
         Ok(pushed) => Outcome::Pushed(pushed),
-        Err(status) => {
-            Outcome::Failed(v1::CallFailure { code: status.code() as i32, message: status.message().into() })
-        }
+        Err(status) => Outcome::Failed((&status).into()),
     };
     v1::PushMessagesResponse { call_id, result: Some(result) }
 }

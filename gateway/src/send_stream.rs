@@ -25,11 +25,11 @@ impl SendStream {
     pub async fn send(
         &self,
         client: &ChatServiceClient<Channel>,
-        send: v1::SendMessageRequest,
+        send: &v1::SendMessageRequest,
         timeout: Duration,
     ) -> Result<v1::SendMessageResponse, Status> {
         if self.calls.refused() {
-            return unary(client, send, timeout).await;
+            return unary(client, send.clone(), timeout).await;
         }
         let mut c = client.clone();
         let start = move |requests| async move {
@@ -40,7 +40,7 @@ impl SendStream {
         match self.calls.call(start, request, timeout).await {
             Err(status) if status.code() == Code::Unimplemented => {
                 tracing::info!("a chat service without SendMessages: its sends go one call each");
-                unary(client, send, timeout).await
+                unary(client, send.clone(), timeout).await
             }
             answered => answered,
         }
@@ -61,7 +61,7 @@ fn outcome(a: v1::SendMessagesResponse) -> (u64, Result<v1::SendMessageResponse,
     use v1::send_messages_response::Result as Outcome;
     let answer = match a.result {
         Some(Outcome::Sent(sent)) => Ok(sent),
-        Some(Outcome::Failed(f)) => Err(Status::new(Code::from(f.code), f.message)),
+        Some(Outcome::Failed(f)) => Err(f.into()),
         None => Err(Status::internal("the chat service answered a send without its result")),
     };
     (a.call_id, answer)

@@ -268,7 +268,7 @@ fn outcome(a: v1::PushMessagesResponse) -> (u64, Result<v1::PushResponse, tonic:
     use v1::push_messages_response::Result as Outcome;
     let answer = match a.result {
         Some(Outcome::Pushed(pushed)) => Ok(pushed),
-        Some(Outcome::Failed(f)) => Err(tonic::Status::new(tonic::Code::from(f.code), f.message)),
+        Some(Outcome::Failed(f)) => Err(f.into()),
         None => Err(tonic::Status::internal("the gateway answered a push without its result")),
     };
     (a.call_id, answer)
