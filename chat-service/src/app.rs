@@ -80,10 +80,11 @@ impl App {
         )
         .await
         .context("joining the owners' group")?;
-        // Serve once the group has given this replica its partitions (or after the wait: then every write
-        // is forwarded, or answered `unavailable` until the group settles).
+        // Serve once the group has given this replica its partitions and each is acquired (or after the
+        // wait: then a write for a partition not served yet is forwarded, or answered `unavailable` until the
+        // group settles).
         if !owners.wait_serving(Duration::from_millis(config.owner_session_timeout_ms) * 3).await {
-            tracing::warn!("no partition of the log acquired yet; serving anyway");
+            tracing::warn!("the partitions assigned here are not all acquired yet; serving anyway");
         }
         let router = Router::new(
             store.clone(),

@@ -174,12 +174,13 @@ impl Owners {
         Ok(Owners { inner, threads: Arc::new(Mutex::new(vec![thread, projections])) })
     }
 
-    /// Waits until this replica serves at least one partition (the group has settled around it), for at
-    /// most `within`; answers whether it does.
+    /// Waits until the group has given this replica its partitions and every one of them is acquired and
+    /// served, for at most `within`; answers whether it is so. (Waiting for the first one only let a replica
+    /// start with the other partitions still being acquired, answering their sends `unavailable`.)
     pub async fn wait_serving(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
-            if !lock(&self.inner.state).serving.is_empty() {
+            if self.inner.serves_all_assigned() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -312,6 +313,12 @@ impl Inner {
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&self.state).assigned.insert(partition, epoch);
         self.runtime.spawn(async move { me.acquire(partition, epoch).await });
+    }
+
+    /// Whether the group gave this replica partitions and it serves every one of them.
+    fn serves_all_assigned(&self) -> bool {
+        let state = lock(&self.state);
+        !state.assigned.is_empty() && state.assigned.keys().all(|p| state.serving.contains_key(p))
     }
 
     fn still_assigned(&self, partition: i32, epoch: u64) -> bool {
