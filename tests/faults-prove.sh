@@ -17,7 +17,8 @@ echo "[prove] building the services and tests with failpoints into $CARGO_TARGET
 cargo build -q --bins --features tests/failpoints || exit 1
 cargo test -q -p tests --features failpoints --no-run || exit 1
 
-# test binary | test | FAULTS_FAILPOINTS | what the failure must say
+# test binary | test | FAULTS_FAILPOINTS | what the failure must say (a rate of a few per cent is set so that the
+# bug lands in the small scenario: at 1 %, s5's 216 pushes were once all delivered, and the row passed)
 ROWS=(
   "faults|s1_concurrent_senders_share_one_order|chat-number-twice=3%return|promise broken:"
   "faults|s1_concurrent_senders_share_one_order|worker-drop-push=2%return|promise broken:"
@@ -25,7 +26,7 @@ ROWS=(
   "faults|s2_a_killed_worker_loses_nothing|worker-drop-push=1%return|promise broken:"
   "faults|s3_worker_churn_loses_nothing|worker-drop-push=1%return|promise broken:"
   "faults|s4_a_killed_chat_service_stores_each_send_once|chat-number-twice=3%return|promise broken:"
-  "faults|s5_kafka_outage_fails_sends_retryably_and_loses_nothing|worker-drop-push=1%return|promise broken:"
+  "faults|s5_kafka_outage_fails_sends_retryably_and_loses_nothing|worker-drop-push=5%return|promise broken:"
   "faults|s6_a_store_outage_lost_presence_and_a_hung_gateway_lose_nothing|worker-skip-inbox=return|promise broken:"
   "faults|s7_a_killed_gateway_loses_no_client_message|worker-drop-push=5%return|promise broken:"
   "faults|s8_an_offline_device_gets_exactly_what_it_missed|worker-skip-inbox=return|promise broken:"
@@ -34,7 +35,7 @@ ROWS=(
   "faults|s11_a_zombie_owner_writes_nothing_after_its_partitions_moved|chat-number-twice=3%return|promise broken:"
   "faults|s12_a_killed_owner_hands_its_partitions_over|chat-number-twice=3%return|promise broken:"
   "faults|s13_a_frozen_broker_fails_sends_and_skips_no_number|chat-number-twice=3%return|promise broken:"
-  "faults|s14_a_rolling_restart_loses_nothing|worker-drop-push=1%return|promise broken:"
+  "faults|s14_a_rolling_restart_loses_nothing|worker-drop-push=5%return|promise broken:"
   "faults|s15_an_owner_dying_between_numbering_and_commit_loses_nothing|chat-number-twice=10%return|promise broken:"
   "faults|s15_an_owner_dying_between_numbering_and_commit_loses_nothing||PASS"
   "faults|s17_a_worker_out_of_its_group_replaces_its_consumer|worker-consumer-unreachable=return|promise broken:"

@@ -265,6 +265,14 @@ impl Cluster {
         }
     }
 
+    /// The partitions chat-service replica `i` holds in the owners' group, as the group coordinator sees it.
+    pub async fn owner_partitions(&self, i: usize) -> anyhow::Result<Vec<i32>> {
+        let client = format!("chat-service-{}", self.chat_addrs.get(i).context("no such replica")?);
+        let (g, t) = (format!("faults.{}.owners", self.id), self.topic.clone());
+        let mut held = tokio::task::spawn_blocking(move || crate::group::assignments(&g, &t)).await??;
+        Ok(held.remove(&client).unwrap_or_default())
+    }
+
     /// The delivery workers' consumer group.
     pub fn worker_group(&self) -> String {
         format!("faults.{}.workers", self.id)

@@ -45,6 +45,9 @@ fn scale(small: usize, big: usize) -> usize {
 const CATCH_UP: Duration = Duration::from_secs(120);
 /// The deadline of one gRPC call made by the harness (the chat service's own send deadline is 10 s).
 const CALL_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a scenario whose fault is a failpoint firing now and then waits for it to fire at least once.
+#[cfg(feature = "failpoints")]
+const FAULT_LANDS_WITHIN: Duration = Duration::from_secs(120);
 
 type Chat = ChatServiceClient<GrpcChannel>;
 
@@ -1374,15 +1377,22 @@ async fn s15_an_owner_dying_between_numbering_and_commit_loses_nothing() -> anyh
     cluster.stop(Kind::ChatService, 0).await?;
     cluster.start_proc(Kind::ChatService, 0).await?;
     // For a while, replica 0 dies now and then with a batch numbered and not committed; it is started again
-    // each time (a supervisor would).
-    let until = Instant::now() + Duration::from_secs(if large() { 60 } else { 20 });
+    // each time (a supervisor would). The window lasts until it has died at least once, up to `give_up`: in
+    // one full `make faults-prove` run, the restarted replica numbered no batch in a fixed 20 s.
+    let started = Instant::now();
+    let until = started + Duration::from_secs(if large() { 60 } else { 20 });
+    let give_up = started + FAULT_LANDS_WITHIN;
     let mut crashes = 0;
-    while Instant::now() < until {
+    while Instant::now() < until || (crashes == 0 && Instant::now() < give_up) {
         if cluster.restart_if_dead(Kind::ChatService, 0).await? {
             crashes += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let held = match crashes {
+        0 => format!("{:?}", cluster.owner_partitions(0).await),
+        _ => String::new(),
+    };
     cluster.set_env(Kind::ChatService, 0, "FAILPOINTS", Some("chat-crash-after-number=off"));
     if !cluster.restart_if_dead(Kind::ChatService, 0).await? {
         cluster.stop(Kind::ChatService, 0).await?;
@@ -1394,7 +1404,11 @@ async fn s15_an_owner_dying_between_numbering_and_commit_loses_nothing() -> anyh
     checked.check_log(&cluster).await?;
     // Checked after the promises: with the numbering bug on (`make faults-prove`), replica 0, restarted, was
     // once seen to number no batch in its 20 s (so never die), and the bug's broken promise went unreported.
-    ensure!(crashes > 0, "the fault did not land: replica 0 never died between numbering and commit");
+    ensure!(
+        crashes > 0,
+        "the fault did not land: replica 0 never died between numbering and commit in {:?} (partitions held: {held})",
+        FAULT_LANDS_WITHIN
+    );
     println!("[faults] 15: replica 0 died {crashes} times between numbering a batch and its commit");
     print("15 an owner dying between numbering and commit", &checked.tally);
     cluster.shutdown().await
