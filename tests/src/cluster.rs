@@ -191,7 +191,7 @@ impl Cluster {
                 ("CHAT_EVENTS_TOPIC".into(), topic.clone()),
                 ("CHAT_CASSANDRA_NODES".into(), cassandra_node()),
                 ("CHAT_CASSANDRA_KEYSPACE".into(), KEYSPACE.into()),
-                ("CHAT_OWNER_GROUP_ID".into(), format!("faults.{id}.owners")),
+                ("CHAT_OWNER_GROUP_ID".into(), owner_group(&id)),
                 ("CHAT_PROJECTOR_GROUP_ID".into(), format!("faults.{id}.workers")),
             ];
             procs.insert((Kind::ChatService, i), Proc::new(Kind::ChatService, i, &id, env, Some(port)));
@@ -240,7 +240,7 @@ impl Cluster {
     /// recorded itself in the store (where the others forward to): before that, writes of a partition that
     /// is moving are answered `unavailable`, which a scenario would count as part of its fault.
     pub async fn wait_owners_settled(&self) -> anyhow::Result<()> {
-        let group = format!("faults.{}.owners", self.id);
+        let group = self.owner_group();
         let replicas = self.chat_addrs.len();
         crate::group::wait_settled(&group, &self.topic, replicas, self.options.partitions).await?;
         let store = crate::platform::store().await?;
@@ -268,9 +268,14 @@ impl Cluster {
     /// The partitions chat-service replica `i` holds in the owners' group, as the group coordinator sees it.
     pub async fn owner_partitions(&self, i: usize) -> anyhow::Result<Vec<i32>> {
         let client = format!("chat-service-{}", self.chat_addrs.get(i).context("no such replica")?);
-        let (g, t) = (format!("faults.{}.owners", self.id), self.topic.clone());
+        let (g, t) = (self.owner_group(), self.topic.clone());
         let mut held = tokio::task::spawn_blocking(move || crate::group::assignments(&g, &t)).await??;
         Ok(held.remove(&client).unwrap_or_default())
+    }
+
+    /// The chat-service replicas' owners group (`CHAT_OWNER_GROUP_ID`).
+    pub fn owner_group(&self) -> String {
+        owner_group(&self.id)
     }
 
     /// The delivery workers' consumer group.
@@ -628,4 +633,9 @@ pub fn server(action: &str, name: &str) -> anyhow::Result<()> {
         bail!("servers.sh {action} {name} failed");
     }
     Ok(())
+}
+
+/// The owners group of the cluster `id`.
+fn owner_group(id: &str) -> String {
+    format!("faults.{id}.owners")
 }
